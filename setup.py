@@ -1,0 +1,112 @@
+"""Build of csoftmax's compiled core.
+
+One extension, csoftmax._ckernels: the Cython wrapper, the dispatcher, and the C kernels
+compiled once per instruction set. On x86-64 the same kernel source is compiled three
+times -- baseline (SSE2), AVX2+FMA and AVX-512 -- each with its own flags, and the best
+one the CPU runs is chosen at import. Elsewhere only the baseline build exists (the
+kernels use GCC/Clang vector extensions, so that is NEON on arm64).
+
+Flags: -O3 and -ffp-contract=off (the kernels' error-free transformations must not be
+fused behind their back); OpenMP where the compiler has it. Never -ffast-math: it breaks
+inf/NaN semantics.
+
+The CUDA kernel sources (src/backends/cuda/*.cu) are copied into the package as
+csoftmax/_cuda_kernels/ so the wheel carries them; CuPy compiles them at first use.
+"""
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).parent.resolve()
+CPU_DIR = Path("src") / "backends" / "cpu"
+CUDA_DIR = HERE / "src" / "backends" / "cuda"
+
+IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fno-strict-aliasing"]
+# instruction-set builds compiled separately with their own flags
+ISA_SOURCES = {
+    "csm_isa_avx2.c": ["-mavx2", "-mfma"],
+    "csm_isa_avx512.c": ["-mavx512f", "-mavx512dq", "-mfma"],
+} if IS_X86_64 else {}
+
+
+def compiler_accepts(compiler, flags):
+    """Whether the compiler compiles and links a trivial program with these flags."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "probe.c"
+        src.write_text("int main(void) { return 0; }\n")
+        try:
+            objs = compiler.compile([str(src)], output_dir=tmp, extra_postargs=flags)
+            compiler.link_executable(objs, str(Path(tmp) / "probe"), extra_postargs=flags)
+        except Exception:
+            return False
+    return True
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        if self.compiler.compiler_type == "msvc":
+            sys.exit("csoftmax's C core needs GCC or Clang (it uses their vector extensions)")
+        openmp = os.environ.get("CSOFTMAX_NO_OPENMP", "") == "" and compiler_accepts(self.compiler, ["-fopenmp"])
+        for ext in self.extensions:
+            if openmp:
+                ext.extra_compile_args += ["-fopenmp"]
+                ext.extra_link_args += ["-fopenmp"]
+            # the per-ISA objects: same source, other flags
+            for name, flags in ISA_SOURCES.items():
+                objs = self.compiler.compile(
+                    [str(CPU_DIR / name)],
+                    output_dir=self.build_temp,
+                    include_dirs=ext.include_dirs,
+                    macros=ext.define_macros,
+                    extra_postargs=ext.extra_compile_args + flags,
+                    depends=ext.depends,
+                )
+                ext.extra_objects += objs
+        super().build_extensions()
+
+
+class BuildPy(build_py):
+    """Also place the CUDA kernel sources inside the package."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / "csoftmax" / "_cuda_kernels"
+        target.mkdir(parents=True, exist_ok=True)
+        for src in sorted(CUDA_DIR.glob("*.cu")) + sorted(CUDA_DIR.glob("*.cuh")):
+            shutil.copy2(src, target / src.name)
+
+
+depends = sorted(str(p) for p in CPU_DIR.glob("*.h"))
+extension = Extension(
+    "csoftmax._ckernels",
+    sources=[
+        "src/csoftmax/_ckernels.pyx",
+        str(CPU_DIR / "csm_dispatch.c"),
+        str(CPU_DIR / "csm_isa_baseline.c"),
+    ],
+    include_dirs=[str(CPU_DIR), numpy.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+    + ([("CSM_BUILD_X86_ISAS", "1")] if IS_X86_64 else []),
+    extra_compile_args=list(COMMON_FLAGS),
+    extra_link_args=[],
+    depends=depends,
+)
+
+try:
+    from Cython.Build import cythonize
+except ImportError:  # pragma: no cover - build requirements name Cython
+    sys.exit("building csoftmax needs Cython >= 3 (pip installs it from pyproject.toml)")
+
+setup(
+    ext_modules=cythonize([extension], compiler_directives={"language_level": "3"}),
+    cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
+)

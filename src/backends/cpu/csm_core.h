@@ -1,0 +1,88 @@
+/*
+ * csm_core.h - the C core's interface: one task struct describes a call, csm_run
+ * executes it on the instruction set chosen at import.
+ *
+ * The Python layer (src/csoftmax/_api.py, through _ckernels.pyx) validates everything
+ * and describes the call as raw arrays: a shape, per-operand byte strides (0 where an
+ * operand is broadcast or is per-row), and the set of reduced dimensions. The core
+ * trusts that description: it checks nothing the Python layer has already checked.
+ *
+ * Operands (each optional, by kind):
+ *   X      the input (logits; for the backward kinds the incoming gradient g)
+ *   Y      backward kinds: the forward output y; cross-entropy: probability targets
+ *   OUT    same-shape output (softmax, log_softmax, dx, the cross-entropy gradient)
+ *   MASK   uint8 `where` mask, 1 = take part
+ *   ROW    one value per row (logsumexp; cross-entropy loss, always float64)
+ *   LABEL  int64 class index per row (cross-entropy with index targets)
+ */
+#ifndef CSM_CORE_H
+#define CSM_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef ptrdiff_t csm_intp;
+
+#define CSM_MAXDIM 64
+
+enum csm_operand { CSM_X = 0, CSM_Y, CSM_OUT, CSM_MASK, CSM_ROW, CSM_LABEL, CSM_NOPERANDS };
+
+enum csm_kind {
+    CSM_SOFTMAX = 0,
+    CSM_LOG_SOFTMAX,
+    CSM_LOGSUMEXP,
+    CSM_SOFTMAX_BWD,
+    CSM_LOG_SOFTMAX_BWD,
+    CSM_XENT,
+    CSM_NKINDS
+};
+
+enum csm_dtype { CSM_F16 = 0, CSM_F32, CSM_F64 };
+
+enum csm_status { CSM_OK = 0, CSM_ENOMEM = -1, CSM_EINVAL = -2 };
+
+typedef struct csm_task {
+    int kind;
+    int dtype;     /* storage dtype of X, Y and OUT */
+    int row_dtype; /* storage dtype of ROW */
+    int ndim;
+    csm_intp shape[CSM_MAXDIM];
+    char *data[CSM_NOPERANDS]; /* NULL: operand unused */
+    csm_intp strides[CSM_NOPERANDS][CSM_MAXDIM];
+    uint64_t reduce; /* bit d: dimension d is a softmax axis */
+    double temperature; /* > 0, or +inf */
+
+    /* cross-entropy (kind CSM_XENT) */
+    const double *class_weight; /* NULL or one per class (the reduced extent) */
+    double smoothing;           /* label smoothing in [0, 1] */
+    int64_t ignore_index;
+    double grad_scale; /* reduction scale applied to the gradient */
+
+    int nthreads; /* upper bound on threads; <= 0: OpenMP's default */
+} csm_task;
+
+/* run a task; returns CSM_OK or a negative csm_status */
+int csm_run(const csm_task *task);
+
+/* instruction sets, lowest first */
+enum csm_isa { CSM_ISA_BASELINE = 0, CSM_ISA_AVX2, CSM_ISA_AVX512, CSM_NISA };
+
+/* choose the instruction set: the best the CPU supports, capped by CSOFTMAX_ISA */
+void csm_init(void);
+/* select an instruction set at run time (tests); returns 0, or -1 if unsupported */
+int csm_set_isa(int isa);
+int csm_get_isa(void);
+int csm_isa_supported(int isa); /* compiled in and supported by this CPU */
+const char *csm_isa_name(int isa);
+int csm_max_threads(void);
+int csm_openmp_enabled(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CSM_CORE_H */

@@ -1,0 +1,132 @@
+/*
+ * csm_dd.h - scalar double-double arithmetic for the per-row bookkeeping.
+ *
+ * A row's sum S' = sum_{j != argmax} exp(x_j - max) is carried as an unevaluated pair
+ * hi + lo. Chunks of one row (threads, blocks of a long row) are merged with
+ * S' = S1' + (1 + S2') * exp(m2 - m1), and the factor is computed here to ~1e-30, so a
+ * row's accuracy does not depend on how it was split. None of this runs per element.
+ */
+#ifndef CSM_DD_H
+#define CSM_DD_H
+
+#include <math.h>
+
+typedef struct {
+    double hi, lo;
+} csm_dd;
+
+static inline csm_dd csm_dd_make(double hi, double lo)
+{
+    csm_dd r = {hi, lo};
+    return r;
+}
+
+/* s + e == a + b exactly */
+static inline csm_dd csm_two_sum(double a, double b)
+{
+    double s = a + b;
+    double bb = s - a;
+    double e = (a - (s - bb)) + (b - bb);
+    return csm_dd_make(s, e);
+}
+
+/* requires |a| >= |b| (or a == 0) */
+static inline csm_dd csm_fast_two_sum(double a, double b)
+{
+    double s = a + b;
+    return csm_dd_make(s, b - (s - a));
+}
+
+/* p + e == a * b exactly (barring underflow) */
+static inline csm_dd csm_two_prod(double a, double b)
+{
+    double p = a * b;
+    return csm_dd_make(p, fma(a, b, -p));
+}
+
+static inline csm_dd csm_dd_add(csm_dd a, csm_dd b)
+{
+    csm_dd s = csm_two_sum(a.hi, b.hi);
+    csm_dd t = csm_two_sum(a.lo, b.lo);
+    s.lo += t.hi;
+    s = csm_fast_two_sum(s.hi, s.lo);
+    s.lo += t.lo;
+    return csm_fast_two_sum(s.hi, s.lo);
+}
+
+static inline csm_dd csm_dd_add_d(csm_dd a, double b)
+{
+    csm_dd s = csm_two_sum(a.hi, b);
+    s.lo += a.lo;
+    return csm_fast_two_sum(s.hi, s.lo);
+}
+
+static inline csm_dd csm_dd_mul(csm_dd a, csm_dd b)
+{
+    csm_dd p = csm_two_prod(a.hi, b.hi);
+    p.lo += a.hi * b.lo + a.lo * b.hi;
+    return csm_fast_two_sum(p.hi, p.lo);
+}
+
+static inline csm_dd csm_dd_mul_d(csm_dd a, double b)
+{
+    csm_dd p = csm_two_prod(a.hi, b);
+    p.lo += a.lo * b;
+    return csm_fast_two_sum(p.hi, p.lo);
+}
+
+/* a / b for b > 0 finite */
+static inline csm_dd csm_dd_div_d(csm_dd a, double b)
+{
+    double q = a.hi / b;
+    double r = fma(-q, b, a.hi) + a.lo; /* exact remainder of the leading quotient, plus a.lo */
+    return csm_fast_two_sum(q, r / b);
+}
+
+/* exp(a) to about 1e-30 relative; the caller's arguments are <= ~0 and finite, but
+   -inf, NaN, underflow and overflow are handled. */
+static inline csm_dd csm_dd_exp(csm_dd a)
+{
+    if (a.hi != a.hi) return csm_dd_make(a.hi, 0.0);
+    if (a.hi < -746.0) return csm_dd_make(0.0, 0.0);
+    if (a.hi > 710.0) return csm_dd_make(INFINITY, 0.0);
+    /* ln 2 in three parts; the first two have 32 significant bits, so k * part is exact */
+    const double ln2_1 = 0x1.62e42fee00000p-1;   /* ln 2 truncated to 32 bits */
+    const double ln2_2 = 0x1.a39ef35600000p-33;  /* the next 32 bits */
+    const double ln2_3 = 4.275175589747649e-20;  /* the rest, rounded */
+    double k = nearbyint(a.hi * 1.4426950408889634074);
+    csm_dd r = csm_two_sum(a.hi, -k * ln2_1);
+    r = csm_dd_add_d(r, -k * ln2_2);
+    r = csm_dd_add_d(r, a.lo - k * ln2_3);
+    /* exp(r) = exp(r / 256)^256; Taylor to degree 10 at |r/256| < 0.0014 */
+    r.hi = ldexp(r.hi, -8);
+    r.lo = ldexp(r.lo, -8);
+    csm_dd term = csm_dd_make(1.0, 0.0), sum = csm_dd_make(1.0, 0.0);
+    for (int i = 1; i <= 10; i++) {
+        term = csm_dd_div_d(csm_dd_mul(term, r), (double)i);
+        sum = csm_dd_add(sum, term);
+    }
+    for (int i = 0; i < 8; i++) sum = csm_dd_mul(sum, sum);
+    int ki = (int)k;
+    /* two steps keep the intermediate normal at both ends of the range */
+    int k1 = ki / 2, k2 = ki - k1;
+    sum.hi = ldexp(ldexp(sum.hi, k1), k2);
+    sum.lo = ldexp(ldexp(sum.lo, k1), k2);
+    return sum;
+}
+
+/* log1p(a) for a >= 0 */
+static inline double csm_dd_log1p(csm_dd a)
+{
+    return log1p(a.hi) + a.lo / (1.0 + a.hi);
+}
+
+/* 1 / (1 + a) for a >= 0 */
+static inline double csm_dd_inv_1p(csm_dd a)
+{
+    csm_dd s = csm_dd_add_d(a, 1.0);
+    double q = 1.0 / s.hi;
+    return q - q * (s.lo * q); /* first-order correction for the low part */
+}
+
+#endif /* CSM_DD_H */

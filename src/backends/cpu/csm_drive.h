@@ -1,0 +1,179 @@
+/*
+ * csm_drive.h - the loops around the per-row kernels, generic over REAL (include after
+ * the kernel headers): choosing a path for a layout, walking rows, threads.
+ *
+ * Three paths, by layout:
+ *   direct   the softmax axis is contiguous in every same-shape operand: the kernels run
+ *            on the arrays themselves
+ *   columns  forward kinds whose softmax axis is strided while the next dimension is
+ *            contiguous: csm_cols.h, a vector across neighbouring rows
+ *   gather   anything else (several non-mergeable softmax axes, odd strides, float16
+ *            storage): each row is copied into a per-thread buffer of one row
+ *            (csm_buffers.h), computed there in place, and copied out, converting the
+ *            storage dtype on the way
+ * Threads split the rows; every path writes only the output operands.
+ */
+
+/*
+ * One row of a forward kind, given each operand's pointer to the row's first element.
+ * direct: the row is contiguous in X and OUT; otherwise it goes through the buffers.
+ * Returns the logsumexp (CSM_LOGSUMEXP).
+ */
+static double CSM_SFX(csm_forward_row)(const csm_task *t, const csm_layout *L, char *const *p, const csm_temp *tp,
+                                       int direct, CSM_SFX(csm_scratch) *sc)
+{
+    const csm_intp n = L->n;
+    const int kind = t->kind;
+    const uint8_t *mask = (const uint8_t *)p[CSM_MASK];
+    if (mask && L->nred == 1 && L->rstride[CSM_MASK][0] == 0) {
+        if (!mask[0]) { /* the whole row is masked out */
+            CSM_SFX(csm_stats) st = {0};
+            st.m = -R_INF;
+            if (direct) return CSM_SFX(csm_special_row)(kind, (REAL *)p[CSM_X], 1, NULL, 0, (REAL *)p[CSM_OUT], 1, n, &st);
+            double v = CSM_SFX(csm_special_row)(kind, sc->x, 1, NULL, 0, sc->x, 1, n, &st);
+            if (kind != CSM_LOGSUMEXP) CSM_SFX(csm_scatter)(p[CSM_OUT], sc->x, L, CSM_OUT, t->dtype);
+            return v;
+        }
+        mask = NULL; /* the whole row takes part */
+    }
+    if (direct) return CSM_SFX(csm_row_forward)(kind, (const REAL *)p[CSM_X], mask, (REAL *)p[CSM_OUT], n, tp);
+
+    CSM_SFX(csm_gather)(sc->x, p[CSM_X], L, CSM_X, t->dtype);
+    if (mask) CSM_SFX(csm_gather_mask)(sc->mask, (const char *)mask, L);
+    double v = CSM_SFX(csm_row_forward)(kind, sc->x, mask ? sc->mask : NULL, sc->x, n, tp);
+    if (kind != CSM_LOGSUMEXP) CSM_SFX(csm_scatter)(p[CSM_OUT], sc->x, L, CSM_OUT, t->dtype);
+    return v;
+}
+
+static double CSM_SFX(csm_do_row)(const csm_task *t, const csm_layout *L, char *const *p, const csm_temp *tp,
+                                  int direct, CSM_SFX(csm_scratch) *sc)
+{
+    switch (t->kind) {
+    case CSM_SOFTMAX:
+    case CSM_LOG_SOFTMAX:
+    case CSM_LOGSUMEXP:
+        return CSM_SFX(csm_forward_row)(t, L, p, tp, direct, sc);
+    default:
+        return CSM_SFX(csm_other_row)(t, L, p, tp, direct, sc);
+    }
+}
+
+/* ---- the row driver ---- */
+static int CSM_SFX(csm_drive_rows)(const csm_task *t, const csm_layout *L, int direct)
+{
+    const csm_temp tp = csm_temp_make(t->temperature);
+    const int nth = csm_pick_threads(t, L->nrows, L->n);
+    int failed = 0;
+#pragma omp parallel num_threads(nth) if (nth > 1) reduction(| : failed)
+    {
+        int tid = 0, nt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        csm_intp r0 = L->nrows * tid / nt, r1 = L->nrows * (tid + 1) / nt;
+        CSM_SFX(csm_scratch) sc = {0};
+        const int need_scratch = !direct || t->kind >= CSM_SOFTMAX_BWD;
+        if (r1 > r0 && (!need_scratch || CSM_SFX(csm_scratch_alloc)(&sc, t, L->n))) {
+            csm_rowiter it;
+            csm_rowiter_init(&it, L, r0);
+            for (csm_intp r = r0; r < r1; r++) {
+                double v = CSM_SFX(csm_do_row)(t, L, it.ptr, &tp, direct, &sc);
+                if (it.ptr[CSM_ROW]) csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, v);
+                csm_rowiter_next(&it, L);
+            }
+        } else if (r1 > r0) {
+            failed = 1;
+        }
+        CSM_SFX(csm_scratch_free)(&sc);
+    }
+    return failed ? CSM_ENOMEM : CSM_OK;
+}
+
+/* ---- the column driver: forward kinds, strided softmax axis, contiguous next dimension ---- */
+static int CSM_SFX(csm_drive_cols)(const csm_task *t, const csm_layout *L)
+{
+    const csm_temp tp = csm_temp_make(t->temperature);
+    const int in = L->nouter - 1; /* the contiguous dimension */
+    const csm_intp width = L->oshape[in], nblk = (width + VL - 1) / VL, groups = L->nrows / width;
+    const csm_intp units = groups * nblk;
+    const int nth = csm_pick_threads(t, units, L->n * VL);
+    csm_layout G = *L; /* the groups: the outer dimensions without the contiguous one */
+    G.nouter = in;
+    G.nrows = groups;
+    const csm_intp es = sizeof(REAL);
+    const csm_intp sx = L->rstride[CSM_X][0] / es;
+    const csm_intp so = L->base[CSM_OUT] ? L->rstride[CSM_OUT][0] / es : 0;
+    const csm_intp smk = L->base[CSM_MASK] ? L->rstride[CSM_MASK][0] : 0;
+    const csm_intp sml = L->base[CSM_MASK] ? L->ostride[CSM_MASK][in] : 0;
+    int failed = 0;
+#pragma omp parallel num_threads(nth) if (nth > 1) reduction(| : failed)
+    {
+        int tid = 0, nt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        csm_intp u0 = units * tid / nt, u1 = units * (tid + 1) / nt;
+        CSM_SFX(csm_scratch) sc = {0};
+        int have_scratch = 0;
+        for (csm_intp u = u0; u < u1 && !failed; u++) {
+            csm_intp g = u / nblk, c0 = (u % nblk) * VL;
+            csm_rowiter it;
+            csm_rowiter_init(&it, &G, g);
+            char *p[CSM_NOPERANDS];
+            for (int op = 0; op < CSM_NOPERANDS; op++)
+                p[op] = it.ptr[op] ? it.ptr[op] + c0 * L->ostride[op][in] : NULL;
+            if (c0 + VL <= width) {
+                double lse[VL];
+                CSM_SFX(csm_cols_forward)(t->kind, (const REAL *)p[CSM_X], sx, (const uint8_t *)p[CSM_MASK], smk, sml,
+                                          (REAL *)p[CSM_OUT], so, L->n, &tp, lse);
+                if (p[CSM_ROW])
+                    for (int l = 0; l < VL; l++)
+                        csm_store_rowval(p[CSM_ROW] + l * L->ostride[CSM_ROW][in], t->row_dtype, lse[l]);
+                continue;
+            }
+            /* the last, partial block: column by column through the buffers */
+            if (!have_scratch) {
+                have_scratch = 1;
+                if (!CSM_SFX(csm_scratch_alloc)(&sc, t, L->n)) {
+                    failed = 1;
+                    break;
+                }
+            }
+            for (csm_intp c = c0; c < width; c++) {
+                double v = CSM_SFX(csm_forward_row)(t, L, p, &tp, 0, &sc);
+                if (p[CSM_ROW]) csm_store_rowval(p[CSM_ROW], t->row_dtype, v);
+                for (int op = 0; op < CSM_NOPERANDS; op++)
+                    if (p[op]) p[op] += L->ostride[op][in];
+            }
+        }
+        CSM_SFX(csm_scratch_free)(&sc);
+    }
+    return failed ? CSM_ENOMEM : CSM_OK;
+}
+
+/* ---- entry: pick the path ---- */
+static int CSM_SFX(csm_run)(const csm_task *t, const csm_layout *L)
+{
+    const csm_intp es = t->dtype == CSM_F16 ? 2 : (csm_intp)sizeof(REAL);
+    const int native = t->dtype != CSM_F16;
+    const int forward = t->kind == CSM_SOFTMAX || t->kind == CSM_LOG_SOFTMAX || t->kind == CSM_LOGSUMEXP;
+    if (L->nrows == 0) return CSM_OK;
+
+    int direct = native && L->nred == 1 && L->rstride[CSM_X][0] == es;
+    if (L->base[CSM_Y]) direct = direct && L->rstride[CSM_Y][0] == es;
+    if (L->base[CSM_OUT]) direct = direct && L->rstride[CSM_OUT][0] == es;
+    if (L->base[CSM_MASK]) direct = direct && (L->rstride[CSM_MASK][0] == 1 || L->rstride[CSM_MASK][0] == 0);
+    if (direct || L->n == 0) return CSM_SFX(csm_drive_rows)(t, L, 1);
+
+    if (forward && native && L->nred == 1 && L->nouter >= 1 && L->n <= INT32_MAX) {
+        const int in = L->nouter - 1;
+        int cols = L->oshape[in] >= VL && L->ostride[CSM_X][in] == es && L->rstride[CSM_X][0] % es == 0;
+        if (L->base[CSM_OUT])
+            cols = cols && L->ostride[CSM_OUT][in] == es && L->rstride[CSM_OUT][0] % es == 0;
+        if (L->base[CSM_MASK]) cols = cols && (L->ostride[CSM_MASK][in] == 0 || L->ostride[CSM_MASK][in] == 1);
+        if (cols) return CSM_SFX(csm_drive_cols)(t, L);
+    }
+    return CSM_SFX(csm_drive_rows)(t, L, 0);
+}

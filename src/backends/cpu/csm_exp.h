@@ -1,0 +1,124 @@
+/*
+ * csm_exp.h - the vectorised exp of the C core (generic over REAL; include between
+ * csm_real_begin.h and csm_real_end.h).
+ *
+ * csm_vexp2(dh, dl) = exp(dh + dl), where dl is a small correction (the rounding error of
+ * x - max, or of (x - max) / tau). Folding dl into the reduced argument costs one add and
+ * is what makes softmax accurate to a few ulp: exp amplifies an absolute error in its
+ * argument into the same relative error in the result.
+ *
+ * Method: k = round(d / ln2), r = d - k ln2 (Cody-Waite, exact first step), exp(r) =
+ * 1 + r + r^2 P(r) with P a minimax polynomial (tools/gen_exp_coeffs.py), scaled by 2^k
+ * built in the exponent bits. Arguments are clamped to [lo, hi] beyond which the result
+ * is 0 or inf, so -inf -> 0, +inf -> inf, and NaN propagates (comparisons with NaN are
+ * false, so the clamps keep it). Subnormal results and overflow take a second scaling
+ * step so that the only rounding is the final, correct one. Error: < 1 ulp (measured by
+ * tests/test_accuracy.py against mpmath).
+ */
+
+#if REAL_IS_F32
+#define EXP_LO (-104.0f)            /* exp(-104) < 2^-150: rounds to 0 */
+#define EXP_HI (89.0f)              /* exp(89) > FLT_MAX */
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_MAGIC 12582912.0f       /* 1.5 * 2^23: adding it rounds to an integer */
+#define EXP_LN2_HI 0.693359375f     /* 9 significant bits: k * LN2_HI is exact */
+#define EXP_LN2_LO (-2.12194440e-4f)
+#define EXP_KMIN (-126)
+#define EXP_KMAX 127
+#define EXP_NPOLY 6
+static const float CSM_SFX(csm_exp_poly)[EXP_NPOLY] = {
+    /* c7 .. c2, highest first; max rel. error of P 2.9e-9 */
+    1.985812702e-04f, 1.393448645e-03f, 8.333361815e-03f,
+    4.166645746e-02f, 1.666666652e-01f, 5.000000014e-01f,
+};
+#define EXP_SPLIT 4097.0f           /* 2^12 + 1: Veltkamp split */
+#else
+#define EXP_LO (-746.0)             /* exp(-746) < 2^-1075: rounds to 0 */
+#define EXP_HI (710.0)              /* exp(710) > DBL_MAX */
+#define EXP_LOG2E 1.4426950408889634074
+#define EXP_MAGIC 6755399441055744.0 /* 1.5 * 2^52 */
+#define EXP_LN2_HI 6.93147180369123816490e-01 /* 32 significant bits */
+#define EXP_LN2_LO 1.90821492927058770002e-10
+#define EXP_KMIN (-1022)
+#define EXP_KMAX 1023
+#define EXP_NPOLY 11
+static const double CSM_SFX(csm_exp_poly)[EXP_NPOLY] = {
+    /* c12 .. c2, highest first; max rel. error of P 3.0e-18 */
+    2.08896257227519033e-09, 2.51062284624525233e-08, 2.75573508357601103e-07,
+    2.75572529573065877e-06, 2.48015872423518955e-05, 1.98412698767540735e-04,
+    1.38888888889203356e-03, 8.33333333332558074e-03, 4.16666666666666158e-02,
+    1.66666666666666713e-01, 5.00000000000000000e-01,
+};
+#define EXP_SPLIT 134217729.0       /* 2^27 + 1 */
+#endif
+
+/* 2^k for integer lanes k in the normal exponent range */
+static inline VR CSM_SFX(csm_vpow2i)(VI k)
+{
+    return (VR)((k + R_EXP_BIAS) << R_MANT_BITS);
+}
+
+static inline VR CSM_SFX(csm_vexp2)(VR dh, VR dl)
+{
+    const VR lo = VSPLAT(EXP_LO), hi = VSPLAT(EXP_HI);
+    VI below = dh < lo, above = dh > hi;
+    VR x = VSEL(below, lo, dh);
+    x = VSEL(above, hi, x);
+    /* outside the range the correction is meaningless (even NaN, from inf - inf) */
+    dl = VSEL(below | above, VSPLAT(0), dl);
+
+    VR t = VFMA(x, VSPLAT(EXP_LOG2E), VSPLAT(EXP_MAGIC));
+    VR kf = t - VSPLAT(EXP_MAGIC);
+    VR r = VFMA(kf, VSPLAT(-EXP_LN2_HI), x);
+    r = r + VFMA(kf, VSPLAT(-EXP_LN2_LO), dl);
+
+    VR p = VSPLAT(CSM_SFX(csm_exp_poly)[0]);
+    for (int i = 1; i < EXP_NPOLY; i++) p = VFMA(p, r, VSPLAT(CSM_SFX(csm_exp_poly)[i]));
+    VR e = VSPLAT(1) + VFMA(p, r * r, r);
+
+    VI k = (VI)t - (VI)VSPLAT(EXP_MAGIC);
+    VI outside = (k < EXP_KMIN) | (k > EXP_KMAX);
+    if (__builtin_expect(!VANY(outside), 1)) return e * CSM_SFX(csm_vpow2i)(k);
+    /* subnormal result or overflow: two exact factors, so only the last product rounds */
+    VI k1 = k >> 1;
+    VI k2 = k - k1;
+    return (e * CSM_SFX(csm_vpow2i)(k1)) * CSM_SFX(csm_vpow2i)(k2);
+}
+
+static inline VR CSM_SFX(csm_vexp)(VR x)
+{
+    return CSM_SFX(csm_vexp2)(x, VSPLAT(0));
+}
+
+/* p + e == a * b exactly, lane-wise (FMA where available, Veltkamp-Dekker otherwise) */
+static inline void CSM_SFX(csm_vtwo_prod)(VR a, VR b, VR *p, VR *e)
+{
+    *p = a * b;
+#if CSM_HAVE_FMA
+    *e = VFMA(a, b, -*p);
+#else
+    VR ca = VSPLAT(EXP_SPLIT) * a, cb = VSPLAT(EXP_SPLIT) * b;
+    VR ah = ca - (ca - a), bh = cb - (cb - b);
+    VR al = a - ah, bl = b - bh;
+    *e = ((ah * bh - *p) + ah * bl + al * bh) + al * bl;
+#endif
+}
+
+/* s + e == a - b exactly, lane-wise (TwoSum; no magnitude precondition) */
+static inline void CSM_SFX(csm_vtwo_diff)(VR a, VR b, VR *s, VR *e)
+{
+    *s = a - b;
+    VR bb = *s - a;
+    *e = (a - (*s - bb)) - (b + bb);
+}
+
+#undef EXP_LO
+#undef EXP_HI
+#undef EXP_LOG2E
+#undef EXP_MAGIC
+#undef EXP_LN2_HI
+#undef EXP_LN2_LO
+#undef EXP_KMIN
+#undef EXP_KMAX
+#undef EXP_NPOLY
+#undef EXP_SPLIT

@@ -1,0 +1,20 @@
+/* csm_real_end.h - closes the dtype instantiation opened by csm_real_begin.h. */
+#undef REAL
+#undef REAL_IS_F32
+#undef CSM_SFX
+#undef VR
+#undef VI
+#undef VIS
+#undef VACC
+#undef VM8
+#undef VL
+#undef VFMA
+#undef VANY
+#undef R_MANT_BITS
+#undef R_EXP_BIAS
+#undef R_EPS
+#undef R_INF
+#undef VSPLAT
+#undef VSEL
+#undef CSM_REAL_F32
+#undef CSM_REAL_F64

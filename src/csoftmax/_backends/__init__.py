@@ -1,0 +1,47 @@
+"""The built-in backends, registered in dispatch order: `c` (NumPy arrays, the compiled C
+core), `cuda` (CuPy arrays, hand-written CUDA kernels), `reference` (any array with an
+array-API namespace; also the fallback). Each is recognised by its array's class name,
+so nothing here imports NumPy's C core, CuPy or any other array library."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from .._registry import Backend, register_backend
+
+
+def _is_numpy(x) -> bool:
+    cls = type(x)
+    return cls.__module__ == "numpy" and cls.__name__ in ("ndarray", "memmap")
+
+
+def _is_cupy(x) -> bool:
+    cls = type(x)
+    return cls.__module__.startswith("cupy") and cls.__name__ == "ndarray"
+
+
+def _c_available() -> bool:
+    return importlib.util.find_spec("csoftmax._ckernels") is not None
+
+
+def _cuda_available() -> bool:
+    if importlib.util.find_spec("cupy") is None:
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def _load(name):
+    return lambda: importlib.import_module(f"csoftmax._backends.{name}")
+
+
+register_backend(Backend("c", _is_numpy, _load("c"), available=_c_available,
+                         description="NumPy arrays on the compiled C core"))
+register_backend(Backend("cuda", _is_cupy, _load("cuda"), available=_cuda_available,
+                         description="CuPy arrays on CUDA kernels (CuPy RawModule)"))
+register_backend(Backend("reference", lambda x: True, _load("reference"),
+                         description="any array-API array, in plain array-API code"))

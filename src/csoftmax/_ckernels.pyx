@@ -1,0 +1,173 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The Cython wrapper of the C core (src/backends/cpu): NumPy arrays in, a csm_task out.
+
+Everything here is trusted input: csoftmax._backends.c has checked types, shapes, dtypes,
+byte order, alignment and writability, and broadcast the mask. This module only copies
+pointers, shapes and strides into the task struct and runs it with the GIL released.
+Reduced dimensions of per-row operands (ROW, LABEL) arrive with keepdims shapes; their
+strides there are set to 0.
+"""
+cimport numpy as cnp
+from libc.stdint cimport int64_t, uint64_t
+
+cnp.import_array()
+
+
+cdef extern from "csm_core.h" nogil:
+    ctypedef Py_ssize_t csm_intp
+    enum:
+        CSM_MAXDIM
+        CSM_X
+        CSM_Y
+        CSM_OUT
+        CSM_MASK
+        CSM_ROW
+        CSM_LABEL
+        CSM_NOPERANDS
+    enum:
+        CSM_SOFTMAX
+        CSM_LOG_SOFTMAX
+        CSM_LOGSUMEXP
+        CSM_SOFTMAX_BWD
+        CSM_LOG_SOFTMAX_BWD
+        CSM_XENT
+    enum:
+        CSM_F16
+        CSM_F32
+        CSM_F64
+    enum:
+        CSM_OK
+        CSM_ENOMEM
+    enum:
+        CSM_NISA
+
+    ctypedef struct csm_task:
+        int kind
+        int dtype
+        int row_dtype
+        int ndim
+        csm_intp shape[64]
+        char *data[6]
+        csm_intp strides[6][64]
+        uint64_t reduce
+        double temperature
+        const double *class_weight
+        double smoothing
+        int64_t ignore_index
+        double grad_scale
+        int nthreads
+
+    int csm_run(const csm_task *task)
+    void csm_init()
+    int csm_set_isa(int isa)
+    int csm_get_isa()
+    int csm_isa_supported(int isa)
+    const char *csm_isa_name(int isa)
+    int csm_max_threads()
+    int csm_openmp_enabled()
+
+
+SOFTMAX = CSM_SOFTMAX
+LOG_SOFTMAX = CSM_LOG_SOFTMAX
+LOGSUMEXP = CSM_LOGSUMEXP
+SOFTMAX_BWD = CSM_SOFTMAX_BWD
+LOG_SOFTMAX_BWD = CSM_LOG_SOFTMAX_BWD
+XENT = CSM_XENT
+
+csm_init()
+
+
+cdef int _dtype_code(cnp.ndarray a) except -1:
+    cdef int num = cnp.PyArray_TYPE(a)
+    if num == cnp.NPY_FLOAT64:
+        return CSM_F64
+    if num == cnp.NPY_FLOAT32:
+        return CSM_F32
+    if num == cnp.NPY_FLOAT16:
+        return CSM_F16
+    raise TypeError(f"internal: unsupported dtype {a.dtype}")
+
+
+cdef inline void _put(csm_task *t, int op, cnp.ndarray a, uint64_t zero_reduced):
+    cdef int d
+    cdef cnp.npy_intp *st = cnp.PyArray_STRIDES(a)
+    t.data[op] = <char *>cnp.PyArray_DATA(a)
+    for d in range(t.ndim):
+        if (zero_reduced >> d) & 1:
+            t.strides[op][d] = 0
+        else:
+            t.strides[op][d] = st[d]
+
+
+def run(int kind, cnp.ndarray x, object y, object out, object mask, object row, object label,
+        uint64_t reduce, double temperature=1.0, object weight=None, double smoothing=0.0,
+        int64_t ignore_index=-100, double grad_scale=1.0, int nthreads=0):
+    """Run one task of the C core. x, y, out share a shape and a float dtype; mask is
+    uint8/bool broadcast to that shape; row and label have the keepdims shape; reduce is
+    a bit mask of the softmax axes; weight is a contiguous float64 array or None."""
+    cdef csm_task t
+    cdef int d, status
+    cdef cnp.ndarray arr
+    cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(x)
+    t.kind = kind
+    t.ndim = cnp.PyArray_NDIM(x)
+    t.dtype = _dtype_code(x)
+    t.row_dtype = t.dtype
+    t.reduce = reduce
+    t.temperature = temperature
+    t.class_weight = NULL
+    t.smoothing = smoothing
+    t.ignore_index = ignore_index
+    t.grad_scale = grad_scale
+    t.nthreads = nthreads
+    for d in range(t.ndim):
+        t.shape[d] = shape[d]
+    for d in range(CSM_NOPERANDS):
+        t.data[d] = NULL
+    _put(&t, CSM_X, x, 0)
+    if y is not None:
+        _put(&t, CSM_Y, <cnp.ndarray>y, 0)
+    if out is not None:
+        _put(&t, CSM_OUT, <cnp.ndarray>out, 0)
+    if mask is not None:
+        _put(&t, CSM_MASK, <cnp.ndarray>mask, 0)
+    if row is not None:
+        _put(&t, CSM_ROW, <cnp.ndarray>row, reduce)
+        t.row_dtype = _dtype_code(<cnp.ndarray>row)
+    if label is not None:
+        _put(&t, CSM_LABEL, <cnp.ndarray>label, reduce)
+    if weight is not None:
+        arr = <cnp.ndarray>weight
+        t.class_weight = <const double *>cnp.PyArray_DATA(arr)
+    with nogil:
+        status = csm_run(&t)
+    if status == CSM_ENOMEM:
+        raise MemoryError("csoftmax: out of memory for the per-thread row buffers")
+    if status != CSM_OK:
+        raise RuntimeError(f"csoftmax: C core failed with status {status}")
+
+
+def isa_names():
+    """Names of the instruction-set builds, lowest first."""
+    return [csm_isa_name(i).decode() for i in range(CSM_NISA)]
+
+
+def isa_supported(int isa):
+    return bool(csm_isa_supported(isa))
+
+
+def get_isa():
+    return csm_get_isa()
+
+
+def set_isa(int isa):
+    if csm_set_isa(isa) != 0:
+        raise ValueError(f"instruction set {csm_isa_name(isa).decode()!r} is not available on this CPU")
+
+
+def max_threads():
+    return csm_max_threads()
+
+
+def openmp_enabled():
+    return bool(csm_openmp_enabled())

@@ -1,0 +1,246 @@
+"""The array-API reference of every op: the slow twin of the fast backends.
+
+Plain array-API code (any namespace with the 2023.12 standard: NumPy >= 2, CuPy,
+array-api-compat wrappers), written for clarity and for accuracy rather than speed. It is
+the oracle of the test suite, the fallback for arrays no compiled backend takes, and the
+baseline of the benchmarks. Every function here takes float64 arrays (the backend adapter
+in csoftmax._backends.reference upcasts), already-validated arguments, and returns new
+arrays; none of it allocates less than it could, on purpose.
+
+Accuracy follows DESIGN.md section 4, using the same ideas as the C core, spelled with
+whole-array operations:
+  * x - max is computed with its rounding error (two_diff) and the error is folded in as
+    exp(dh) * (1 + dl); with a temperature the quotient carries its remainder likewise;
+  * S' = sum of exp over the entries below the max, plus (ties - 1): the max entry itself
+    is left out, so log1p(S') keeps its precision when S' is tiny;
+  * log_softmax = ((x - max) / tau - log1p(S'), log_softmax's max entry = -log1p(S').
+Special values follow the table of DESIGN.md section 3.
+"""
+from __future__ import annotations
+
+import math
+
+_VELTKAMP = 134217729.0  # 2^27 + 1
+
+
+def namespace(x):
+    """The array namespace of x: __array_namespace__, else array-api-compat if installed."""
+    get = getattr(x, "__array_namespace__", None)
+    if get is not None:
+        return get()
+    try:
+        import array_api_compat
+    except ImportError:
+        raise TypeError(
+            f"csoftmax cannot take arrays of type {type(x).__module__}.{type(x).__qualname__}: "
+            "no backend accepts them and they have no __array_namespace__ "
+            "(installing array-api-compat adds support for more array libraries)"
+        ) from None
+    try:
+        return array_api_compat.array_namespace(x)
+    except TypeError as exc:
+        raise TypeError(f"csoftmax cannot take arrays of type {type(x).__qualname__}: {exc}") from None
+
+
+def _two_diff(xp, a, b):
+    """s + e == a - b exactly."""
+    s = a - b
+    bb = s - a
+    e = (a - (s - bb)) - (b + bb)
+    return s, e
+
+
+def _two_prod(xp, a, b):
+    """p + e == a * b exactly (Veltkamp-Dekker; no fused multiply-add in the standard)."""
+    p = a * b
+    ca, cb = _VELTKAMP * a, _VELTKAMP * b
+    ah, bh = ca - (ca - a), cb - (cb - b)
+    al, bl = a - ah, b - bh
+    e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    return p, e
+
+
+def _finite_or_zero(xp, v):
+    return xp.where(xp.isfinite(v), v, xp.zeros_like(v))
+
+
+def _scaled_diff(xp, x, m, tau):
+    """(x - m) / tau as dh + dl, accurate to ~1 ulp of float64 in absolute terms."""
+    dh, dl = _two_diff(xp, x, m)
+    dl = _finite_or_zero(xp, dl)
+    if tau != 1.0:
+        q = dh / tau
+        p, pe = _two_prod(xp, q, xp.asarray(tau, dtype=q.dtype))
+        rem = (dh - p) - pe
+        dl = _finite_or_zero(xp, (rem + dl) / tau)
+        dh = q
+    return dh, dl
+
+
+def _bcast_mask(xp, mask, shape):
+    return None if mask is None else xp.broadcast_to(mask, shape)
+
+
+def _count(xp, cond, axes):
+    return xp.sum(xp.astype(cond, xp.float64), axis=axes, keepdims=True)
+
+
+class _Stats:
+    """Per-row quantities of x (float64), kept with keepdims=True shapes."""
+
+    def __init__(self, xp, x, axes, tau, mask):
+        self.xp, self.x, self.axes, self.tau = xp, x, axes, tau
+        self.mask = mask = _bcast_mask(xp, mask, x.shape)
+        self.live = xp.ones(x.shape, dtype=xp.bool) if mask is None else mask
+        xm = xp.where(self.live, x, -math.inf)
+        isnan = xp.isnan(xm)
+        xn = xp.where(isnan, -math.inf, xm)  # NaN left out of the max; flagged instead
+        self.xn = xn
+        self.m = xp.max(xn, axis=axes, keepdims=True)
+        self.nan = xp.any(isnan, axis=axes, keepdims=True)
+        self.any = xp.any(self.live, axis=axes, keepdims=True)
+        finite_m = xp.isfinite(self.m)
+        self.tau_inf = math.isinf(tau)
+        self.special = self.nan | ~self.any | ~finite_m
+        if self.tau_inf:
+            self.special = xp.ones_like(self.special)
+        m0 = xp.where(finite_m, self.m, xp.zeros_like(self.m))
+        self.dh, self.dl = _scaled_diff(xp, xn, m0, tau)
+        is_max = (xn == self.m) & finite_m
+        e = xp.exp(self.dh)
+        e = e + e * self.dl
+        self.e = e
+        others = xp.sum(xp.where(is_max, xp.zeros_like(e), e), axis=axes, keepdims=True)
+        self.s = (_count(xp, is_max, axes) - 1.0) + others  # S', the max entry left out
+        self.log1p_s = xp.log1p(xp.where(self.special, xp.zeros_like(self.s), self.s))
+
+    def special_values(self, kind):
+        """Values of the special rows (masked entries are overwritten by the caller)."""
+        xp = self.xp
+        nan = math.nan
+        if kind == "logsumexp":
+            v = xp.where(self.m == math.inf, math.inf, -math.inf)  # m is -inf or +inf here
+            v = xp.where(self.nan, nan, v)
+            return xp.where(~self.any, -math.inf, v)
+        outside = 0.0 if kind == "softmax" else -math.inf
+        full = xp.full(self.x.shape, nan, dtype=self.x.dtype)
+        if self.tau_inf:
+            support = self.live & (self.xn > -math.inf)
+            cnt = _count(xp, support, self.axes)
+            inside = 1.0 / cnt if kind == "softmax" else -xp.log(cnt)
+            uniform = xp.where(support, inside, outside)
+            uniform_ok = ~self.nan & xp.isfinite(self.m)
+            full = xp.where(uniform_ok, uniform, full)
+        return xp.where(self.any, full, outside)
+
+
+def _masked_fill(xp, v, mask, fill):
+    if mask is None:
+        return v
+    return xp.where(mask, v, xp.asarray(fill, dtype=v.dtype))
+
+
+def softmax(xp, x, axes, tau, mask):
+    st = _Stats(xp, x, axes, tau, mask)
+    v = st.e / (1.0 + xp.where(st.special, xp.zeros_like(st.s), st.s))
+    v = xp.where(st.special, st.special_values("softmax"), v)
+    return _masked_fill(xp, v, st.mask, 0.0)
+
+
+def log_softmax(xp, x, axes, tau, mask):
+    st = _Stats(xp, x, axes, tau, mask)
+    v = (st.dh - st.log1p_s) + st.dl
+    v = xp.where(st.special, st.special_values("log_softmax"), v)
+    return _masked_fill(xp, v, st.mask, -math.inf)
+
+
+def logsumexp(xp, x, axes, mask, keepdims):
+    st = _Stats(xp, x, axes, 1.0, mask)
+    v = xp.where(st.special, st.special_values("logsumexp"), st.m + st.log1p_s)
+    return v if keepdims else xp.squeeze(v, axis=axes)
+
+
+def softmax_backward(xp, g, y, axes, tau, mask):
+    mask = _bcast_mask(xp, mask, g.shape)
+    gm, ym = _masked_fill(xp, g, mask, 0.0), _masked_fill(xp, y, mask, 0.0)
+    dot = xp.sum(gm * ym, axis=axes, keepdims=True)
+    return _masked_fill(xp, y * (g - dot) * (1.0 / tau), mask, 0.0)
+
+
+def log_softmax_backward(xp, g, y, axes, tau, mask):
+    mask = _bcast_mask(xp, mask, g.shape)
+    total = xp.sum(_masked_fill(xp, g, mask, 0.0), axis=axes, keepdims=True)
+    return _masked_fill(xp, (g - xp.exp(y) * total) * (1.0 / tau), mask, 0.0)
+
+
+def one_minus_softmax(xp, logp):
+    """1 - softmax, to full precision also where softmax is close to 1: -expm1(logp)."""
+    return -xp.expm1(logp)
+
+
+def jacobian(xp, s, logp, tau, log):
+    """Batched Jacobian of softmax (log=False) or log_softmax (log=True) along the last
+    axis, from the softmax s and the log_softmax logp of the same row:
+      softmax:      J[..., i, j] = s_i (delta_ij - s_j) / tau
+      log_softmax:  J[..., i, j] = (delta_ij - s_j) / tau
+    The diagonal uses 1 - s_i = -expm1(logp_i), exact also where s_i is close to 1."""
+    n = s.shape[-1]
+    eye = xp.eye(n, dtype=xp.bool)
+    om = one_minus_softmax(xp, logp)
+    inv = 1.0 / tau
+    if log:
+        off = -xp.broadcast_to(s[..., None, :], s.shape + (n,))
+        diag = om[..., :, None]
+    else:
+        off = -(s[..., :, None] * s[..., None, :])
+        diag = (s * om)[..., :, None]
+    return xp.where(eye, diag, off) * inv
+
+
+def cross_entropy_rows(xp, x, axis, labels, probs, weight, ignore_index, eps, tau, mask, grad_scale, want_grad):
+    """Per-row losses (shape of x without axis) and, if want_grad, the gradient with
+    respect to x, scaled by grad_scale (torch.nn.functional.cross_entropy's formulas; see
+    csm_grad.h for the same in C). labels: integer class indices (or None); probs: class
+    probabilities of x's shape (or None); weight: float64 per class or None."""
+    n = x.shape[axis]
+    axes = (axis,)
+    logp = log_softmax(xp, x, axes, tau, mask)
+    mask = _bcast_mask(xp, mask, x.shape)
+    live = xp.ones(x.shape, dtype=xp.bool) if mask is None else mask
+    shape_w = [1] * x.ndim
+    shape_w[axis] = n
+    w = xp.ones(tuple(shape_w), dtype=x.dtype) if weight is None else xp.reshape(weight, tuple(shape_w))
+    w = xp.broadcast_to(w, x.shape)
+    zero = xp.zeros_like(x)
+    K = _count(xp, live, axes)
+    eps_k = xp.where(K > 0, eps / xp.where(K > 0, K, 1.0), 0.0)
+    neg_logp = -logp
+    if probs is not None:
+        q = xp.where(live, (1.0 - eps) * probs + eps_k, zero)
+        term = xp.where(q == 0.0, zero, w * q * neg_logp)  # 0 * log 0 = 0
+        loss = xp.sum(term, axis=axis)
+        A = xp.sum(w * q, axis=axis, keepdims=True)
+        B = w * q
+        valid = None
+    else:
+        valid = labels != ignore_index
+        lab = xp.where(valid, labels, xp.zeros_like(labels))
+        idx = xp.reshape(xp.arange(n), tuple(shape_w))
+        onehot = idx == xp.expand_dims(lab, axis=axis)
+        w_y = xp.sum(xp.where(onehot, w, zero), axis=axis, keepdims=True)
+        nll = (1.0 - eps) * w_y * xp.sum(xp.where(onehot, neg_logp, zero), axis=axis, keepdims=True)
+        smooth = eps_k * xp.sum(xp.where(live, w * neg_logp, zero), axis=axis, keepdims=True)
+        loss_k = nll + smooth if eps != 0.0 else nll
+        valid_k = xp.expand_dims(valid, axis=axis)
+        loss = xp.squeeze(xp.where(valid_k, loss_k, xp.zeros_like(loss_k)), axis=axis)
+        W = xp.sum(xp.where(live, w, zero), axis=axis, keepdims=True)
+        A = (1.0 - eps) * w_y + eps_k * W
+        B = xp.where(onehot, (1.0 - eps) * w, zero) + eps_k * w
+    if not want_grad:
+        return loss, None
+    p = softmax(xp, x, axes, tau, mask)
+    grad = (p * A - B) * (grad_scale / tau)
+    grad = xp.where(live, grad, zero)
+    if valid is not None:
+        grad = xp.where(xp.expand_dims(valid, axis=axis), grad, zero)
+    return loss, grad

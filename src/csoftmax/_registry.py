@@ -1,0 +1,190 @@
+"""The backend registry: what a backend is, which ones exist, and which one takes an array.
+
+A backend is a small record: a name, a predicate that recognises its arrays by their class
+(without importing the array library), a loader that imports the module implementing the
+ops (lazily, on first use), and an availability check. Dispatch order for an op on an
+array x:
+
+    explicit backend= > the innermost use_backend(...) > the first registered, available
+    backend that accepts type(x) and implements the op > "reference"
+
+The automatic choice is resolved once per (type, op) and cached; registering a backend
+clears the cache.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import threading
+from typing import Any, Callable, Iterator
+
+OPS = (
+    "softmax",
+    "log_softmax",
+    "logsumexp",
+    "softmax_backward",
+    "log_softmax_backward",
+    "softmax_jacobian",
+    "log_softmax_jacobian",
+    "softmax_cross_entropy",
+)
+
+
+def _always() -> bool:
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """A backend.
+
+    name: what backend= and use_backend() take.
+    accepts: ``accepts(x) -> bool``, true for arrays this backend computes on; it must not
+        import anything (look at ``type(x).__module__`` and the class name).
+    loader: returns the module (or object) implementing the ops as attributes; called once,
+        on first use.
+    ops: the op names it implements (a subset of csoftmax._registry.OPS).
+    available: ``available() -> bool``, whether it can run here (compiled extension
+        present, library importable, device present); called lazily and cached.
+    description: one line for show_config().
+    """
+
+    name: str
+    accepts: Callable[[Any], bool]
+    loader: Callable[[], Any]
+    ops: tuple = OPS
+    available: Callable[[], bool] = _always
+    description: str = ""
+
+    def implements(self, op: str) -> bool:
+        return op in self.ops
+
+
+_lock = threading.RLock()
+_backends: dict[str, Backend] = {}
+_modules: dict[str, Any] = {}
+_availability: dict[str, bool] = {}
+_auto_cache: dict[tuple[type, str], Backend] = {}
+_override: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("csoftmax_backend", default=())
+
+
+def register_backend(backend: Backend, *, before: str | None = None, replace: bool = False) -> None:
+    """Add a backend. It is tried after those registered earlier, or just before the one
+    named by ``before``. A name already taken is a ValueError unless ``replace=True``."""
+    if not isinstance(backend, Backend):
+        raise TypeError(f"backend must be a csoftmax.Backend, got {type(backend).__name__}")
+    unknown = set(backend.ops) - set(OPS)
+    if unknown:
+        raise ValueError(f"backend {backend.name!r} names unknown ops: {sorted(unknown)}")
+    with _lock:
+        if backend.name in _backends and not replace:
+            raise ValueError(f"a backend named {backend.name!r} is already registered")
+        if before is not None and before not in _backends:
+            raise ValueError(f"unknown backend {before!r} in before=")
+        items = [(k, v) for k, v in _backends.items() if k != backend.name]
+        if before is None:
+            items.append((backend.name, backend))
+        else:
+            at = next(i for i, (k, _) in enumerate(items) if k == before)
+            items.insert(at, (backend.name, backend))
+        _backends.clear()
+        _backends.update(items)
+        _modules.pop(backend.name, None)
+        _availability.pop(backend.name, None)
+        _auto_cache.clear()
+
+
+def backends() -> tuple[str, ...]:
+    """Names of the registered backends, in dispatch order."""
+    return tuple(_backends)
+
+
+def backend_record(name: str) -> Backend:
+    try:
+        return _backends[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; registered: {', '.join(_backends)}") from None
+
+
+def is_available(name: str) -> bool:
+    """Whether the backend can run here (its check, run once)."""
+    b = backend_record(name)
+    ok = _availability.get(name)
+    if ok is None:
+        try:
+            ok = bool(b.available())
+        except Exception:
+            ok = False
+        _availability[name] = ok
+    return ok
+
+
+def load(name: str):
+    """The module implementing a backend's ops (imported on first use)."""
+    mod = _modules.get(name)
+    if mod is None:
+        b = backend_record(name)
+        if not is_available(name):
+            raise RuntimeError(f"backend {name!r} is not available here; see csoftmax.show_config()")
+        with _lock:
+            mod = _modules.get(name)
+            if mod is None:
+                mod = b.loader()
+                _modules[name] = mod
+    return mod
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[Backend]:
+    """Within the block, calls without backend= use this backend (thread- and
+    task-local). It must be able to take the arrays passed, or the call raises."""
+    b = backend_record(name)
+    token = _override.set(_override.get() + (b.name,))
+    try:
+        yield b
+    finally:
+        _override.reset(token)
+
+
+def _auto(cls: type, op: str, x: Any) -> Backend:
+    key = (cls, op)
+    b = _auto_cache.get(key)
+    if b is None:
+        for cand in _backends.values():
+            if cand.name != "reference" and cand.implements(op) and cand.accepts(x) and is_available(cand.name):
+                b = cand
+                break
+        else:
+            b = _backends["reference"]
+        _auto_cache[key] = b
+    return b
+
+
+def resolve(x: Any, op: str, backend: str | None = None) -> Backend:
+    """The backend that computes op on x."""
+    name = backend
+    if name is None:
+        stack = _override.get()
+        if not stack:
+            return _auto(type(x), op, x)
+        name = stack[-1]
+    b = backend_record(name)
+    if not b.implements(op):
+        raise ValueError(f"backend {name!r} does not implement {op}")
+    if not b.accepts(x):
+        raise TypeError(f"backend {name!r} cannot take arrays of type {type(x).__module__}.{type(x).__qualname__}")
+    if not is_available(name):
+        raise RuntimeError(f"backend {name!r} is not available here; see csoftmax.show_config()")
+    return b
+
+
+def override_active() -> bool:
+    return bool(_override.get())
+
+
+def get_backend(x: Any, op: str = "softmax") -> Backend:
+    """The backend a call of ``op`` on ``x`` would use (honouring use_backend)."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; ops: {', '.join(OPS)}")
+    return resolve(x, op)
