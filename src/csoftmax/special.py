@@ -1,0 +1,189 @@
+"""csoftmax.special: a drop-in for scipy.special's softmax, log_softmax and logsumexp.
+
+Same signatures, defaults (axis=None: all axes) and results as scipy.special, special
+values included -- scipy's log_softmax([inf, 1]) is [nan, -inf], not the all-NaN slice of
+csoftmax.log_softmax, and so it is here. Real input runs on the fast backends; complex
+input, logsumexp's `b` weights and `return_sign` run on array-API code that follows
+scipy's algorithm. Results for 0-d outputs are NumPy scalars, as scipy's.
+
+Deliberate differences, where strictly better:
+  * an empty axis gives an empty result (scipy raises for softmax and log_softmax);
+  * tail precision: softmax and log_softmax are accurate to a few ulp (csoftmax.softmax's
+    contract), and log_softmax's max entry is -log1p(S') rather than 0;
+  * float16 input is computed in float32 (scipy computes in float16).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _api
+from ._reference import namespace
+
+__all__ = ["softmax", "log_softmax", "logsumexp"]
+
+
+def _as_input(x):
+    if isinstance(x, np.ndarray):
+        return x
+    return _api._as_array(x)
+
+
+def _is_complex(xp, a) -> bool:
+    return _api._category(xp, a.dtype) == "complex"
+
+
+def _unwrap0(v):
+    """scipy returns NumPy scalars where the result is 0-d."""
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        return v[()]
+    return v
+
+
+def _axes(axis, ndim):
+    return _api._normalize_axes(axis, ndim)
+
+
+def softmax(x, axis=None):
+    """scipy.special.softmax: exp(x) / sum(exp(x)) over axis (default: all axes)."""
+    x = _as_input(x)
+    xp = namespace(x)
+    if _is_complex(xp, x):
+        axes = _axes(axis, x.ndim)
+        if 0 in [x.shape[a] for a in axes]:
+            return x
+        e = xp.exp(x - xp.max(x, axis=axes, keepdims=True))  # scipy's formula
+        return _unwrap0(e / xp.sum(e, axis=axes, keepdims=True))
+    return _unwrap0(_api.softmax(x, axis=axis))
+
+
+def log_softmax(x, axis=None):
+    """scipy.special.log_softmax: log(softmax(x)) over axis (default: all axes), computed
+    stably; a slice holding +inf (and no NaN) gives NaN at the +inf entries and -inf
+    elsewhere, as scipy's."""
+    x = _as_input(x)
+    xp = namespace(x)
+    axes = _axes(axis, x.ndim)
+    if _is_complex(xp, x):
+        if 0 in [x.shape[a] for a in axes]:
+            return x
+        x_max = xp.max(x, axis=axes, keepdims=True)  # scipy's formula
+        x_max = xp.where(xp.isfinite(x_max), x_max, xp.zeros_like(x_max))
+        tmp = x - x_max
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return _unwrap0(tmp - xp.log(xp.sum(xp.exp(tmp), axis=axes, keepdims=True)))
+    out = _api.log_softmax(x, axis=axis)
+    if x.ndim and x.size and _api._category(xp, x.dtype) == "float":
+        top = xp.max(x)  # NaN if any NaN; +inf if a +inf and no NaN anywhere
+        if not (top < math.inf):  # some slice may hold +inf: follow scipy there
+            pinf = x == math.inf
+            rows = xp.any(pinf, axis=axes, keepdims=True) & ~xp.any(xp.isnan(x), axis=axes, keepdims=True)
+            fix = xp.where(pinf, xp.asarray(math.nan, dtype=out.dtype), xp.asarray(-math.inf, dtype=out.dtype))
+            out = xp.where(rows, fix, out)
+    return _unwrap0(out)
+
+
+def _complex_max_and_mask(xp, a, axes):
+    """scipy's shift for complex logsumexp: the element with the largest real part (one
+    of ties), and where it is."""
+    real = xp.real(a)
+    mx = xp.max(real, axis=axes, keepdims=True)
+    hit = real == mx
+    idx = xp.reshape(xp.arange(math.prod(a.shape)), a.shape)
+    idx = xp.where(hit, idx, -1)
+    first = idx == xp.max(idx, axis=axes, keepdims=True)
+    return xp.sum(xp.where(first, a, xp.zeros_like(a)), axis=axes, keepdims=True), first
+
+
+def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False):
+    """scipy.special.logsumexp: log(sum(b * exp(a))) over axis (default: all axes).
+
+    With return_sign=True, returns (log|sum|, sign); otherwise a negative sum gives NaN.
+    Real input without b runs on the fast backends (the max entry left out of the sum,
+    so logsumexp([0, -40]) = 4.248e-18); b, return_sign and complex input follow scipy's
+    algorithm in array-API code.
+    """
+    a = _as_input(a)
+    xp = namespace(a)
+    if b is None and not _is_complex(xp, a):
+        if a.ndim == 0:
+            a = xp.reshape(a, (1,))  # scipy works on at least 1-d
+        out = _api.logsumexp(a, axis=axis, keepdims=keepdims)
+        if not return_sign:
+            return _unwrap0(out)
+        sgn = xp.where(out == -math.inf, xp.zeros_like(out), xp.where(xp.isnan(out), out, xp.ones_like(out)))
+        return _unwrap0(out), _unwrap0(sgn)
+    return _logsumexp_general(xp, a, axis, b, keepdims, return_sign)
+
+
+def _logsumexp_general(xp, a, axis, b, keepdims, return_sign):
+    """scipy's algorithm (scipy/special/_logsumexp.py) for weights, signs and complex input."""
+    if b is not None:
+        b = _api._same_kind_array(a, b, "b")
+    if a.ndim == 0:
+        a = xp.reshape(a, (1,))
+    if b is not None:
+        a, b = xp.broadcast_arrays(a, b)
+        dt = xp.result_type(a.dtype, b.dtype)
+    else:
+        dt = a.dtype
+    if _api._category(xp, dt) in ("int", "bool"):
+        dt = xp.float64
+    a = xp.astype(a, dt)
+    b = None if b is None else xp.astype(b, dt)
+    axes = _axes(axis, a.ndim)
+    complex_ = _is_complex(xp, a)
+    with np.errstate(all="ignore"):
+        if 0 in [a.shape[i] for i in axes] or math.prod(a.shape) == 0:
+            shape = tuple(1 if i in axes else s for i, s in enumerate(a.shape))
+            out = xp.full(shape, -math.inf, dtype=dt)
+            sgn = xp.sign(out)
+        else:
+            b_exp_a = xp.exp(a) if b is None else b * xp.exp(a)
+            total = xp.sum(b_exp_a, axis=axes, keepdims=True)
+            sgn_inf = xp.sign(total) if return_sign else None
+            out_inf = xp.log(xp.abs(total) if return_sign else total)
+
+            if b is not None:
+                a = xp.where(b == 0, xp.asarray(-math.inf, dtype=dt), a)
+            if complex_:
+                a_max, at_max = _complex_max_and_mask(xp, a, axes)
+            else:
+                a_max = xp.max(a, axis=axes, keepdims=True)
+                at_max = a == a_max
+            rest = xp.where(at_max, xp.asarray(-math.inf, dtype=dt), a)
+            at_max_f = xp.astype(at_max, dt)
+            m = xp.sum(at_max_f if b is None else b * at_max_f, axis=axes, keepdims=True)
+            e = xp.exp(rest - a_max) if b is None else b * xp.exp(rest - a_max)
+            s = xp.sum(e, axis=axes, keepdims=True)
+            s = xp.where(s == 0, s, s / m)
+            sgn = xp.sign(s + 1) * xp.sign(m)
+            if complex_:
+                sgn = sgn * xp.exp(xp.imag(a_max) * 1.0j)
+            else:
+                s = xp.where(s < -1, -s - 2, s)
+                m = xp.abs(m)
+            out = xp.log1p(s) + xp.log(m) + a_max
+            if return_sign:
+                out = xp.real(out)
+            elif not complex_:
+                out = xp.where(sgn < 0, xp.asarray(math.nan, dtype=out.dtype), out)
+            finite = xp.isfinite(out)
+            out = xp.where(finite, out, out_inf)
+            if return_sign:
+                sgn = xp.where(finite, sgn, sgn_inf)
+    if complex_:
+        if return_sign:
+            sgn = xp.real(sgn) + _wrap_radians(xp, xp.imag(sgn)) * 1j
+        else:
+            out = xp.real(out) + _wrap_radians(xp, xp.imag(out)) * 1j
+    if not keepdims:
+        out = xp.squeeze(out, axis=axes)
+        sgn = xp.squeeze(sgn, axis=axes)
+    return (_unwrap0(out), _unwrap0(sgn)) if return_sign else _unwrap0(out)
+
+
+def _wrap_radians(xp, x):
+    wrapped = -((-x + math.pi) % (2 * math.pi) - math.pi)
+    return xp.where(xp.abs(x) < math.pi, x, wrapped)
