@@ -72,12 +72,20 @@ def _dtype_name(dt) -> str:
     return str(getattr(dt, "name", dt)).replace("torch.", "")
 
 
+def _numpy_like_dtype(xp, dt):
+    """NumPy and CuPy spell dtypes as numpy.dtype instances; keep that form."""
+    if xp is np or getattr(xp, "__name__", "") == "cupy":
+        return np.dtype(dt)
+    return dt
+
+
 def _normalize_dtype(xp, dtype):
     """A float dtype of namespace xp from what the caller passed (dtype, name, type)."""
     if isinstance(dtype, str):
         dt = getattr(xp, dtype, None)
         if dt is None:
             raise TypeError(f"dtype must be a float dtype (float16, float32 or float64), got {dtype!r}")
+        dt = _numpy_like_dtype(xp, dt)
     elif xp is np or getattr(xp, "__name__", "") == "cupy":
         try:
             dt = np.dtype(dtype)
@@ -99,9 +107,11 @@ def _result_dtype(xp, in_dtype, dtype=None):
     if cat == "float":
         if _dtype_name(in_dtype) not in _FLOATS:
             raise TypeError(f"unsupported float dtype {_dtype_name(in_dtype)}: convert to float64 first")
+        if not getattr(in_dtype, "isnative", True):  # results come in native byte order
+            in_dtype = in_dtype.newbyteorder("=")
         return in_dtype
     if cat in ("int", "bool"):
-        return xp.float64
+        return _numpy_like_dtype(xp, xp.float64)
     if cat == "complex":
         raise TypeError(
             "complex input is not supported here; csoftmax.special.logsumexp takes complex input as scipy does"

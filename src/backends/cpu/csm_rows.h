@@ -77,6 +77,7 @@ CSM_INLINE void CSM_SFX(csm_vdiff)(VR x, VR ref, const csm_temp *tp, int scaled,
     VACC d = (__builtin_convertvector(x, VACC) - __builtin_convertvector(ref, VACC)) * tp->inv_tau;
     *dh = __builtin_convertvector(d, VR);
     *dl = __builtin_convertvector(d - __builtin_convertvector(*dh, VACC), VR);
+    *dl = VSEL(*dl - *dl == 0, *dl, VSPLAT(0)); /* dh overflowed float: the error is meaningless */
 #else
     VR sh, sl, p, pe;
     CSM_SFX(csm_vtwo_diff)(x, ref, &sh, &sl);
@@ -85,6 +86,7 @@ CSM_INLINE void CSM_SFX(csm_vdiff)(VR x, VR ref, const csm_temp *tp, int scaled,
     VR rem = (sh - p) - pe; /* sh - q * tau, exactly */
     *dh = q;
     *dl = (rem + sl) * tp->inv_tau;
+    *dl = VSEL(*dl - *dl == 0, *dl, VSPLAT(0)); /* |q| near the overflow threshold: the split overflowed */
 #endif
 }
 
