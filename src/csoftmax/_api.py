@@ -26,7 +26,13 @@ _FLOATS = ("float16", "float32", "float64")
 def _as_array(x, argname="x"):
     """x itself if some backend or the array API knows its type; Python scalars and
     sequences (and NumPy scalars) become NumPy arrays."""
+    if type(x) is np.ndarray:
+        return x
     if isinstance(x, np.ndarray):
+        if type(x).__module__.startswith("numpy.ma"):
+            raise TypeError(
+                f"{argname} is a masked array, whose mask would be ignored: pass its data with where=~mask"
+            )
         return x
     if isinstance(x, (list, tuple, numbers.Number, np.generic)):
         try:
@@ -44,7 +50,7 @@ def _as_array(x, argname="x"):
 def _same_kind_array(ref, a, argname):
     """a as an array of ref's library (lists and scalars accepted)."""
     a = _as_array(a, argname)
-    if type(a) is not type(ref) and not (isinstance(ref, np.ndarray) and isinstance(a, np.ndarray)):
+    if not _same_library(ref, a):
         raise TypeError(
             f"{argname} must be an array of the same library as x "
             f"({type(ref).__module__}.{type(ref).__qualname__}), got {type(a).__module__}.{type(a).__qualname__}"
@@ -185,12 +191,18 @@ def _check_where(x, xp, where, shape):
     return where
 
 
-def _check_out(be, mod, out, shape, rdt, argname="out"):
+def _same_library(ref, a) -> bool:
+    if isinstance(ref, np.ndarray):
+        return isinstance(a, np.ndarray) and not type(a).__module__.startswith("numpy.ma")
+    return type(a) is type(ref)
+
+
+def _check_out(x, mod, out, shape, rdt, argname="out"):
     if out is None:
         return None
-    if not be.accepts(out):
+    if not _same_library(x, out):
         raise TypeError(
-            f"{argname} must be an array of the input's library for backend {be.name!r}, "
+            f"{argname} must be an array of the input's library ({type(x).__module__}.{type(x).__qualname__}), "
             f"got {type(out).__module__}.{type(out).__qualname__}"
         )
     if tuple(out.shape) != tuple(shape):
@@ -216,7 +228,7 @@ def _forward(op, x, axis, temperature, where, dtype, out, backend):
     axes = _normalize_axes(axis, x.ndim)
     rdt = _result_dtype(xp, x.dtype, dtype)
     where = _check_where(x, xp, where, x.shape)
-    out = _check_out(be, mod, out, x.shape, rdt)
+    out = _check_out(x, mod, out, x.shape, rdt)
     return getattr(mod, op)(x, axes, tau, where, out, rdt)
 
 
@@ -258,7 +270,7 @@ def logsumexp(x, /, axis=None, *, keepdims=False, where=None, dtype=None, out=No
     rdt = _result_dtype(xp, x.dtype, dtype)
     where = _check_where(x, xp, where, x.shape)
     shape = tuple((1 if i in axes else s) for i, s in enumerate(x.shape) if keepdims or i not in axes)
-    out = _check_out(be, mod, out, shape, rdt)
+    out = _check_out(x, mod, out, shape, rdt)
     return mod.logsumexp(x, axes, bool(keepdims), where, out, rdt)
 
 
@@ -277,7 +289,7 @@ def _backward(op, grad_output, output, axis, temperature, where, out, backend):
     ry = _result_dtype(xp, y.dtype)
     rdt = xp.result_type(rg, ry)
     where = _check_where(g, xp, where, g.shape)
-    out = _check_out(be, mod, out, g.shape, rdt)
+    out = _check_out(g, mod, out, g.shape, rdt)
     return getattr(mod, op)(g, y, axes, tau, where, out, rdt)
 
 

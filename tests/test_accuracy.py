@@ -1,0 +1,241 @@
+"""The accuracy contract (DESIGN.md section 4), measured in ulps of the output dtype
+against the exact result for the input as stored.
+
+Oracles: mpmath (40 digits) for short rows and any temperature; for long rows (up to 1e6
+entries) an extended-precision oracle in numpy.longdouble (x86's 80-bit format, 64-bit
+significand) that itself is checked against mpmath here. x - max is split exactly into
+dh + dl in double, and exp(d) is taken as expl(dh) * expl(dl), so the oracle's error is
+~1e-19 relative however large |d| is.
+
+Contract: softmax and log_softmax within 4 ulp per element, float32 and float64, rows up
+to 1e6, inputs N(0,1)*30, one dominant entry, gaps of 50; float16 correctly rounded from
+the float32 computation; |sum(softmax) - 1| <= a few eps * log2(n); no backend less
+accurate than scipy (and torch, when installed) on the same input.
+"""
+from __future__ import annotations
+
+import math
+
+import mpmath as mp
+import numpy as np
+import pytest
+
+import csoftmax
+from helpers import to_backend, to_numpy
+
+LD = np.longdouble
+LD_EXACT = np.finfo(LD).nmant >= 63  # 80-bit extended or better
+needs_ld = pytest.mark.skipif(not LD_EXACT, reason="numpy.longdouble has no extended precision on this platform")
+
+ULP_LIMIT = 4.0
+
+
+# ---- oracles ------------------------------------------------------------------------------------
+def _two_diff(a, b):
+    s = a - b
+    bb = s - a
+    return s, (a - (s - bb)) - (b + bb)
+
+
+def exact_ld(x):
+    """(softmax, log_softmax) of a finite 1-D row in longdouble, temperature 1."""
+    xd = np.asarray(x, dtype=np.float64)
+    m = xd.max()
+    dh, dl = _two_diff(xd, m)
+    with np.errstate(over="ignore", under="ignore"):
+        e = np.exp(dh.astype(LD)) * np.exp(dl.astype(LD))
+    k = int(np.argmax(xd))
+    rest = e.copy()
+    rest[k] = 0
+    s_rest = np.sum(rest)  # S', the max entry left out
+    soft = e / (1 + s_rest)
+    logs = (dh.astype(LD) + dl.astype(LD)) - np.log1p(s_rest)
+    logs[k] = -np.log1p(s_rest)
+    return soft, logs
+
+
+def exact_mp(x, tau=1.0):
+    """(softmax, log_softmax) of a 1-D row with mpmath, as lists of mpf."""
+    with mp.workdps(50):
+        xs = [mp.mpf(float(v)) for v in x]
+        t = mp.mpf(float(tau))
+        m = max(xs)
+        k = xs.index(m)
+        d = [(v - m) / t for v in xs]
+        e = [mp.exp(v) for v in d]
+        s_rest = mp.fsum(e[:k] + e[k + 1:])  # log1p of S' keeps the max entry's precision
+        return [v / (1 + s_rest) for v in e], [v - mp.log1p(s_rest) for v in d]
+
+
+def ulps(got, exact, dtype):
+    """|got - exact| in units of the last place of dtype at the exact value."""
+    got = np.asarray(got, dtype=np.float64)
+    exact_ld = np.asarray(exact, dtype=LD)
+    with np.errstate(over="ignore", under="ignore"):
+        spacing = np.spacing(np.abs(exact_ld.astype(dtype))).astype(LD)
+        return np.asarray(np.abs(got.astype(LD) - exact_ld) / spacing, dtype=np.float64)
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+def _row(kind, n, dtype, rng):
+    if kind == "normal30":
+        v = rng.standard_normal(n) * 30
+    elif kind == "dominant":
+        v = rng.standard_normal(n)
+        v[rng.integers(n)] += 50
+    elif kind == "gaps50":
+        v = -50.0 * rng.integers(0, 4, size=n) + rng.standard_normal(n) * 0.1
+    elif kind == "underflow":  # many results subnormal or zero
+        lim = 100.0 if dtype == np.float32 else 740.0
+        v = -rng.random(n) * lim
+        v[0] = 0.0
+    elif kind == "close":  # S' tiny: the max entry's log_softmax is -log1p(S')
+        v = np.full(n, -60.0 if dtype == np.float64 else -25.0) + rng.standard_normal(n) * 0.01
+        v[rng.integers(n)] = 0.0
+    else:
+        raise ValueError(kind)
+    return v.astype(dtype)
+
+
+KINDS = ("normal30", "dominant", "gaps50", "underflow", "close")
+
+
+def _compute(backend, op, x, **kw):
+    return to_numpy(backend, getattr(csoftmax, op)(to_backend(backend, x), backend=backend, **kw))
+
+
+# ---- the oracle itself ----------------------------------------------------------------------------
+@needs_ld
+@pytest.mark.parametrize("kind", KINDS)
+def test_longdouble_oracle_agrees_with_mpmath(kind):
+    rng = np.random.default_rng(1)
+    x = _row(kind, 300, np.float64, rng)
+    soft, logs = exact_ld(x)
+    msoft, mlogs = exact_mp(x)
+    with mp.workdps(50):
+        for got, want in ((soft, msoft), (logs, mlogs)):
+            for g, w in zip(got, want):
+                g = mp.mpf(np.format_float_scientific(g, unique=True))
+                assert abs(g - w) <= abs(w) * mp.mpf(2) ** -60
+
+
+# ---- the contract ------------------------------------------------------------------------------------
+@needs_ld
+@pytest.mark.parametrize("n", [1, 7, 1000, 100_000, 1_000_000])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_ulp_contract_long_rows(backend, op, dtype, kind, n):
+    if n == 1_000_000 and kind not in ("normal30", "close"):
+        pytest.skip("the million-entry rows cover two kinds, to keep the suite fast")
+    rng = np.random.default_rng(n + len(kind))
+    x = _row(kind, n, dtype, rng)
+    soft, logs = exact_ld(x)
+    got = _compute(backend, op, x)
+    err = ulps(got, soft if op == "softmax" else logs, dtype)
+    assert err.max() <= ULP_LIMIT, f"{op} {np.dtype(dtype).name} {kind} n={n}: {err.max():.2f} ulp at {err.argmax()}"
+
+
+@pytest.mark.parametrize("tau", [0.37, 2.9, 1e-2])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_ulp_contract_temperature(backend, op, dtype, kind, tau):
+    rng = np.random.default_rng(7)
+    x = _row(kind, 200, dtype, rng)
+    soft, logs = exact_mp(x, tau)
+    exact = soft if op == "softmax" else logs
+    got = _compute(backend, op, x, temperature=tau)
+    with np.errstate(over="ignore", under="ignore"):
+        exact_arr = np.array([LD(mp.nstr(v, 30)) for v in exact], dtype=LD)
+    err = ulps(got, exact_arr, dtype)
+    assert err.max() <= ULP_LIMIT, f"{op} {kind} tau={tau}: {err.max():.2f} ulp"
+
+
+@needs_ld
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_across_its_range(backend, dtype):
+    """softmax([0, d])[1] = e^d / (1 + e^d) over d in [-750, 0]: the exp kernel across
+    normal, subnormal and underflowing results; log_softmax's max entry -log1p(e^d)."""
+    lo = -105.0 if dtype == np.float32 else -750.0
+    d = np.linspace(lo, 0.0, 4001).astype(dtype)
+    x = np.stack([np.zeros_like(d), d], axis=1)
+    got = _compute(backend, "softmax", x)
+    got_log = _compute(backend, "log_softmax", x)
+    e = np.exp(d.astype(LD))
+    want = np.stack([1 / (1 + e), e / (1 + e)], axis=1)
+    want_log = np.stack([-np.log1p(e), d.astype(LD) - np.log1p(e)], axis=1)
+    assert ulps(got, want, dtype).max() <= ULP_LIMIT
+    assert ulps(got_log, want_log, dtype).max() <= ULP_LIMIT
+
+
+def test_logsumexp_tail_precision(backend):
+    got = _compute(backend, "logsumexp", np.array([0.0, -40.0]))
+    assert got == pytest.approx(4.248354255291589e-18, rel=1e-15)
+    got = _compute(backend, "log_softmax", np.array([0.0, -40.0]))
+    assert got[0] == pytest.approx(-4.248354255291589e-18, rel=1e-15)
+    got32 = _compute(backend, "log_softmax", np.array([0.0, -20.0], dtype=np.float32))
+    assert got32[0] == pytest.approx(-2.0611536e-09, rel=1e-6)
+
+
+@needs_ld
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logsumexp_accuracy(backend, dtype):
+    rng = np.random.default_rng(3)
+    for kind in ("normal30", "dominant", "close"):
+        x = _row(kind, 5000, dtype, rng) + dtype(10)  # keep the result away from 0 (no cancellation)
+        xd = x.astype(np.float64)
+        m = xd.max()
+        dh, dl = _two_diff(xd, m)
+        e = np.exp(dh.astype(LD)) * np.exp(dl.astype(LD))
+        k = int(np.argmax(xd))
+        e[k] = 0
+        want = LD(m) + np.log1p(np.sum(e))
+        got = _compute(backend, "logsumexp", x)
+        assert ulps(got, want, dtype) <= 2.0, kind
+
+
+@pytest.mark.parametrize("n", [3, 1000, 1_000_000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_sums_to_one(backend, dtype, n):
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 30).astype(dtype)
+    s = _compute(backend, "softmax", x).astype(LD)
+    eps = np.finfo(dtype).eps
+    assert abs(float(np.sum(s)) - 1.0) <= 4 * eps * max(1.0, math.log2(n))
+
+
+def test_float16_is_rounded_from_the_float32_computation(backend):
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((37, 50)) * 4).astype(np.float16)
+    for op in ("softmax", "log_softmax", "logsumexp"):
+        kw = {"axis": -1}
+        got = _compute(backend, op, x, **kw)
+        via32 = _compute(backend, op, x.astype(np.float32), **kw).astype(np.float16)
+        assert got.dtype == np.float16
+        np.testing.assert_array_equal(got, via32)
+
+
+@needs_ld
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_not_less_accurate_than_the_peers(backend, op, dtype):
+    """On N(0,1)*30 rows, scipy.special reaches ~hundreds of ulp in float32; every backend
+    must stay within the contract and never exceed scipy's (or torch's) error."""
+    scipy_special = pytest.importorskip("scipy.special")
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(4096) * 30).astype(dtype)
+    soft, logs = exact_ld(x)
+    exact = soft if op == "softmax" else logs
+    ours = ulps(_compute(backend, op, x), exact, dtype).max()
+    peers = {"scipy": ulps(getattr(scipy_special, op)(x), exact, dtype).max()}
+    try:
+        import torch
+
+        fn = torch.softmax if op == "softmax" else torch.log_softmax
+        peers["torch"] = ulps(fn(torch.from_numpy(x), dim=-1).numpy(), exact, dtype).max()
+    except ImportError:
+        pass
+    assert ours <= ULP_LIMIT
+    for name, err in peers.items():
+        assert ours <= max(err, ULP_LIMIT), f"{name}: {err:.1f} ulp, ours {ours:.1f}"

@@ -1,0 +1,138 @@
+"""Bad input: a clear TypeError or ValueError (NumPy's AxisError for axes) naming the
+argument, the same from every backend -- never a crash, never a silent wrong answer."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import csoftmax
+from helpers import to_backend
+
+AxisError = np.exceptions.AxisError
+
+X = np.arange(12, dtype=np.float64).reshape(3, 4) / 7.0
+
+
+def _ro():
+    a = np.zeros((3, 4))
+    a.flags.writeable = False
+    return a
+
+
+# (id, call(x) -> result, expected exception, word the message must contain)
+CASES = [
+    ("tau-zero", lambda x: csoftmax.softmax(x, temperature=0.0), ValueError, "temperature"),
+    ("tau-negative", lambda x: csoftmax.log_softmax(x, temperature=-1), ValueError, "temperature"),
+    ("tau-nan", lambda x: csoftmax.softmax(x, temperature=float("nan")), ValueError, "temperature"),
+    ("tau-str", lambda x: csoftmax.softmax(x, temperature="1"), TypeError, "temperature"),
+    ("tau-none", lambda x: csoftmax.softmax(x, temperature=None), TypeError, "temperature"),
+    ("tau-bool", lambda x: csoftmax.softmax(x, temperature=True), TypeError, "temperature"),
+    ("tau-complex", lambda x: csoftmax.softmax(x, temperature=1j), TypeError, "temperature"),
+    ("axis-big", lambda x: csoftmax.softmax(x, axis=2), AxisError, "axis"),
+    ("axis-neg", lambda x: csoftmax.logsumexp(x, axis=-3), AxisError, "axis"),
+    ("axis-float", lambda x: csoftmax.softmax(x, axis=1.0), TypeError, "axis"),
+    ("axis-str", lambda x: csoftmax.softmax(x, axis="0"), TypeError, "axis"),
+    ("axis-bool", lambda x: csoftmax.softmax(x, axis=True), TypeError, "axis"),
+    ("axis-repeat", lambda x: csoftmax.log_softmax(x, axis=(0, -2)), ValueError, "axis"),
+    ("axis-tuple-bad", lambda x: csoftmax.logsumexp(x, axis=(0, 5)), AxisError, "axis"),
+    ("dtype-int", lambda x: csoftmax.softmax(x, dtype="int32"), TypeError, "dtype"),
+    ("dtype-type", lambda x: csoftmax.softmax(x, dtype=np.int64), TypeError, "dtype"),
+    ("dtype-junk", lambda x: csoftmax.softmax(x, dtype="nonsense"), TypeError, "dtype"),
+    ("dtype-complex", lambda x: csoftmax.logsumexp(x, dtype=np.complex128), TypeError, "dtype"),
+    ("where-int", lambda x: csoftmax.softmax(x, where=np.ones((3, 4), dtype=int)), TypeError, "where"),
+    ("where-shape", lambda x: csoftmax.softmax(x, where=np.ones((2, 4), dtype=bool)), ValueError, "where"),
+    ("where-bigger", lambda x: csoftmax.softmax(x, where=np.ones((2, 3, 4), dtype=bool)), ValueError, "where"),
+    ("out-shape", lambda x: csoftmax.softmax(x, out=np.empty((4, 3))), ValueError, "out"),
+    ("out-dtype", lambda x: csoftmax.softmax(x, out=np.empty((3, 4), np.float32)), ValueError, "out"),
+    ("out-readonly", lambda x: csoftmax.log_softmax(x, out=_ro()), ValueError, "out"),
+    ("out-list", lambda x: csoftmax.softmax(x, out=[0.0] * 12), TypeError, "out"),
+    ("lse-out-shape", lambda x: csoftmax.logsumexp(x, axis=0, out=np.empty(3)), ValueError, "out"),
+    ("backend-unknown", lambda x: csoftmax.softmax(x, backend="nope"), ValueError, "backend"),
+    ("bwd-shapes", lambda x: csoftmax.softmax_backward(x, x[:2]), ValueError, "shape"),
+    ("bwd-tau", lambda x: csoftmax.log_softmax_backward(x, x, temperature=0), ValueError, "temperature"),
+    ("bwd-out", lambda x: csoftmax.softmax_backward(x, x, out=np.empty(3)), ValueError, "out"),
+    ("jac-bytes", lambda x: csoftmax.softmax_jacobian(x, max_bytes=100), ValueError, "bytes"),
+    ("jac-axis-tuple", lambda x: csoftmax.softmax_jacobian(x, axis=(0, 1)), TypeError, "axis"),
+    ("jac-axis-none", lambda x: csoftmax.log_softmax_jacobian(x, axis=None), TypeError, "axis"),
+    ("jac-0d", lambda x: csoftmax.softmax_jacobian(x[0, 0]), ValueError, "dimension"),
+    ("jac-maxbytes-float", lambda x: csoftmax.softmax_jacobian(x, max_bytes=1e9), TypeError, "max_bytes"),
+    ("ce-label-range", lambda x: csoftmax.softmax_cross_entropy(x, np.array([0, 4, 1])), ValueError, "4"),
+    ("ce-label-neg", lambda x: csoftmax.softmax_cross_entropy(x, np.array([0, -3, 1])), ValueError, "-3"),
+    ("ce-label-bool", lambda x: csoftmax.softmax_cross_entropy(x, np.array([True, False, True])), ValueError, "labels"),
+    ("ce-label-shape", lambda x: csoftmax.softmax_cross_entropy(x, np.array([0, 1])), ValueError, "labels"),
+    ("ce-prob-shape", lambda x: csoftmax.softmax_cross_entropy(x, np.ones((3, 3))), ValueError, "labels"),
+    ("ce-reduction", lambda x: csoftmax.softmax_cross_entropy(x, np.array([0, 1, 2]), reduction="avg"), ValueError,
+     "reduction"),
+    ("ce-smoothing", lambda x: csoftmax.softmax_cross_entropy(x, np.array([0, 1, 2]), label_smoothing=1.5), ValueError,
+     "label_smoothing"),
+    ("ce-smoothing-type", lambda x: csoftmax.softmax_cross_entropy(x, np.array([0, 1, 2]), label_smoothing="a"),
+     TypeError, "label_smoothing"),
+    ("ce-weight-shape", lambda x: csoftmax.softmax_cross_entropy(x, np.array([0, 1, 2]), weight=np.ones(3)),
+     ValueError, "weight"),
+    ("ce-ignore-type", lambda x: csoftmax.softmax_cross_entropy(x, np.array([0, 1, 2]), ignore_index=1.5), TypeError,
+     "ignore_index"),
+    ("ce-masked-label", lambda x: csoftmax.softmax_cross_entropy(
+        x, np.array([0, 1, 2]), where=np.array([True, False, True, True])), ValueError, "masked"),
+    ("ce-0d", lambda x: csoftmax.softmax_cross_entropy(x[0, 0], np.array(0)), ValueError, "dimension"),
+    ("ce-grad-flag", lambda x: csoftmax.softmax_cross_entropy(x, np.array([0, 1, 2]), return_grad="yes"), TypeError,
+     "return_grad"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_error_parity(case):
+    """Every backend raises the same exception, with the same message, naming the argument."""
+    name, call, exc, word = case
+    seen = {}
+    for backend in [b for b in csoftmax.backends() if csoftmax._registry.is_available(b)]:
+        x = to_backend(backend, X.copy())
+        with csoftmax.use_backend(backend):
+            with pytest.raises(exc) as info:
+                call(x)
+        seen[backend] = (type(info.value), str(info.value))
+        assert word in str(info.value), f"{backend}: message {info.value!s} does not name {word!r}"
+    assert len(set(seen.values())) == 1, f"backends disagree: {seen}"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [None, object(), "abc", [[1.0, 2.0], [3.0]], np.array([1 + 2j]), np.array(["a"]), np.array([None]),
+     np.array([1, 2], dtype="datetime64[s]")],
+    ids=["none", "object", "str", "ragged", "complex", "unicode", "object-array", "datetime"],
+)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+def test_bad_inputs_are_type_errors(op, bad):
+    with pytest.raises(TypeError):
+        getattr(csoftmax, op)(bad)
+
+
+def test_masked_arrays_are_refused():
+    """A numpy.ma array would have its mask silently ignored: refuse it, point to where=."""
+    a = np.ma.array([1.0, 2.0, 3.0], mask=[False, True, False])
+    with pytest.raises(TypeError, match="where"):
+        csoftmax.softmax(a)
+
+
+def test_backend_that_cannot_take_the_array():
+    with pytest.raises(TypeError, match="cannot take"):
+        csoftmax.softmax(X, backend="cuda")
+
+
+def test_longdouble_is_refused():
+    with pytest.raises(TypeError, match="float64"):
+        csoftmax.softmax(X.astype(np.longdouble))
+
+
+def test_jacobian_limit_names_the_size_and_points_to_backward():
+    with pytest.raises(ValueError) as info:
+        csoftmax.softmax_jacobian(np.zeros((10, 1000)), max_bytes=2**20)
+    msg = str(info.value)
+    assert "80000000" in msg and "softmax_backward" in msg
+
+
+def test_all_ignored_mean_is_nan_with_zero_grad():
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    for backend in ("c", "reference"):
+        loss, grad = csoftmax.softmax_cross_entropy(x, np.full(4, -100), return_grad=True, backend=backend)
+        assert np.isnan(loss)
+        assert np.all(grad == 0)
