@@ -384,7 +384,8 @@ def softmax_cross_entropy(
         probabilities with logits' shape. Anything else is ValueError; an index outside
         [0, n_classes) other than ignore_index is ValueError naming it.
     weight: per-class weights (length n_classes) or None.
-    ignore_index: index targets equal to it contribute nothing (loss 0, gradient 0).
+    ignore_index: index targets equal to it contribute nothing (loss 0, gradient 0);
+        with probability targets only the default -100 is accepted (as torch).
     label_smoothing: eps in [0, 1]; targets become (1 - eps) * target + eps / K over the K
         classes that `where` leaves (all classes without where).
     reduction: 'mean' (index targets: divided by the sum of the weights of the targets
@@ -438,6 +439,8 @@ def softmax_cross_entropy(
                 f"probability labels must have the logits' shape {tuple(x.shape)}; got {tuple(labels.shape)}"
             )
         probs, labels = labels, None
+        if ignore_index != -100:
+            raise ValueError("ignore_index is not supported for probability targets (as in torch)")
     else:
         raise ValueError(
             f"labels must be integer class indices or float class probabilities, got dtype {_dtype_name(labels.dtype)}"
