@@ -30,7 +30,7 @@ CPU_DIR = Path("src") / "backends" / "cpu"
 CUDA_DIR = HERE / "src" / "backends" / "cuda"
 
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
-COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fno-strict-aliasing"]
+COMMON_FLAGS = ["-O3", "-ffp-contract=off"]
 # instruction-set builds compiled separately with their own flags
 ISA_SOURCES = {
     "csm_isa_avx2.c": ["-mavx2", "-mfma"],

@@ -73,7 +73,10 @@ def _scaled_diff(xp, x, m, tau):
         p, pe = _two_prod(xp, q, xp.asarray(tau, dtype=q.dtype))
         rem = (dh - p) - pe
         dl = _finite_or_zero(xp, (rem + dl) / tau)
-        dh = q
+        # x - m overflowed although (x - m) / tau may not: x/tau - m/tau has no cancellation then
+        over = (dh == -math.inf) & (x > -math.inf)
+        dh = xp.where(over, x / tau - m / tau, q)
+        dl = xp.where(over, xp.zeros_like(dl), dl)
     return dh, dl
 
 

@@ -14,13 +14,21 @@
  * Threads split the rows; every path writes only the output operands.
  */
 
+/* rows up to this many bytes take the three in-cache passes; longer ones are read once in
+   blocks for their statistics, then once more to be written */
+#define CSM_CACHE_ROW_BYTES ((csm_intp)128 * 1024)
+/* outputs from this many bytes up are written with non-temporal stores */
+#define CSM_STREAM_BYTES ((csm_intp)8 * 1024 * 1024)
+
+static int CSM_SFX(csm_is_long)(csm_intp n) { return n * (csm_intp)sizeof(REAL) > CSM_CACHE_ROW_BYTES; }
+
 /*
  * One row of a forward kind, given each operand's pointer to the row's first element.
  * direct: the row is contiguous in X and OUT; otherwise it goes through the buffers.
  * Returns the logsumexp (CSM_LOGSUMEXP).
  */
 static double CSM_SFX(csm_forward_row)(const csm_task *t, const csm_layout *L, char *const *p, const csm_temp *tp,
-                                       int direct, CSM_SFX(csm_scratch) *sc)
+                                       int direct, int stream, CSM_SFX(csm_scratch) *sc)
 {
     const csm_intp n = L->n;
     const int kind = t->kind;
@@ -36,23 +44,27 @@ static double CSM_SFX(csm_forward_row)(const csm_task *t, const csm_layout *L, c
         }
         mask = NULL; /* the whole row takes part */
     }
-    if (direct) return CSM_SFX(csm_row_forward)(kind, (const REAL *)p[CSM_X], mask, (REAL *)p[CSM_OUT], n, tp);
-
+    if (direct) {
+        const REAL *x = (const REAL *)p[CSM_X];
+        REAL *out = (REAL *)p[CSM_OUT];
+        if (CSM_SFX(csm_is_long)(n)) return CSM_SFX(csm_row_forward_long)(kind, x, mask, out, n, tp, stream);
+        return CSM_SFX(csm_row_forward)(kind, x, mask, out, sc ? sc->buf : NULL, n, tp, stream);
+    }
     CSM_SFX(csm_gather)(sc->x, p[CSM_X], L, CSM_X, t->dtype);
     if (mask) CSM_SFX(csm_gather_mask)(sc->mask, (const char *)mask, L);
-    double v = CSM_SFX(csm_row_forward)(kind, sc->x, mask ? sc->mask : NULL, sc->x, n, tp);
+    double v = CSM_SFX(csm_row_forward)(kind, sc->x, mask ? sc->mask : NULL, sc->x, sc->buf, n, tp, 0);
     if (kind != CSM_LOGSUMEXP) CSM_SFX(csm_scatter)(p[CSM_OUT], sc->x, L, CSM_OUT, t->dtype);
     return v;
 }
 
 static double CSM_SFX(csm_do_row)(const csm_task *t, const csm_layout *L, char *const *p, const csm_temp *tp,
-                                  int direct, CSM_SFX(csm_scratch) *sc)
+                                  int direct, int stream, CSM_SFX(csm_scratch) *sc)
 {
     switch (t->kind) {
     case CSM_SOFTMAX:
     case CSM_LOG_SOFTMAX:
     case CSM_LOGSUMEXP:
-        return CSM_SFX(csm_forward_row)(t, L, p, tp, direct, sc);
+        return CSM_SFX(csm_forward_row)(t, L, p, tp, direct, stream, sc);
     default:
         return CSM_SFX(csm_other_row)(t, L, p, tp, direct, sc);
     }
@@ -63,6 +75,7 @@ static int CSM_SFX(csm_drive_rows)(const csm_task *t, const csm_layout *L, int d
 {
     const csm_temp tp = csm_temp_make(t->temperature);
     const int nth = csm_pick_threads(t, L->nrows, L->n);
+    const int stream = direct && L->base[CSM_OUT] && L->nrows * L->n * (csm_intp)sizeof(REAL) >= CSM_STREAM_BYTES;
     int failed = 0;
 #pragma omp parallel num_threads(nth) if (nth > 1) reduction(| : failed)
     {
@@ -73,12 +86,13 @@ static int CSM_SFX(csm_drive_rows)(const csm_task *t, const csm_layout *L, int d
 #endif
         csm_intp r0 = L->nrows * tid / nt, r1 = L->nrows * (tid + 1) / nt;
         CSM_SFX(csm_scratch) sc = {0};
-        const int need_scratch = !direct || t->kind >= CSM_SOFTMAX_BWD;
+        const int need_scratch = !direct || t->kind >= CSM_SOFTMAX_BWD ||
+                                 (t->kind == CSM_SOFTMAX && !CSM_SFX(csm_is_long)(L->n));
         if (r1 > r0 && (!need_scratch || CSM_SFX(csm_scratch_alloc)(&sc, t, L->n))) {
             csm_rowiter it;
             csm_rowiter_init(&it, L, r0);
             for (csm_intp r = r0; r < r1; r++) {
-                double v = CSM_SFX(csm_do_row)(t, L, it.ptr, &tp, direct, &sc);
+                double v = CSM_SFX(csm_do_row)(t, L, it.ptr, &tp, direct, stream, need_scratch ? &sc : NULL);
                 if (it.ptr[CSM_ROW]) csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, v);
                 csm_rowiter_next(&it, L);
             }
@@ -87,7 +101,75 @@ static int CSM_SFX(csm_drive_rows)(const csm_task *t, const csm_layout *L, int d
         }
         CSM_SFX(csm_scratch_free)(&sc);
     }
+    if (stream) csm_stream_fence();
     return failed ? CSM_ENOMEM : CSM_OK;
+}
+
+/*
+ * Few long contiguous rows: every thread takes a piece of each row, the pieces' stats are
+ * merged (each thread merges all of them, in the same order), and every thread writes its
+ * piece. Forward kinds, direct layout.
+ */
+static int CSM_SFX(csm_drive_split)(const csm_task *t, const csm_layout *L, int nth)
+{
+    const csm_temp tp = csm_temp_make(t->temperature);
+    const int stream = L->base[CSM_OUT] && L->nrows * L->n * (csm_intp)sizeof(REAL) >= CSM_STREAM_BYTES;
+    CSM_SFX(csm_chunk) *chunks = (CSM_SFX(csm_chunk) *)malloc((size_t)nth * sizeof *chunks);
+    if (!chunks) return CSM_ENOMEM;
+    const csm_intp n = L->n;
+#pragma omp parallel num_threads(nth)
+    {
+        int tid = 0, nt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        /* pieces start on vector boundaries */
+        const csm_intp a = (n * tid / nt) / VL * VL, b = tid == nt - 1 ? n : (n * (tid + 1) / nt) / VL * VL;
+        csm_rowiter it;
+        csm_rowiter_init(&it, L, 0);
+        for (csm_intp r = 0; r < L->nrows; r++) {
+            const REAL *x = (const REAL *)it.ptr[CSM_X];
+            REAL *out = (REAL *)it.ptr[CSM_OUT];
+            const uint8_t *mask = (const uint8_t *)it.ptr[CSM_MASK];
+            if (mask && L->rstride[CSM_MASK][0] == 0 && mask[0]) mask = NULL;
+            if (mask && L->rstride[CSM_MASK][0] == 0) { /* fully masked row */
+                if (tid == 0) {
+                    CSM_SFX(csm_stats) st = {0};
+                    st.m = -R_INF;
+                    double v = CSM_SFX(csm_special_row)(t->kind, x, 1, NULL, 0, out, 1, n, &st);
+                    if (it.ptr[CSM_ROW]) csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, v);
+                }
+            } else {
+                CSM_SFX(csm_chunk) *c = &chunks[tid];
+                CSM_SFX(csm_chunk_init)(c);
+                CSM_SFX(csm_chunk_add)(c, x + a, mask ? mask + a : NULL, b - a, a, &tp);
+                CSM_SFX(csm_chunk_settle)(c, &tp);
+#pragma omp barrier
+                CSM_SFX(csm_chunk) all = chunks[0];
+                for (int j = 1; j < nt; j++) CSM_SFX(csm_chunk_merge)(&all, &chunks[j], &tp);
+                if (CSM_SFX(csm_chunk_is_special)(&all, &tp)) {
+                    if (tid == 0) {
+                        CSM_SFX(csm_stats) st = {0};
+                        st.m = all.m;
+                        st.any = all.any;
+                        double v = CSM_SFX(csm_special_row)(t->kind, x, 1, mask, 1, out, 1, n, &st);
+                        if (it.ptr[CSM_ROW]) csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, v);
+                    }
+                } else {
+                    CSM_SFX(csm_chunk_finish)(t->kind, x + a, mask ? mask + a : NULL, out ? out + a : NULL, b - a, &all,
+                                              &tp, stream);
+                    if (tid == 0 && it.ptr[CSM_ROW])
+                        csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, (double)all.m + csm_dd_log1p(all.s));
+                }
+            }
+#pragma omp barrier
+            csm_rowiter_next(&it, L);
+        }
+    }
+    free(chunks);
+    if (stream) csm_stream_fence();
+    return CSM_OK;
 }
 
 /* ---- the column driver: forward kinds, strided softmax axis, contiguous next dimension ---- */
@@ -142,7 +224,7 @@ static int CSM_SFX(csm_drive_cols)(const csm_task *t, const csm_layout *L)
                 }
             }
             for (csm_intp c = c0; c < width; c++) {
-                double v = CSM_SFX(csm_forward_row)(t, L, p, &tp, 0, &sc);
+                double v = CSM_SFX(csm_forward_row)(t, L, p, &tp, 0, 0, &sc);
                 if (p[CSM_ROW]) csm_store_rowval(p[CSM_ROW], t->row_dtype, v);
                 for (int op = 0; op < CSM_NOPERANDS; op++)
                     if (p[op]) p[op] += L->ostride[op][in];
@@ -165,6 +247,11 @@ static int CSM_SFX(csm_run)(const csm_task *t, const csm_layout *L)
     if (L->base[CSM_Y]) direct = direct && L->rstride[CSM_Y][0] == es;
     if (L->base[CSM_OUT]) direct = direct && L->rstride[CSM_OUT][0] == es;
     if (L->base[CSM_MASK]) direct = direct && (L->rstride[CSM_MASK][0] == 1 || L->rstride[CSM_MASK][0] == 0);
+    if (direct && forward && CSM_SFX(csm_is_long)(L->n)) {
+        /* few long rows: split each across the threads */
+        int nth = csm_pick_threads(t, L->n / CSM_BLOCK, CSM_BLOCK);
+        if (nth > 1 && L->nrows < nth) return CSM_SFX(csm_drive_split)(t, L, nth);
+    }
     if (direct || L->n == 0) return CSM_SFX(csm_drive_rows)(t, L, 1);
 
     if (forward && native && L->nred == 1 && L->nouter >= 1 && L->n <= INT32_MAX) {

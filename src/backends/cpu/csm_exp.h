@@ -10,10 +10,11 @@
  * Method: k = round(d / ln2), r = d - k ln2 (Cody-Waite, exact first step), exp(r) =
  * 1 + r + r^2 P(r) with P a minimax polynomial (tools/gen_exp_coeffs.py), scaled by 2^k
  * built in the exponent bits. Arguments are clamped to [lo, hi] beyond which the result
- * is 0 or inf, so -inf -> 0, +inf -> inf, and NaN propagates (comparisons with NaN are
- * false, so the clamps keep it). Subnormal results and overflow take a second scaling
- * step so that the only rounding is the final, correct one. Error: < 1 ulp (measured by
- * tests/test_accuracy.py against mpmath).
+ * is 0 or inf, so -inf -> 0, +inf -> inf, and NaN propagates (the clamps are max/min
+ * instructions that return their second operand, the argument, where it is NaN).
+ * Subnormal results and overflow take a second scaling step so that the only rounding is
+ * the final, correct one. Error: < 1 ulp (tests/test_accuracy.py measures it through
+ * softmax against mpmath and an extended-precision oracle).
  */
 
 #if REAL_IS_F32
@@ -26,6 +27,7 @@
 #define EXP_KMIN (-126)
 #define EXP_KMAX 127
 #define EXP_NPOLY 6
+#define EXP_BOUND 87.0 /* exp(-87) is still normal, with room for the correction term */
 static const float CSM_SFX(csm_exp_poly)[EXP_NPOLY] = {
     /* c7 .. c2, highest first; max rel. error of P 2.9e-9 */
     1.985812702e-04f, 1.393448645e-03f, 8.333361815e-03f,
@@ -42,6 +44,7 @@ static const float CSM_SFX(csm_exp_poly)[EXP_NPOLY] = {
 #define EXP_KMIN (-1022)
 #define EXP_KMAX 1023
 #define EXP_NPOLY 11
+#define EXP_BOUND 708.0
 static const double CSM_SFX(csm_exp_poly)[EXP_NPOLY] = {
     /* c12 .. c2, highest first; max rel. error of P 3.0e-18 */
     2.08896257227519033e-09, 2.51062284624525233e-08, 2.75573508357601103e-07,
@@ -58,26 +61,39 @@ static inline VR CSM_SFX(csm_vpow2i)(VI k)
     return (VR)((k + R_EXP_BIAS) << R_MANT_BITS);
 }
 
-static inline VR CSM_SFX(csm_vexp2)(VR dh, VR dl)
+/*
+ * exp(dh + dl), by the range the caller can promise (a constant at every call site):
+ *   CSM_EXP_ANY      any arguments
+ *   CSM_EXP_NONPOS   dh <= 0, -inf or NaN (x - max): no overflow side
+ *   CSM_EXP_BOUNDED  dh in [-87, 0] (float) / [-708, 0] (double), finite: the result is
+ *                    normal, so no clamps and no range check (rows whose min and max the
+ *                    scan has seen within that distance)
+ */
+/* how far below the max a row may reach for the CSM_EXP_BOUNDED variant */
+static const double CSM_SFX(csm_exp_bound) = EXP_BOUND;
+
+CSM_INLINE VR CSM_SFX(csm_vexp_t)(VR dh, VR dl, const int range)
 {
-    const VR lo = VSPLAT(EXP_LO), hi = VSPLAT(EXP_HI);
-    VI below = dh < lo, above = dh > hi;
-    VR x = VSEL(below, lo, dh);
-    x = VSEL(above, hi, x);
-    /* outside the range the correction is meaningless (even NaN, from inf - inf) */
-    dl = VSEL(below | above, VSPLAT(0), dl);
+    VR x = dh;
+    if (range != CSM_EXP_BOUNDED) {
+        x = VMAX(VSPLAT(EXP_LO), x); /* NaN stays NaN: VMAX returns its second operand */
+        if (range == CSM_EXP_ANY) x = VMIN(VSPLAT(EXP_HI), x);
+        /* past a clamp (and for NaN) the correction is meaningless, even NaN from inf - inf */
+        dl = (VR)((VI)dl & (x == dh));
+    }
 
     VR t = VFMA(x, VSPLAT(EXP_LOG2E), VSPLAT(EXP_MAGIC));
     VR kf = t - VSPLAT(EXP_MAGIC);
-    VR r = VFMA(kf, VSPLAT(-EXP_LN2_HI), x);
-    r = r + VFMA(kf, VSPLAT(-EXP_LN2_LO), dl);
+    VR r = VFMA(kf, VSPLAT(-EXP_LN2_HI), x) + VFMA(kf, VSPLAT(-EXP_LN2_LO), dl);
 
     VR p = VSPLAT(CSM_SFX(csm_exp_poly)[0]);
     for (int i = 1; i < EXP_NPOLY; i++) p = VFMA(p, r, VSPLAT(CSM_SFX(csm_exp_poly)[i]));
     VR e = VSPLAT(1) + VFMA(p, r * r, r);
 
     VI k = (VI)t - (VI)VSPLAT(EXP_MAGIC);
-    VI outside = (k < EXP_KMIN) | (k > EXP_KMAX);
+    if (range == CSM_EXP_BOUNDED) return e * CSM_SFX(csm_vpow2i)(k);
+    VI outside = k < EXP_KMIN;
+    if (range == CSM_EXP_ANY) outside |= k > EXP_KMAX;
     if (__builtin_expect(!VANY(outside), 1)) return e * CSM_SFX(csm_vpow2i)(k);
     /* subnormal result or overflow: two exact factors, so only the last product rounds */
     VI k1 = k >> 1;
@@ -85,9 +101,21 @@ static inline VR CSM_SFX(csm_vexp2)(VR dh, VR dl)
     return (e * CSM_SFX(csm_vpow2i)(k1)) * CSM_SFX(csm_vpow2i)(k2);
 }
 
+/* exp(dh + dl) for any arguments */
+static inline VR CSM_SFX(csm_vexp2)(VR dh, VR dl)
+{
+    return CSM_SFX(csm_vexp_t)(dh, dl, CSM_EXP_ANY);
+}
+
+/* exp(dh + dl) for dh <= 0 (or NaN, -inf): the softmax case, x - max */
+CSM_INLINE VR CSM_SFX(csm_vexp2_neg)(VR dh, VR dl)
+{
+    return CSM_SFX(csm_vexp_t)(dh, dl, CSM_EXP_NONPOS);
+}
+
 static inline VR CSM_SFX(csm_vexp)(VR x)
 {
-    return CSM_SFX(csm_vexp2)(x, VSPLAT(0));
+    return CSM_SFX(csm_vexp_t)(x, VSPLAT(0), CSM_EXP_ANY);
 }
 
 /* p + e == a * b exactly, lane-wise (FMA where available, Veltkamp-Dekker otherwise) */
@@ -121,4 +149,5 @@ static inline void CSM_SFX(csm_vtwo_diff)(VR a, VR b, VR *s, VR *e)
 #undef EXP_KMIN
 #undef EXP_KMAX
 #undef EXP_NPOLY
+#undef EXP_BOUND
 #undef EXP_SPLIT

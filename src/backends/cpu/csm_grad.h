@@ -6,7 +6,7 @@
  *   log_softmax_backward  dx = (g - exp(y) * sum(g)) / tau
  * Two passes each (the sum, then dx), so dx may overwrite g or y. Masked entries take no
  * part in the sums and get exactly 0. The element-wise step runs in double lanes for
- * float rows (VACC), so each dx is rounded once.
+ * float rows, so each dx is rounded once.
  *
  * Cross-entropy of one row, with z = x / tau, logp = log_softmax(z), K unmasked classes,
  * class weights w (1 without), smoothing eps:
@@ -32,18 +32,25 @@ CSM_INLINE void CSM_SFX(csm_bwd_sum_step)(int kind, const REAL *g, const REAL *y
     CSM_SFX(csm_acc_add)(acc, v);
 }
 
+/* softmax: y (g - sum) / tau; log_softmax: (g - exp(y) sum) / tau; in double lanes for
+   float rows, so each result is rounded once */
+CSM_INLINE csm_vd CSM_SFX(csm_bwd_formula)(int kind, csm_vd g, csm_vd y_or_e, double sum, double inv_tau)
+{
+    if (kind == CSM_SOFTMAX_BWD) return y_or_e * (g - sum) * inv_tau;
+    return (g - y_or_e * sum) * inv_tau;
+}
+
 CSM_INLINE void CSM_SFX(csm_bwd_out_step)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
                                           csm_intp cnt, double sum, double inv_tau)
 {
     VR gv = CSM_SFX(csm_load)(g, cnt, 0), yv = CSM_SFX(csm_load)(y, cnt, 0);
-    VACC gd = __builtin_convertvector(gv, VACC), r;
-    if (kind == CSM_SOFTMAX_BWD) {
-        r = __builtin_convertvector(yv, VACC) * (gd - sum) * inv_tau;
-    } else {
-        VACC e = __builtin_convertvector(CSM_SFX(csm_vexp)(yv), VACC);
-        r = (gd - e * sum) * inv_tau;
-    }
-    VR o = __builtin_convertvector(r, VR);
+    VR w = kind == CSM_SOFTMAX_BWD ? yv : CSM_SFX(csm_vexp)(yv);
+#if REAL_IS_F32
+    VR o = csm_d2f(CSM_SFX(csm_bwd_formula)(kind, csm_f2d_lo(gv), csm_f2d_lo(w), sum, inv_tau),
+                   CSM_SFX(csm_bwd_formula)(kind, csm_f2d_hi(gv), csm_f2d_hi(w), sum, inv_tau));
+#else
+    VR o = CSM_SFX(csm_bwd_formula)(kind, gv, w, sum, inv_tau);
+#endif
     if (mask) o = VSEL(CSM_SFX(csm_load_mask)(mask, cnt), o, VSPLAT(0));
     CSM_SFX(csm_store)(out, o, cnt);
 }
@@ -128,7 +135,7 @@ static double CSM_SFX(csm_row_xent)(const REAL *x, const REAL *q, int64_t label,
         return CSM_SFX(csm_xent_from_logp)(buf, mask, q, label, grad, n, xp, tp);
     }
     st.k = CSM_SFX(csm_row_find)(x, mask, n, st.m);
-    st.s = CSM_SFX(csm_row_expsum)(x, mask, grad, n, st.m, st.k, tp); /* grad holds exp(z_j - z_max) */
+    st.s = CSM_SFX(csm_row_expsum)(x, mask, grad, n, &st, tp); /* grad holds exp(z_j - z_max) */
     const double L = csm_dd_log1p(st.s), c = csm_dd_inv_1p(st.s), m = (double)st.m;
 
     /* -logp_j = L + (m - x_j) / tau, both terms >= 0 */

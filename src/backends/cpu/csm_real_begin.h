@@ -3,8 +3,9 @@
  *
  * Define CSM_REAL_F32 or CSM_REAL_F64, include this, include the generic headers,
  * include csm_real_end.h. Inside, REAL is the element type, VR a vector of REAL, VI the
- * integer vector of the same shape (comparison masks, exponent bits), VACC one double
- * per lane (the sums' accumulator), VM8 one mask byte per lane, VL the lane count, and
+ * integer vector of the same shape (comparison masks, exponent bits), VL the lane count,
+ * VMAX/VMIN lane-wise max/min whose result is the second operand where either is NaN,
+ * VMASK the comparison mask of VL mask bytes, and
  * CSM_SFX(name) gives each generic function its dtype suffix (name_f32 / name_f64).
  */
 #if defined(CSM_REAL_F32)
@@ -14,11 +15,13 @@
 #define VR csm_vf
 #define VI csm_vi32
 #define VIS int32_t
-#define VACC csm_vdf
-#define VM8 csm_vmf
 #define VL CSM_VLF
 #define VFMA csm_fma_f
 #define VANY csm_any_i32
+#define VMAX csm_max_f
+#define VMIN csm_min_f
+#define VMASK csm_mask_f
+#define VSTREAM csm_stream_f
 #define R_MANT_BITS 23
 #define R_EXP_BIAS 127
 #define R_EPS 5.9604644775390625e-08 /* 2^-24: unit roundoff */
@@ -29,11 +32,13 @@
 #define VR csm_vd
 #define VI csm_vi64
 #define VIS int64_t
-#define VACC csm_vd
-#define VM8 csm_vmd
 #define VL CSM_VLD
 #define VFMA csm_fma_d
 #define VANY csm_any_i64
+#define VMAX csm_max_d
+#define VMIN csm_min_d
+#define VMASK csm_mask_d
+#define VSTREAM csm_stream_d
 #define R_MANT_BITS 52
 #define R_EXP_BIAS 1023
 #define R_EPS 1.1102230246251565e-16 /* 2^-53 */

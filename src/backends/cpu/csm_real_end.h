@@ -5,11 +5,13 @@
 #undef VR
 #undef VI
 #undef VIS
-#undef VACC
-#undef VM8
 #undef VL
 #undef VFMA
 #undef VANY
+#undef VMAX
+#undef VMIN
+#undef VMASK
+#undef VSTREAM
 #undef R_MANT_BITS
 #undef R_EXP_BIAS
 #undef R_EPS

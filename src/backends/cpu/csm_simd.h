@@ -28,12 +28,6 @@ typedef float csm_vf __attribute__((vector_size(CSM_VB)));
 typedef double csm_vd __attribute__((vector_size(CSM_VB)));
 typedef int32_t csm_vi32 __attribute__((vector_size(CSM_VB)));
 typedef int64_t csm_vi64 __attribute__((vector_size(CSM_VB)));
-/* one double per float lane: the float kernels accumulate their sums in double */
-typedef double csm_vdf __attribute__((vector_size(2 * CSM_VB)));
-typedef int64_t csm_vi64f __attribute__((vector_size(2 * CSM_VB)));
-/* one mask byte per lane */
-typedef uint8_t csm_vmf __attribute__((vector_size(CSM_VB / 4)));
-typedef uint8_t csm_vmd __attribute__((vector_size(CSM_VB / 8)));
 
 #define CSM_VLF (CSM_VB / 4) /* float lanes */
 #define CSM_VLD (CSM_VB / 8) /* double lanes */
@@ -43,6 +37,9 @@ typedef uint8_t csm_vmd __attribute__((vector_size(CSM_VB / 8)));
 #else
 #define CSM_HAVE_FMA 0
 #endif
+
+/* the argument ranges of the vector exp (csm_exp.h) */
+enum { CSM_EXP_BOUNDED = 0, CSM_EXP_NONPOS = 1, CSM_EXP_ANY = 2 };
 
 /* ---- fused multiply-add: a*b + c with one rounding where the hardware has it ---- */
 #if CSM_HAVE_FMA && CSM_VB == 64
@@ -57,6 +54,158 @@ static inline csm_vd csm_fma_d(csm_vd a, csm_vd b, csm_vd c) { return (csm_vd)_m
 static inline csm_vf csm_fma_f(csm_vf a, csm_vf b, csm_vf c) { return a * b + c; }
 static inline csm_vd csm_fma_d(csm_vd a, csm_vd b, csm_vd c) { return a * b + c; }
 #endif
+
+/* ---- max / min with a known NaN rule: where either is NaN, the result is b ---- */
+#if CSM_VB == 64
+static inline csm_vf csm_max_f(csm_vf a, csm_vf b) { return (csm_vf)_mm512_max_ps((__m512)a, (__m512)b); }
+static inline csm_vd csm_max_d(csm_vd a, csm_vd b) { return (csm_vd)_mm512_max_pd((__m512d)a, (__m512d)b); }
+static inline csm_vf csm_min_f(csm_vf a, csm_vf b) { return (csm_vf)_mm512_min_ps((__m512)a, (__m512)b); }
+static inline csm_vd csm_min_d(csm_vd a, csm_vd b) { return (csm_vd)_mm512_min_pd((__m512d)a, (__m512d)b); }
+#elif CSM_VB == 32 && defined(__AVX__)
+static inline csm_vf csm_max_f(csm_vf a, csm_vf b) { return (csm_vf)_mm256_max_ps((__m256)a, (__m256)b); }
+static inline csm_vd csm_max_d(csm_vd a, csm_vd b) { return (csm_vd)_mm256_max_pd((__m256d)a, (__m256d)b); }
+static inline csm_vf csm_min_f(csm_vf a, csm_vf b) { return (csm_vf)_mm256_min_ps((__m256)a, (__m256)b); }
+static inline csm_vd csm_min_d(csm_vd a, csm_vd b) { return (csm_vd)_mm256_min_pd((__m256d)a, (__m256d)b); }
+#elif CSM_VB == 16 && defined(__SSE2__)
+static inline csm_vf csm_max_f(csm_vf a, csm_vf b) { return (csm_vf)_mm_max_ps((__m128)a, (__m128)b); }
+static inline csm_vd csm_max_d(csm_vd a, csm_vd b) { return (csm_vd)_mm_max_pd((__m128d)a, (__m128d)b); }
+static inline csm_vf csm_min_f(csm_vf a, csm_vf b) { return (csm_vf)_mm_min_ps((__m128)a, (__m128)b); }
+static inline csm_vd csm_min_d(csm_vd a, csm_vd b) { return (csm_vd)_mm_min_pd((__m128d)a, (__m128d)b); }
+#else
+static inline csm_vf csm_max_f(csm_vf a, csm_vf b) { csm_vi32 m = a > b; return (csm_vf)(((csm_vi32)a & m) | ((csm_vi32)b & ~m)); }
+static inline csm_vd csm_max_d(csm_vd a, csm_vd b) { csm_vi64 m = a > b; return (csm_vd)(((csm_vi64)a & m) | ((csm_vi64)b & ~m)); }
+static inline csm_vf csm_min_f(csm_vf a, csm_vf b) { csm_vi32 m = a < b; return (csm_vf)(((csm_vi32)a & m) | ((csm_vi32)b & ~m)); }
+static inline csm_vd csm_min_d(csm_vd a, csm_vd b) { csm_vi64 m = a < b; return (csm_vd)(((csm_vi64)a & m) | ((csm_vi64)b & ~m)); }
+#endif
+
+/* ---- mask bytes (one per lane, nonzero = take part) to a comparison mask ---- */
+#if CSM_VB == 64
+static inline csm_vi32 csm_mask_f(const uint8_t *p)
+{
+    return (csm_vi32)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)) != 0;
+}
+static inline csm_vi64 csm_mask_d(const uint8_t *p)
+{
+    return (csm_vi64)_mm512_cvtepu8_epi64(_mm_loadl_epi64((const __m128i *)p)) != 0;
+}
+#elif CSM_VB == 32 && defined(__AVX2__)
+static inline csm_vi32 csm_mask_f(const uint8_t *p)
+{
+    __m256i w = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+    return (csm_vi32)_mm256_cmpgt_epi32(w, _mm256_setzero_si256());
+}
+static inline csm_vi64 csm_mask_d(const uint8_t *p)
+{
+    int32_t b;
+    memcpy(&b, p, sizeof b);
+    __m256i w = _mm256_cvtepu8_epi64(_mm_cvtsi32_si128(b));
+    return (csm_vi64)_mm256_cmpgt_epi64(w, _mm256_setzero_si256());
+}
+#elif CSM_VB == 16 && defined(__SSE2__)
+static inline csm_vi32 csm_mask_f(const uint8_t *p)
+{
+    int32_t b;
+    memcpy(&b, p, sizeof b);
+    __m128i z = _mm_setzero_si128();
+    __m128i w = _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(b), z), z);
+    return (csm_vi32)_mm_cmpgt_epi32(w, z);
+}
+static inline csm_vi64 csm_mask_d(const uint8_t *p)
+{
+    int32_t b = p[0] | (p[1] << 16); /* one byte in the low half of each 32-bit pair */
+    __m128i z = _mm_setzero_si128();
+    __m128i w = _mm_unpacklo_epi32(_mm_unpacklo_epi16(_mm_cvtsi32_si128(b), z), z);
+    __m128i m = _mm_cmpgt_epi32(w, z);
+    return (csm_vi64)_mm_shuffle_epi32(m, _MM_SHUFFLE(2, 2, 0, 0));
+}
+#else
+static inline csm_vi32 csm_mask_f(const uint8_t *p)
+{
+    csm_vi32 m;
+    for (int i = 0; i < CSM_VLF; i++) m[i] = p[i] ? -1 : 0;
+    return m;
+}
+static inline csm_vi64 csm_mask_d(const uint8_t *p)
+{
+    csm_vi64 m;
+    for (int i = 0; i < CSM_VLD; i++) m[i] = p[i] ? -1 : 0;
+    return m;
+}
+#endif
+
+/* ---- float lanes to double lanes and back, in halves (lo: the first CSM_VLD lanes) ---- */
+#if CSM_VB == 64
+static inline csm_vd csm_f2d_lo(csm_vf v) { return (csm_vd)_mm512_cvtps_pd(_mm512_castps512_ps256((__m512)v)); }
+static inline csm_vd csm_f2d_hi(csm_vf v)
+{
+    return (csm_vd)_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd((__m512)v), 1)));
+}
+static inline csm_vf csm_d2f(csm_vd lo, csm_vd hi)
+{
+    return (csm_vf)_mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps((__m512d)lo)), _mm512_cvtpd_ps((__m512d)hi), 1);
+}
+#elif CSM_VB == 32 && defined(__AVX__)
+static inline csm_vd csm_f2d_lo(csm_vf v) { return (csm_vd)_mm256_cvtps_pd(_mm256_castps256_ps128((__m256)v)); }
+static inline csm_vd csm_f2d_hi(csm_vf v) { return (csm_vd)_mm256_cvtps_pd(_mm256_extractf128_ps((__m256)v, 1)); }
+static inline csm_vf csm_d2f(csm_vd lo, csm_vd hi)
+{
+    return (csm_vf)_mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps((__m256d)lo)), _mm256_cvtpd_ps((__m256d)hi), 1);
+}
+#elif CSM_VB == 16 && defined(__SSE2__)
+static inline csm_vd csm_f2d_lo(csm_vf v) { return (csm_vd)_mm_cvtps_pd((__m128)v); }
+static inline csm_vd csm_f2d_hi(csm_vf v) { return (csm_vd)_mm_cvtps_pd(_mm_movehl_ps((__m128)v, (__m128)v)); }
+static inline csm_vf csm_d2f(csm_vd lo, csm_vd hi) { return (csm_vf)_mm_movelh_ps(_mm_cvtpd_ps((__m128d)lo), _mm_cvtpd_ps((__m128d)hi)); }
+#else
+static inline csm_vd csm_f2d_lo(csm_vf v)
+{
+    csm_vd d;
+    for (int i = 0; i < CSM_VLD; i++) d[i] = v[i];
+    return d;
+}
+static inline csm_vd csm_f2d_hi(csm_vf v)
+{
+    csm_vd d;
+    for (int i = 0; i < CSM_VLD; i++) d[i] = v[i + CSM_VLD];
+    return d;
+}
+static inline csm_vf csm_d2f(csm_vd lo, csm_vd hi)
+{
+    csm_vf f;
+    for (int i = 0; i < CSM_VLD; i++) {
+        f[i] = (float)lo[i];
+        f[i + CSM_VLD] = (float)hi[i];
+    }
+    return f;
+}
+#endif
+
+/* ---- non-temporal stores (p aligned to CSM_VB): large outputs bypass the caches, and
+   their lines are not read before being written ---- */
+#if CSM_VB == 64
+static inline void csm_stream_f(float *p, csm_vf v) { _mm512_stream_ps(p, (__m512)v); }
+static inline void csm_stream_d(double *p, csm_vd v) { _mm512_stream_pd(p, (__m512d)v); }
+#define CSM_HAVE_STREAM 1
+#elif CSM_VB == 32 && defined(__AVX__)
+static inline void csm_stream_f(float *p, csm_vf v) { _mm256_stream_ps(p, (__m256)v); }
+static inline void csm_stream_d(double *p, csm_vd v) { _mm256_stream_pd(p, (__m256d)v); }
+#define CSM_HAVE_STREAM 1
+#elif CSM_VB == 16 && defined(__SSE2__)
+static inline void csm_stream_f(float *p, csm_vf v) { _mm_stream_ps(p, (__m128)v); }
+static inline void csm_stream_d(double *p, csm_vd v) { _mm_stream_pd(p, (__m128d)v); }
+#define CSM_HAVE_STREAM 1
+#else
+static inline void csm_stream_f(float *p, csm_vf v) { memcpy(p, &v, sizeof v); }
+static inline void csm_stream_d(double *p, csm_vd v) { memcpy(p, &v, sizeof v); }
+#define CSM_HAVE_STREAM 0
+#endif
+
+/* order the streaming stores before anything that follows */
+static inline void csm_stream_fence(void)
+{
+#if CSM_HAVE_STREAM && (defined(__x86_64__) || defined(__i386__))
+    _mm_sfence();
+#endif
+}
 
 /* ---- is any lane of a comparison mask set ---- */
 #if CSM_VB == 64

@@ -1,0 +1,100 @@
+"""Rows longer than the in-cache kernels take: statistics read in blocks with a lazily
+moving reference, rows split across threads and merged -- against the float64 reference,
+for nasty contents (maxima late in the row, ramps that force rescaling, NaN/inf/-inf and
+masked blocks), temperatures and thread counts."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import csoftmax
+from helpers import assert_matches, oracle, to_backend, to_numpy
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+N = 40_001  # longer than the in-cache kernels take (128 KiB) in float32 and float64; odd
+
+
+def _rows(dtype, rng):
+    ramp = np.linspace(-3000.0, 3000.0, N)  # the max keeps moving by more than the lazy bound
+    yield "ramp", ramp
+    yield "ramp-down", ramp[::-1].copy()
+    late = rng.standard_normal(N) * 5
+    late[-3] = 80.0
+    yield "late-max", late
+    ties = np.round(rng.standard_normal(N))
+    yield "ties", ties
+    sp = rng.standard_normal(N) * 30
+    yield "wide", sp
+    nan = rng.standard_normal(N)
+    nan[N // 2] = np.nan
+    yield "nan-middle", nan
+    pinf = rng.standard_normal(N)
+    pinf[-1] = np.inf
+    yield "pinf-last", pinf
+    ninf = rng.standard_normal(N)
+    ninf[: N // 2] = -np.inf  # whole blocks of -inf before any finite value
+    yield "ninf-blocks", ninf
+    yield "all-ninf", np.full(N, -np.inf)
+    nanblock = np.full(N, -np.inf)
+    nanblock[100_000:100_010] = np.nan  # NaN in an otherwise -inf block
+    nanblock[5] = 1.0
+    yield "nan-in-ninf-block", nanblock
+
+
+_cache: dict = {}
+
+
+def _oracle(key, *args, **kw):
+    if key not in _cache:
+        _cache[key] = np.asarray(oracle(*args, **kw))
+    return _cache[key]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+def test_long_rows(backend, op, dtype, threads):
+    rng = np.random.default_rng(0)
+    with threadpoolctl.threadpool_limits(threads, user_api="openmp"):
+        for label, row in _rows(dtype, rng):
+            x = np.stack([row, row[::-1]]).astype(dtype) if op != "logsumexp" else row.astype(dtype)[None]
+            for tau in (1.0, 0.3, 7.0):
+                kw = {} if op == "logsumexp" else {"temperature": tau}
+                if op == "logsumexp" and tau != 1.0:
+                    continue
+                want = _oracle((op, dtype, label, tau), op, x, axis=-1, **kw)
+                got = to_numpy(backend, getattr(csoftmax, op)(to_backend(backend, x), axis=-1, backend=backend, **kw))
+                assert_matches(got, want, dtype, f"{op} {dtype} {label} tau={tau} threads={threads}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+def test_long_rows_masked(backend, op, dtype):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((2, N)) * 10).astype(dtype)
+    mask = rng.random((2, N)) < 0.5
+    mask[0, : N // 2] = False  # half a row masked out, in whole blocks
+    mask[1, 7] = True
+    x[1, 8] = np.nan  # a masked NaN takes no part
+    mask[1, 8] = False
+    with threadpoolctl.threadpool_limits(2, user_api="openmp"):
+        want = oracle(op, x, axis=-1, where=mask)
+        got = to_numpy(backend, getattr(csoftmax, op)(to_backend(backend, x), axis=-1, where=to_backend(backend, mask),
+                                                      backend=backend))
+    assert_matches(got, want, dtype, f"{op} {dtype} masked long rows")
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_long_rows_in_place_and_streamed(backend, op):
+    """Big enough for non-temporal stores, in place and into a strided out."""
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((3, 1_000_003)) * 4).astype(np.float32)
+    want = oracle(op, x)
+    xb = to_backend(backend, x.copy())
+    res = getattr(csoftmax, op)(xb, out=xb, backend=backend)
+    assert_matches(to_numpy(backend, res), want, "float32", f"{op} in place")
+    big = to_backend(backend, np.zeros((3, 1_000_004), np.float32))
+    out = big[:, 1:]  # rows start off the vector alignment
+    getattr(csoftmax, op)(to_backend(backend, x), out=out, backend=backend)
+    assert_matches(to_numpy(backend, out), want, "float32", f"{op} misaligned out")
