@@ -58,8 +58,13 @@ def _same_kind_array(ref, a, argname):
     return a
 
 
+_NP_KINDS = {"b": "bool", "i": "int", "u": "int", "f": "float", "c": "complex"}
+
+
 def _category(xp, dt) -> str:
     """'float', 'int', 'bool', 'complex' or 'other' for a dtype of namespace xp."""
+    if isinstance(dt, np.dtype):  # NumPy and CuPy
+        return _NP_KINDS.get(dt.kind, "other")
     isdtype = getattr(xp, "isdtype", None)
     if isdtype is not None:
         try:
@@ -70,12 +75,21 @@ def _category(xp, dt) -> str:
             return "other"
         except (TypeError, ValueError):
             pass
-    kind = getattr(dt, "kind", None)
-    return {"b": "bool", "i": "int", "u": "int", "f": "float", "c": "complex"}.get(kind, "other")
+    return _NP_KINDS.get(getattr(dt, "kind", None), "other")
+
+
+_NAMES: dict = {}
 
 
 def _dtype_name(dt) -> str:
-    return str(getattr(dt, "name", dt)).replace("torch.", "")
+    name = _NAMES.get(dt)
+    if name is None:
+        name = str(getattr(dt, "name", dt)).replace("torch.", "")
+        try:
+            _NAMES[dt] = name
+        except TypeError:  # unhashable dtype object
+            pass
+    return name
 
 
 def _numpy_like_dtype(xp, dt):
@@ -137,6 +151,8 @@ def _check_temperature(t) -> float:
 
 def _normalize_axes(axis, ndim, argname="axis"):
     """Sorted tuple of non-negative axes. None: all axes; () : none."""
+    if type(axis) is int and ndim and -ndim <= axis < ndim:
+        return (axis % ndim,)
     if axis is None:
         return tuple(range(ndim))
     if isinstance(axis, (tuple, list)):
@@ -222,6 +238,21 @@ def _prepare(op, x, backend):
 
 
 # ---- forward -------------------------------------------------------------------------------
+_KIND = {"softmax": 0, "log_softmax": 1, "logsumexp": 2}  # csm_kind
+
+
+def _fast(op, x, axis, temperature):
+    """The call without options on a NumPy array, when dispatch would give it to `c`:
+    straight to the core, skipping the general checks (the core's fast entry declines
+    anything unusual by returning None)."""
+    if _registry._override.get():
+        return None
+    b = _registry._auto_cache.get((np.ndarray, op))
+    if b is None or b.name != "c":  # not resolved yet, or another backend takes NumPy arrays
+        return None
+    return _registry._modules["c"].fast_forward(_KIND[op], x, axis, temperature)
+
+
 def _forward(op, x, axis, temperature, where, dtype, out, backend):
     x, be, mod, xp = _prepare(op, x, backend)
     tau = _check_temperature(temperature)
@@ -247,6 +278,10 @@ def softmax(x, /, axis=-1, *, temperature=1.0, where=None, dtype=None, out=None,
     Special values: a NaN in a slice makes it all NaN; a +inf, or all entries -inf,
     makes it NaN (as scipy, torch and JAX); -inf entries among finite ones get 0.
     """
+    if type(x) is np.ndarray and where is None and dtype is None and out is None and backend is None:
+        r = _fast("softmax", x, axis, temperature)
+        if r is not None:
+            return r
     return _forward("softmax", x, axis, temperature, where, dtype, out, backend)
 
 
@@ -255,6 +290,10 @@ def log_softmax(x, /, axis=-1, *, temperature=1.0, where=None, dtype=None, out=N
     sums exp((x_j - max)/tau) over all entries but the max: finite for finite input and
     exact at the max entry (-log1p(S'), not 0). Arguments as softmax; masked entries and
     fully masked slices get -inf."""
+    if type(x) is np.ndarray and where is None and dtype is None and out is None and backend is None:
+        r = _fast("log_softmax", x, axis, temperature)
+        if r is not None:
+            return r
     return _forward("log_softmax", x, axis, temperature, where, dtype, out, backend)
 
 
@@ -265,6 +304,10 @@ def logsumexp(x, /, axis=None, *, keepdims=False, where=None, dtype=None, out=No
     where: boolean mask; masked entries take no part, a fully masked slice gives -inf.
     A NaN gives NaN; a +inf gives +inf (NaN wins over +inf); an empty axis gives -inf.
     """
+    if type(x) is np.ndarray and not keepdims and where is None and dtype is None and out is None and backend is None:
+        r = _fast("logsumexp", x, axis, 1.0)
+        if r is not None:
+            return r
     x, be, mod, xp = _prepare("logsumexp", x, backend)
     axes = _normalize_axes(axis, x.ndim)
     rdt = _result_dtype(xp, x.dtype, dtype)

@@ -99,12 +99,27 @@ cdef inline void _put(csm_task *t, int op, cnp.ndarray a, uint64_t zero_reduced)
             t.strides[op][d] = st[d]
 
 
+cdef inline void _put_broadcast(csm_task *t, int op, cnp.ndarray a):
+    """An operand that broadcasts to the task's shape (the `where` mask): its missing
+    leading dimensions and its size-1 dimensions get stride 0."""
+    cdef int d, nd = cnp.PyArray_NDIM(a), off = t.ndim - cnp.PyArray_NDIM(a)
+    cdef cnp.npy_intp *st = cnp.PyArray_STRIDES(a)
+    cdef cnp.npy_intp *sh = cnp.PyArray_DIMS(a)
+    t.data[op] = <char *>cnp.PyArray_DATA(a)
+    for d in range(t.ndim):
+        if d < off or sh[d - off] == 1:
+            t.strides[op][d] = 0
+        else:
+            t.strides[op][d] = st[d - off]
+
+
 def run(int kind, cnp.ndarray x, object y, object out, object mask, object row, object label,
         uint64_t reduce, double temperature=1.0, object weight=None, double smoothing=0.0,
         int64_t ignore_index=-100, double grad_scale=1.0, int nthreads=0):
     """Run one task of the C core. x, y, out share a shape and a float dtype; mask is
-    uint8/bool broadcast to that shape; row and label have the keepdims shape; reduce is
-    a bit mask of the softmax axes; weight is a contiguous float64 array or None."""
+    uint8/bool and broadcasts to that shape; row and label have the keepdims shape;
+    reduce is a bit mask of the softmax axes; weight is a contiguous float64 array or
+    None."""
     cdef csm_task t
     cdef int d, status
     cdef cnp.ndarray arr
@@ -130,7 +145,7 @@ def run(int kind, cnp.ndarray x, object y, object out, object mask, object row, 
     if out is not None:
         _put(&t, CSM_OUT, <cnp.ndarray>out, 0)
     if mask is not None:
-        _put(&t, CSM_MASK, <cnp.ndarray>mask, 0)
+        _put_broadcast(&t, CSM_MASK, <cnp.ndarray>mask)
     if row is not None:
         _put(&t, CSM_ROW, <cnp.ndarray>row, reduce)
         t.row_dtype = _dtype_code(<cnp.ndarray>row)
@@ -145,6 +160,101 @@ def run(int kind, cnp.ndarray x, object y, object out, object mask, object row, 
         raise MemoryError("csoftmax: out of memory for the per-thread row buffers")
     if status != CSM_OK:
         raise RuntimeError(f"csoftmax: C core failed with status {status}")
+
+
+cdef extern from "numpy/arrayobject.h":
+    object PyArray_NewLikeArray(cnp.ndarray prototype, cnp.NPY_ORDER order, void *descr, int subok)
+
+
+def fast_forward(int kind, cnp.ndarray x, object axis, object temperature):
+    """The common call without options -- an aligned, native float32/float64 array, an
+    int axis (or None for logsumexp), a plain number temperature -- straight to the core.
+    Returns None whenever anything else is asked, and the general path takes over (and
+    raises the errors)."""
+    cdef double tau
+    cdef int typ = cnp.PyArray_TYPE(x), nd = cnp.PyArray_NDIM(x), d, a
+    cdef csm_task t
+    cdef int status
+    cdef cnp.ndarray out
+    cdef cnp.npy_intp rdims[64]
+    cdef int rnd = 0
+    cdef uint64_t reduce = 0
+    if type(temperature) is float or type(temperature) is int:
+        tau = temperature
+    else:
+        return None
+    if not (tau > 0.0):
+        return None
+    if typ != cnp.NPY_FLOAT64 and typ != cnp.NPY_FLOAT32:
+        return None
+    if nd == 0 or not cnp.PyArray_ISNOTSWAPPED(x) or not cnp.PyArray_ISALIGNED(x):
+        return None
+    cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(x)
+    if axis is None:
+        if kind != CSM_LOGSUMEXP:
+            return None
+        reduce = (<uint64_t>1 << nd) - 1 if nd < 64 else <uint64_t>0xFFFFFFFFFFFFFFFF
+    elif type(axis) is int:
+        a = axis
+        if a < -nd or a >= nd:
+            return None
+        if a < 0:
+            a += nd
+        reduce = <uint64_t>1 << a
+    else:
+        return None
+    t.kind = kind
+    t.ndim = nd
+    t.dtype = CSM_F64 if typ == cnp.NPY_FLOAT64 else CSM_F32
+    t.row_dtype = t.dtype
+    t.reduce = reduce
+    t.temperature = tau
+    t.class_weight = NULL
+    t.smoothing = 0.0
+    t.ignore_index = -100
+    t.grad_scale = 1.0
+    t.nthreads = 0
+    for d in range(CSM_NOPERANDS):
+        t.data[d] = NULL
+    for d in range(nd):
+        t.shape[d] = shape[d]
+    _put(&t, CSM_X, x, 0)
+    if kind == CSM_LOGSUMEXP:
+        for d in range(nd):
+            if not (reduce >> d) & 1:
+                rdims[rnd] = shape[d]
+                rnd += 1
+        out = cnp.PyArray_EMPTY(rnd, rdims, typ, 0)
+        t.data[CSM_ROW] = <char *>cnp.PyArray_DATA(out)
+        rnd = 0
+        for d in range(nd):
+            if (reduce >> d) & 1:
+                t.strides[CSM_ROW][d] = 0
+            else:
+                t.strides[CSM_ROW][d] = cnp.PyArray_STRIDES(out)[rnd]
+                rnd += 1
+    else:
+        out = PyArray_NewLikeArray(x, cnp.NPY_KEEPORDER, NULL, 0)
+        _put(&t, CSM_OUT, out, 0)
+    with nogil:
+        status = csm_run(&t)
+    if status != CSM_OK:
+        raise MemoryError("csoftmax: out of memory for the per-thread row buffers")
+    return out
+
+
+def same_layout(cnp.ndarray a, cnp.ndarray b):
+    """Whether a and b are the same elements in the same order: same data pointer, dtype,
+    shape and strides."""
+    cdef int d, nd = cnp.PyArray_NDIM(a)
+    if cnp.PyArray_DATA(a) != cnp.PyArray_DATA(b) or nd != cnp.PyArray_NDIM(b):
+        return False
+    if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(b) or cnp.PyArray_ISBYTESWAPPED(a) != cnp.PyArray_ISBYTESWAPPED(b):
+        return False
+    for d in range(nd):
+        if cnp.PyArray_DIMS(a)[d] != cnp.PyArray_DIMS(b)[d] or cnp.PyArray_STRIDES(a)[d] != cnp.PyArray_STRIDES(b)[d]:
+            return False
+    return True
 
 
 def isa_names():

@@ -143,7 +143,9 @@ int csm_layout_build(const csm_task *t, csm_layout *L)
     /* cross-entropy keeps its class axis as given: labels and weights index it */
     const int keep_red_order = t->kind == CSM_XENT;
 
-    memset(L, 0, sizeof *L);
+    /* the struct is large (strides for every operand and dimension): fill only what is used */
+    L->nouter = L->nred = 0;
+    L->n = 0;
     for (int op = 0; op < CSM_NOPERANDS; op++) L->base[op] = t->data[op];
     L->nrows = 1;
     for (int d = 0; d < t->ndim; d++) {
@@ -191,6 +193,7 @@ int csm_layout_build(const csm_task *t, csm_layout *L)
         const csm_intp es = csm_dtype_size(t->dtype);
         L->rstride[CSM_X][0] = L->rstride[CSM_Y][0] = L->rstride[CSM_OUT][0] = es;
         L->rstride[CSM_MASK][0] = 1;
+        L->rstride[CSM_ROW][0] = L->rstride[CSM_LABEL][0] = 0;
         return CSM_OK;
     }
     L->nred = nr;

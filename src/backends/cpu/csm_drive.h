@@ -71,35 +71,49 @@ static double CSM_SFX(csm_do_row)(const csm_task *t, const csm_layout *L, char *
 }
 
 /* ---- the row driver ---- */
+/* rows [r0, r1) on the calling thread; returns nonzero if its buffers could not be had */
+static int CSM_SFX(csm_rows_range)(const csm_task *t, const csm_layout *L, csm_intp r0, csm_intp r1,
+                                   const csm_temp *tp, int direct, int stream)
+{
+    if (r1 <= r0) return 0;
+    CSM_SFX(csm_scratch) sc = {0};
+    /* softmax keeps its exps in a buffer only when the output is streamed: out is then
+       written once, and never read */
+    const int need_scratch = !direct || t->kind >= CSM_SOFTMAX_BWD ||
+                             (t->kind == CSM_SOFTMAX && stream && !CSM_SFX(csm_is_long)(L->n));
+    if (need_scratch && !CSM_SFX(csm_scratch_alloc)(&sc, t, L->n)) {
+        CSM_SFX(csm_scratch_free)(&sc);
+        return 1;
+    }
+    csm_rowiter it;
+    csm_rowiter_init(&it, L, r0);
+    for (csm_intp r = r0; r < r1; r++) {
+        double v = CSM_SFX(csm_do_row)(t, L, it.ptr, tp, direct, stream, need_scratch ? &sc : NULL);
+        if (it.ptr[CSM_ROW]) csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, v);
+        csm_rowiter_next(&it, L);
+    }
+    CSM_SFX(csm_scratch_free)(&sc);
+    return 0;
+}
+
 static int CSM_SFX(csm_drive_rows)(const csm_task *t, const csm_layout *L, int direct)
 {
     const csm_temp tp = csm_temp_make(t->temperature);
     const int nth = csm_pick_threads(t, L->nrows, L->n);
     const int stream = direct && L->base[CSM_OUT] && L->nrows * L->n * (csm_intp)sizeof(REAL) >= CSM_STREAM_BYTES;
     int failed = 0;
-#pragma omp parallel num_threads(nth) if (nth > 1) reduction(| : failed)
-    {
-        int tid = 0, nt = 1;
+    if (nth <= 1) {
+        failed = CSM_SFX(csm_rows_range)(t, L, 0, L->nrows, &tp, direct, stream);
+    } else {
+#pragma omp parallel num_threads(nth) reduction(| : failed)
+        {
+            int tid = 0, nt = 1;
 #ifdef _OPENMP
-        tid = omp_get_thread_num();
-        nt = omp_get_num_threads();
+            tid = omp_get_thread_num();
+            nt = omp_get_num_threads();
 #endif
-        csm_intp r0 = L->nrows * tid / nt, r1 = L->nrows * (tid + 1) / nt;
-        CSM_SFX(csm_scratch) sc = {0};
-        const int need_scratch = !direct || t->kind >= CSM_SOFTMAX_BWD ||
-                                 (t->kind == CSM_SOFTMAX && !CSM_SFX(csm_is_long)(L->n));
-        if (r1 > r0 && (!need_scratch || CSM_SFX(csm_scratch_alloc)(&sc, t, L->n))) {
-            csm_rowiter it;
-            csm_rowiter_init(&it, L, r0);
-            for (csm_intp r = r0; r < r1; r++) {
-                double v = CSM_SFX(csm_do_row)(t, L, it.ptr, &tp, direct, stream, need_scratch ? &sc : NULL);
-                if (it.ptr[CSM_ROW]) csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, v);
-                csm_rowiter_next(&it, L);
-            }
-        } else if (r1 > r0) {
-            failed = 1;
+            failed = CSM_SFX(csm_rows_range)(t, L, L->nrows * tid / nt, L->nrows * (tid + 1) / nt, &tp, direct, stream);
         }
-        CSM_SFX(csm_scratch_free)(&sc);
     }
     if (stream) csm_stream_fence();
     return failed ? CSM_ENOMEM : CSM_OK;

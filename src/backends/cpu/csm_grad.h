@@ -63,7 +63,8 @@ static void CSM_SFX(csm_row_backward)(int kind, const REAL *g, const REAL *y, co
         csm_intp cnt = n - i < VL ? n - i : VL;
         CSM_SFX(csm_bwd_sum_step)(kind, g + i, y + i, mask ? mask + i : NULL, cnt, &acc);
     }
-    csm_dd s = CSM_SFX(csm_acc_total)(&acc);
+    CSM_SFX(csm_vacc) zero = {{0}, {0}};
+    csm_dd s = CSM_SFX(csm_acc_total2)(&acc, &zero);
     double sum = s.hi + s.lo;
     for (csm_intp i = 0; i < n; i += VL) {
         csm_intp cnt = n - i < VL ? n - i : VL;

@@ -124,7 +124,7 @@ static inline double csm_xent_weight(const csm_xent_params *xp, csm_intp j)
 }
 
 /* ---- threads ---- */
-#define CSM_PAR_MIN_WORK ((csm_intp)1 << 15) /* elements per thread below which threads cost more than they save */
+#define CSM_PAR_MIN_WORK ((csm_intp)1 << 13) /* elements per thread below which threads cost more than they save */
 
 /* threads for `units` independent pieces of `work` elements each */
 int csm_pick_threads(const csm_task *task, csm_intp units, csm_intp work);

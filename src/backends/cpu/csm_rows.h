@@ -124,19 +124,30 @@ CSM_INLINE void CSM_SFX(csm_acc_add)(CSM_SFX(csm_vacc) *acc, VR e)
 #endif
 }
 
-static inline csm_dd CSM_SFX(csm_acc_total)(const CSM_SFX(csm_vacc) *acc)
+/* the lanes of two accumulators summed into one double-double (once per row: vector
+   adds first, then a short scalar tail) */
+static inline csm_dd CSM_SFX(csm_acc_total2)(const CSM_SFX(csm_vacc) *a0, const CSM_SFX(csm_vacc) *a1)
 {
-    csm_dd tot = csm_dd_make(0.0, 0.0);
-    for (int l = 0; l < CSM_VLD; l++) {
 #if REAL_IS_F32
-        tot = csm_dd_add_d(tot, acc->a[l]);
-        tot = csm_dd_add_d(tot, acc->b[l]);
+    /* float rows: double precision is already far beyond what they need */
+    csm_vd v = (a0->a + a0->b) + (a1->a + a1->b);
+    double tot = 0.0;
+    for (int l = 0; l < CSM_VLD; l++) tot += v[l];
+    return csm_dd_make(tot, 0.0);
 #else
-        tot = csm_dd_add_d(tot, acc->a[l]);
-        tot = csm_dd_add_d(tot, -acc->b[l]);
-#endif
+    /* double rows: each lane holds a - b (Kahan); add the two accumulators with two_sum */
+    csm_vd s = a0->a + a1->a;
+    csm_vd bb = s - a0->a;
+    csm_vd err = (a0->a - (s - bb)) + (a1->a - bb);
+    csm_vd c = (a0->b + a1->b) - err;
+    csm_dd tot = csm_dd_make(s[0], 0.0);
+    double comp = c[0];
+    for (int l = 1; l < CSM_VLD; l++) {
+        tot = csm_dd_add_d(tot, s[l]);
+        comp += c[l];
     }
-    return tot;
+    return csm_dd_add_d(tot, -comp);
+#endif
 }
 
 /* ---- scan: max (NaN left out by the comparison) and, with a mask, whether any lane is on ---- */
@@ -261,7 +272,7 @@ CSM_INLINE csm_dd CSM_SFX(csm_expsum_t)(const REAL *x, const uint8_t *mask, REAL
     for (; i < nfull; i += VL) CSM_EXPSUM(i, VL, 1, -1, &a0);
     if (nfull < n) CSM_EXPSUM(nfull, n - nfull, 0, k >= nfull && kb < n ? k - nfull : -1, &a1);
 #undef CSM_EXPSUM
-    return csm_dd_add(CSM_SFX(csm_acc_total)(&a0), CSM_SFX(csm_acc_total)(&a1));
+    return CSM_SFX(csm_acc_total2)(&a0, &a1);
 }
 
 /* the exp variant a row allows: bounded when the scan saw no mask and min and max
