@@ -240,3 +240,19 @@ def test_not_less_accurate_than_the_peers(backend, op, dtype):
     assert ours <= ULP_LIMIT
     for name, err in peers.items():
         assert ours <= max(err, ULP_LIMIT), f"{name}: {err:.1f} ulp, ours {ours:.1f}"
+
+
+@needs_ld
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_ulp_contract_along_a_leading_axis(backend, op, dtype, kind):
+    """The contract holds whatever the layout: columns of a (n, 40) array, axis 0."""
+    rng = np.random.default_rng(17)
+    cols = [_row(kind, 3000, dtype, rng) for _ in range(40)]
+    x = np.stack(cols, axis=1)
+    got = _compute(backend, op, x, axis=0)
+    for j in range(x.shape[1]):
+        soft, logs = exact_ld(x[:, j])
+        err = ulps(got[:, j], soft if op == "softmax" else logs, dtype)
+        assert err.max() <= ULP_LIMIT, f"{op} {kind} column {j}: {err.max():.2f} ulp"

@@ -345,3 +345,21 @@ def test_cross_entropy_where(backend, dtype):
             assert_matches(got[0], want[0], dtype, f"loss where {kw}", rtol=rtol, atol=rtol)
             assert_matches(got[1], want[1], dtype, f"grad where {kw}", rtol=rtol, atol=rtol)
             assert np.all(got[1][~mask] == 0)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5, np.inf])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("op", ("softmax", "log_softmax"))
+def test_forward_in_place_nasty(backend, op, dtype, tau):
+    """In place (out is x) with special values: every kernel must still read what it
+    needs of x before it overwrites it."""
+    rng = _rng("inplace-nasty", op, dtype, tau)
+    shapes = [(9,), (17,), (5, 20), (20, 7), (7, 35), (6, 3, 16), (3, 17, 9)]
+    for label, x in nasty_arrays(dtype, rng, shapes=shapes):
+        for axis in axes_for(x.ndim):
+            for layout in ("C", "F", "negative"):
+                want = oracle(op, x, axis=axis, temperature=tau)
+                xb = to_backend(backend, with_layout(x.copy(), layout))
+                res = getattr(csoftmax, op)(xb, axis=axis, temperature=tau, out=xb, backend=backend)
+                assert res is xb
+                assert_matches(to_numpy(backend, xb), want, dtype, f"{op} {dtype} in place {layout} {label} axis={axis} tau={tau}")

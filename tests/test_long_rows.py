@@ -98,3 +98,38 @@ def test_long_rows_in_place_and_streamed(backend, op):
     out = big[:, 1:]  # rows start off the vector alignment
     getattr(csoftmax, op)(to_backend(backend, x), out=out, backend=backend)
     assert_matches(to_numpy(backend, out), want, "float32", f"{op} misaligned out")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+def test_columns_along_a_leading_axis(backend, op, dtype):
+    """A softmax axis with a stride, the next one contiguous: columns with maxima that
+    keep moving (the reference moves and stored exps go stale), late maxima, -inf heads,
+    NaN and +inf lanes, masks, temperatures; widths around the vector widths."""
+    rng = np.random.default_rng(3)
+    n = 700
+    for width in (8, 37, 64, 133):
+        x = rng.standard_normal((n, width)) * 3
+        x[:, 0] = np.linspace(-4000, 4000, n)  # the max moves by more than the lazy bound
+        x[:, 1] = np.linspace(4000, -4000, n)
+        x[-1, 2] = 90.0  # a late max
+        x[: n // 2, 3] = -np.inf  # -inf before anything finite
+        x[5, 4] = np.nan
+        x[6, 5] = np.inf
+        x[:, 6] = -np.inf
+        x = x.astype(dtype)
+        for tau in ((1.0, 0.2, 5.0) if op != "logsumexp" else (1.0,)):
+            kw = {} if op == "logsumexp" else {"temperature": tau}
+            want = oracle(op, x, axis=0, **kw)
+            got = to_numpy(backend, getattr(csoftmax, op)(to_backend(backend, x), axis=0, backend=backend, **kw))
+            assert_matches(got, want, dtype, f"{op} {dtype} width={width} tau={tau}")
+        mask = rng.random((n, width)) < 0.7
+        mask[:, 7] = False
+        want = oracle(op, x, axis=0, where=mask)
+        got = to_numpy(backend, getattr(csoftmax, op)(to_backend(backend, x), axis=0, where=to_backend(backend, mask),
+                                                      backend=backend))
+        assert_matches(got, want, dtype, f"{op} {dtype} width={width} masked")
+        if op != "logsumexp":
+            xb = to_backend(backend, x.copy())
+            getattr(csoftmax, op)(xb, axis=0, out=xb, backend=backend)
+            assert_matches(to_numpy(backend, xb), oracle(op, x, axis=0), dtype, f"{op} {dtype} width={width} in place")

@@ -12,7 +12,9 @@ whole-array operations:
   * x - max is computed with its rounding error (two_diff) and the error is folded in as
     exp(dh) * (1 + dl); with a temperature the quotient carries its remainder likewise;
   * S' = sum of exp over the entries below the max, plus (ties - 1): the max entry itself
-    is left out, so log1p(S') keeps its precision when S' is tiny;
+    is left out, so log1p(S') keeps its precision when S' is tiny; sums are pairwise with
+    every rounding error carried (accurate_sum), so the namespace's summation order
+    (NumPy's is naive along a strided axis) does not matter;
   * log_softmax = ((x - max) / tau - log1p(S'), log_softmax's max entry = -log1p(S').
 Special values follow the table of DESIGN.md section 3.
 """
@@ -58,6 +60,37 @@ def _two_prod(xp, a, b):
     al, bl = a - ah, b - bh
     e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
     return p, e
+
+
+def accurate_sum(xp, v, axes):
+    """Sum over axes (keepdims) to about double-double accuracy, whatever order the
+    namespace's own sum would use: pairwise, with every addition's rounding error
+    (two_sum) carried along and added at the end. log2(n) whole-array steps."""
+    if not axes:
+        return v
+    nd = v.ndim
+    rest = [a for a in range(nd) if a not in axes]
+    moved = xp.permute_dims(v, tuple(rest) + tuple(axes))
+    lead = moved.shape[: len(rest)]
+    n = 1
+    for a in axes:
+        n *= v.shape[a]
+    hi = xp.reshape(moved, tuple(lead) + (n,))
+    lo = xp.zeros_like(hi)
+    while hi.shape[-1] > 1:
+        if hi.shape[-1] % 2:
+            pad = xp.zeros(tuple(lead) + (1,), dtype=hi.dtype)
+            hi, lo = xp.concat([hi, pad], axis=-1), xp.concat([lo, pad], axis=-1)
+        a, b = hi[..., 0::2], hi[..., 1::2]
+        s = a + b
+        bb = s - a
+        err = (a - (s - bb)) + (b - bb)
+        hi, lo = s, lo[..., 0::2] + lo[..., 1::2] + _finite_or_zero(xp, err)
+    total = hi + lo if n else xp.zeros(tuple(lead) + (1,), dtype=v.dtype)
+    total = xp.reshape(total, tuple(lead))
+    for a in sorted(axes):  # back to keepdims
+        total = xp.expand_dims(total, axis=a)
+    return total
 
 
 def _finite_or_zero(xp, v):
@@ -113,7 +146,7 @@ class _Stats:
         e = xp.exp(self.dh)
         e = e + e * self.dl
         self.e = e
-        others = xp.sum(xp.where(is_max, xp.zeros_like(e), e), axis=axes, keepdims=True)
+        others = accurate_sum(xp, xp.where(is_max, xp.zeros_like(e), e), axes)
         self.s = (_count(xp, is_max, axes) - 1.0) + others  # S', the max entry left out
         self.log1p_s = xp.log1p(xp.where(self.special, xp.zeros_like(self.s), self.s))
 
@@ -166,13 +199,13 @@ def logsumexp(xp, x, axes, mask, keepdims):
 def softmax_backward(xp, g, y, axes, tau, mask):
     mask = _bcast_mask(xp, mask, g.shape)
     gm, ym = _masked_fill(xp, g, mask, 0.0), _masked_fill(xp, y, mask, 0.0)
-    dot = xp.sum(gm * ym, axis=axes, keepdims=True)
+    dot = accurate_sum(xp, gm * ym, axes)
     return _masked_fill(xp, y * (g - dot) * (1.0 / tau), mask, 0.0)
 
 
 def log_softmax_backward(xp, g, y, axes, tau, mask):
     mask = _bcast_mask(xp, mask, g.shape)
-    total = xp.sum(_masked_fill(xp, g, mask, 0.0), axis=axes, keepdims=True)
+    total = accurate_sum(xp, _masked_fill(xp, g, mask, 0.0), axes)
     return _masked_fill(xp, (g - xp.exp(y) * total) * (1.0 / tau), mask, 0.0)
 
 

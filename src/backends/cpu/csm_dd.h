@@ -79,6 +79,7 @@ static inline csm_dd csm_dd_mul_d(csm_dd a, double b)
 static inline csm_dd csm_dd_div_d(csm_dd a, double b)
 {
     double q = a.hi / b;
+    if (!isfinite(q)) return csm_dd_make(q, 0.0); /* overflow (or inf/NaN in): no low part */
     double r = fma(-q, b, a.hi) + a.lo; /* exact remainder of the leading quotient, plus a.lo */
     return csm_fast_two_sum(q, r / b);
 }

@@ -37,8 +37,8 @@ static double CSM_SFX(csm_forward_row)(const csm_task *t, const csm_layout *L, c
         if (!mask[0]) { /* the whole row is masked out */
             CSM_SFX(csm_stats) st = {0};
             st.m = -R_INF;
-            if (direct) return CSM_SFX(csm_special_row)(kind, (REAL *)p[CSM_X], 1, NULL, 0, (REAL *)p[CSM_OUT], 1, n, &st);
-            double v = CSM_SFX(csm_special_row)(kind, sc->x, 1, NULL, 0, sc->x, 1, n, &st);
+            if (direct) return CSM_SFX(csm_special_row)(kind, (REAL *)p[CSM_X], 1, NULL, 0, (REAL *)p[CSM_OUT], 1, n, &st, tp->tau_inf);
+            double v = CSM_SFX(csm_special_row)(kind, sc->x, 1, NULL, 0, sc->x, 1, n, &st, tp->tau_inf);
             if (kind != CSM_LOGSUMEXP) CSM_SFX(csm_scatter)(p[CSM_OUT], sc->x, L, CSM_OUT, t->dtype);
             return v;
         }
@@ -151,7 +151,7 @@ static int CSM_SFX(csm_drive_split)(const csm_task *t, const csm_layout *L, int 
                 if (tid == 0) {
                     CSM_SFX(csm_stats) st = {0};
                     st.m = -R_INF;
-                    double v = CSM_SFX(csm_special_row)(t->kind, x, 1, NULL, 0, out, 1, n, &st);
+                    double v = CSM_SFX(csm_special_row)(t->kind, x, 1, NULL, 0, out, 1, n, &st, tp.tau_inf);
                     if (it.ptr[CSM_ROW]) csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, v);
                 }
             } else {
@@ -167,7 +167,7 @@ static int CSM_SFX(csm_drive_split)(const csm_task *t, const csm_layout *L, int 
                         CSM_SFX(csm_stats) st = {0};
                         st.m = all.m;
                         st.any = all.any;
-                        double v = CSM_SFX(csm_special_row)(t->kind, x, 1, mask, 1, out, 1, n, &st);
+                        double v = CSM_SFX(csm_special_row)(t->kind, x, 1, mask, 1, out, 1, n, &st, tp.tau_inf);
                         if (it.ptr[CSM_ROW]) csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, v);
                     }
                 } else {
@@ -191,9 +191,10 @@ static int CSM_SFX(csm_drive_cols)(const csm_task *t, const csm_layout *L)
 {
     const csm_temp tp = csm_temp_make(t->temperature);
     const int in = L->nouter - 1; /* the contiguous dimension */
-    const csm_intp width = L->oshape[in], nblk = (width + VL - 1) / VL, groups = L->nrows / width;
+    const csm_intp bw = CSM_COLV * VL; /* columns per unit */
+    const csm_intp width = L->oshape[in], nblk = (width + bw - 1) / bw, groups = L->nrows / width;
     const csm_intp units = groups * nblk;
-    const int nth = csm_pick_threads(t, units, L->n * VL);
+    const int nth = csm_pick_threads(t, units, L->n * bw);
     csm_layout G = *L; /* the groups: the outer dimensions without the contiguous one */
     G.nouter = in;
     G.nrows = groups;
@@ -214,22 +215,24 @@ static int CSM_SFX(csm_drive_cols)(const csm_task *t, const csm_layout *L)
         CSM_SFX(csm_scratch) sc = {0};
         int have_scratch = 0;
         for (csm_intp u = u0; u < u1 && !failed; u++) {
-            csm_intp g = u / nblk, c0 = (u % nblk) * VL;
+            csm_intp g = u / nblk, c0 = (u % nblk) * bw;
             csm_rowiter it;
             csm_rowiter_init(&it, &G, g);
             char *p[CSM_NOPERANDS];
             for (int op = 0; op < CSM_NOPERANDS; op++)
                 p[op] = it.ptr[op] ? it.ptr[op] + c0 * L->ostride[op][in] : NULL;
-            if (c0 + VL <= width) {
-                double lse[VL];
+            const csm_intp ncols = width - c0 < bw ? width - c0 : bw;
+            const int nv = (int)(ncols / VL);
+            if (nv > 0) {
+                double lse[CSM_COLV * VL];
                 CSM_SFX(csm_cols_forward)(t->kind, (const REAL *)p[CSM_X], sx, (const uint8_t *)p[CSM_MASK], smk, sml,
-                                          (REAL *)p[CSM_OUT], so, L->n, &tp, lse);
+                                          (REAL *)p[CSM_OUT], so, L->n, nv, &tp, lse);
                 if (p[CSM_ROW])
-                    for (int l = 0; l < VL; l++)
+                    for (int l = 0; l < nv * VL; l++)
                         csm_store_rowval(p[CSM_ROW] + l * L->ostride[CSM_ROW][in], t->row_dtype, lse[l]);
-                continue;
             }
-            /* the last, partial block: column by column through the buffers */
+            if (nv * VL == ncols) continue;
+            /* the last few columns, narrower than a vector: one by one through the buffers */
             if (!have_scratch) {
                 have_scratch = 1;
                 if (!CSM_SFX(csm_scratch_alloc)(&sc, t, L->n)) {
@@ -237,7 +240,9 @@ static int CSM_SFX(csm_drive_cols)(const csm_task *t, const csm_layout *L)
                     break;
                 }
             }
-            for (csm_intp c = c0; c < width; c++) {
+            for (int op = 0; op < CSM_NOPERANDS; op++)
+                if (p[op]) p[op] += nv * VL * L->ostride[op][in];
+            for (csm_intp c = nv * VL; c < ncols; c++) {
                 double v = CSM_SFX(csm_forward_row)(t, L, p, &tp, 0, 0, &sc);
                 if (p[CSM_ROW]) csm_store_rowval(p[CSM_ROW], t->row_dtype, v);
                 for (int op = 0; op < CSM_NOPERANDS; op++)

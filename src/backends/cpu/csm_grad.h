@@ -132,7 +132,7 @@ static double CSM_SFX(csm_row_xent)(const REAL *x, const REAL *q, int64_t label,
     CSM_SFX(csm_stats) st;
     CSM_SFX(csm_row_scan)(x, mask, n, &st);
     if (CSM_SFX(csm_row_is_special)(&st, tp)) {
-        CSM_SFX(csm_special_row)(CSM_LOG_SOFTMAX, x, 1, mask, 1, buf, 1, n, &st);
+        CSM_SFX(csm_special_row)(CSM_LOG_SOFTMAX, x, 1, mask, 1, buf, 1, n, &st, tp->tau_inf);
         return CSM_SFX(csm_xent_from_logp)(buf, mask, q, label, grad, n, xp, tp);
     }
     st.k = CSM_SFX(csm_row_find)(x, mask, n, st.m);

@@ -453,7 +453,7 @@ static int CSM_SFX(csm_row_is_special)(const CSM_SFX(csm_stats) *st, const csm_t
  *   tau = +inf        uniform over the unmasked entries that are not -inf
  */
 static double CSM_SFX(csm_special_row)(int kind, const REAL *x, csm_intp sx, const uint8_t *mask, csm_intp smk,
-                                       REAL *out, csm_intp so, csm_intp n, const CSM_SFX(csm_stats) *st)
+                                       REAL *out, csm_intp so, csm_intp n, const CSM_SFX(csm_stats) *st, int tau_inf)
 {
     const REAL outside = kind == CSM_SOFTMAX ? 0 : -R_INF; /* masked entries, and -inf ones at tau = inf */
     int nan = 0;
@@ -472,15 +472,16 @@ static double CSM_SFX(csm_special_row)(int kind, const REAL *x, csm_intp sx, con
     } else if (nan) {
         inside = (REAL)NAN;
         lse = NAN;
-    } else if (!isfinite(st->m)) {
+    } else if (!isfinite(st->m) || !tau_inf) {
+        /* an infinite max; or (defensively) a NaN sum with no NaN in x */
         inside = (REAL)NAN;
-        lse = st->m;
+        lse = isfinite(st->m) ? NAN : st->m;
     } else { /* tau = +inf with a finite max: uniform over the entries > -inf */
         inside = kind == CSM_SOFTMAX ? (REAL)(1.0 / (double)cnt) : (REAL)(-log((double)cnt));
         lse = NAN; /* not used: logsumexp takes no temperature */
     }
     if (kind != CSM_LOGSUMEXP) {
-        const int uniform = st->any && !nan && isfinite(st->m); /* -inf entries then get `outside` */
+        const int uniform = tau_inf && st->any && !nan && isfinite(st->m); /* -inf entries get `outside` */
         for (csm_intp j = 0; j < n; j++) {
             REAL v;
             if (mask && !mask[j * smk])
@@ -503,13 +504,13 @@ static double CSM_SFX(csm_row_forward)(int kind, const REAL *x, const uint8_t *m
 {
     CSM_SFX(csm_stats) st;
     CSM_SFX(csm_row_scan)(x, mask, n, &st);
-    if (CSM_SFX(csm_row_is_special)(&st, tp)) return CSM_SFX(csm_special_row)(kind, x, 1, mask, 1, out, 1, n, &st);
+    if (CSM_SFX(csm_row_is_special)(&st, tp)) return CSM_SFX(csm_special_row)(kind, x, 1, mask, 1, out, 1, n, &st, tp->tau_inf);
     st.k = CSM_SFX(csm_row_find)(x, mask, n, st.m);
     REAL *e = kind != CSM_SOFTMAX ? NULL : buf ? buf : out;
     st.s = CSM_SFX(csm_row_expsum)(x, mask, e, n, &st, tp);
     /* A NaN among the unmasked entries: rewrite the row. In place, x may now hold the
        exps, but NaN stays NaN through exp, which is all csm_special_row needs then. */
-    if (st.s.hi != st.s.hi) return CSM_SFX(csm_special_row)(kind, x, 1, mask, 1, out, 1, n, &st);
+    if (st.s.hi != st.s.hi) return CSM_SFX(csm_special_row)(kind, x, 1, mask, 1, out, 1, n, &st, tp->tau_inf);
     if (kind == CSM_SOFTMAX) {
         CSM_SFX(csm_row_scale)(e, out, n, (REAL)csm_dd_inv_1p(st.s), stream);
         return 0.0;
@@ -550,10 +551,11 @@ static void CSM_SFX(csm_chunk_init)(CSM_SFX(csm_chunk) *c)
     c->any = 0;
 }
 
-/* exp((a - b) / tau) in double-double */
+/* exp((a - b) / tau) in double-double, for a <= b (finite) */
 static csm_dd CSM_SFX(csm_dd_expdiff)(REAL a, REAL b, const csm_temp *tp)
 {
     csm_dd d = csm_two_sum((double)a, -(double)b);
+    if (!isfinite(d.hi)) return csm_dd_make(0.0, 0.0); /* a - b overflowed: far below */
     if (tp->scaled) d = csm_dd_div_d(d, tp->tau);
     return csm_dd_exp(d);
 }
@@ -670,7 +672,7 @@ static double CSM_SFX(csm_row_forward_long)(int kind, const REAL *x, const uint8
         CSM_SFX(csm_stats) st = {0};
         st.m = c.m;
         st.any = c.any;
-        return CSM_SFX(csm_special_row)(kind, x, 1, mask, 1, out, 1, n, &st);
+        return CSM_SFX(csm_special_row)(kind, x, 1, mask, 1, out, 1, n, &st, tp->tau_inf);
     }
     CSM_SFX(csm_chunk_finish)(kind, x, mask, out, n, &c, tp, stream);
     return (double)c.m + csm_dd_log1p(c.s);
