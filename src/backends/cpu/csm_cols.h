@@ -22,7 +22,10 @@
  * Layout of one panel (element strides): x[i * sx + l], out[i * so + l],
  * mask[i * smk + l * sml] with sml 0 (one mask byte per i) or 1.
  */
-#define CSM_COLV 4 /* vectors side by side: 128 bytes of each row in AVX2 builds */
+#ifndef CSM_COLV
+#define CSM_COLV (256 / CSM_VB) /* vectors side by side: four 64-byte lines of each row */
+#define CSM_COLPF 16            /* rows ahead to prefetch */
+#endif
 
 CSM_INLINE VI CSM_SFX(csm_col_mask)(const uint8_t *mask, csm_intp sml)
 {
@@ -66,21 +69,30 @@ static void CSM_SFX(csm_col_move)(CSM_SFX(csm_colstate) *c, VR v, VI mv, csm_int
 
 /* pass 1 over the block: the per-lane stats; softmax stores the exps into out */
 CSM_INLINE void CSM_SFX(csm_cols_stats_t)(int kind, const REAL *x, csm_intp sx, const uint8_t *mask, csm_intp smk,
-                                          csm_intp sml, REAL *out, csm_intp so, csm_intp n, int nv,
+                                          csm_intp sml, REAL *out, csm_intp so, csm_intp n, const int nv,
                                           CSM_SFX(csm_colstate) *cs, const csm_temp *tp, const int has_mask,
                                           const int scaled)
 {
     const double tau = tp->tau, inv_tau = tp->inv_tau;
     const REAL lazy = (REAL)CSM_LAZY;
+    /* r starts at the most negative finite value: the first finite entry then lies far
+       above it and moves it there (csm_col_move), while -inf entries give exp(-inf) = 0
+       against it -- no test for "not yet set" in the loop */
+    const REAL unset = REAL_IS_F32 ? -3.4028234663852886e38f : -1.7976931348623157e308;
     for (int u = 0; u < nv; u++) {
         CSM_SFX(csm_colstate) *c = &cs[u];
-        c->m = c->r = VSPLAT(-R_INF);
+        c->m = VSPLAT(-R_INF);
+        c->r = VSPLAT(unset);
         c->emax = VSPLAT(0);
         c->moved = (VI){0};
         c->any = (VI){0} - (VIS)(!has_mask && n > 0);
         c->s.a = c->s.b = (csm_vd){0};
     }
     for (csm_intp i = 0; i < n; i++) {
+        /* rows are a large stride apart (hardware prefetchers stop at page ends): ask for
+           the lines CSM_COLPF rows ahead */
+        if (i + CSM_COLPF < n)
+            for (int u = 0; u < nv * VL; u += 64 / (int)sizeof(REAL)) __builtin_prefetch(x + (i + CSM_COLPF) * sx + u);
         for (int u = 0; u < nv; u++) {
             CSM_SFX(csm_colstate) *c = &cs[u];
             VR v = CSM_SFX(csm_load)(x + i * sx + u * VL, VL, 0);
@@ -89,17 +101,15 @@ CSM_INLINE void CSM_SFX(csm_cols_stats_t)(int kind, const REAL *x, csm_intp sx, 
                 c->any |= mk;
                 v = VSEL(mk, v, VSPLAT(-R_INF));
             }
-            VI fresh = (c->r == VSPLAT(-R_INF)) & (v > VSPLAT(-R_INF)); /* a lane's first finite value */
-            c->r = VSEL(fresh, v, c->r);
-            VR over = v - c->r;
+            VR over = v - c->r; /* +inf past the unset reference: that moves it */
             if (scaled) over *= (REAL)inv_tau;
-            VI far = over > lazy; /* false for NaN; for +inf the lane is special anyway */
-            far &= v < VSPLAT(R_INF);
+            VI far = over > lazy; /* false for NaN; a +inf entry makes its lane special anyway */
             if (__builtin_expect(VANY(far), 0)) CSM_SFX(csm_col_move)(c, v, far, i, tp);
             VR dh, dl;
-            /* lanes with nothing finite yet take 0 as reference: their -inf entries give 0, not NaN */
-            CSM_SFX(csm_vdiff)(v, VSEL(c->r == VSPLAT(-R_INF), VSPLAT(0), c->r), tau, inv_tau, scaled, &dh, &dl);
-            VR e = CSM_SFX(csm_vexp2)(dh, dl); /* arguments up to CSM_LAZY */
+            CSM_SFX(csm_vdiff)(v, c->r, tau, inv_tau, scaled, &dh, &dl);
+            /* arguments are at most CSM_LAZY: far from overflow, so the variant without
+               the overflow side will do */
+            VR e = CSM_SFX(csm_vexp2_neg)(dh, dl);
             if (kind == CSM_SOFTMAX && out) CSM_SFX(csm_store)(out + i * so + u * VL, e, VL);
             VI nm = v > c->m; /* a new max: the old one's exp joins S, this one's waits in emax */
             CSM_SFX(csm_acc_add)(&c->s, VSEL(nm, c->emax, e));
@@ -109,9 +119,10 @@ CSM_INLINE void CSM_SFX(csm_cols_stats_t)(int kind, const REAL *x, csm_intp sx, 
     }
 }
 
-static void CSM_SFX(csm_cols_forward_t)(int kind, const REAL *x, csm_intp sx, const uint8_t *mask, csm_intp smk,
-                                        csm_intp sml, REAL *out, csm_intp so, csm_intp n, int nv, const csm_temp *tp,
-                                        const int has_mask, const int scaled, double *lse_out)
+CSM_INLINE void CSM_SFX(csm_cols_forward_t)(int kind, const REAL *x, csm_intp sx, const uint8_t *mask, csm_intp smk,
+                                            csm_intp sml, REAL *out, csm_intp so, csm_intp n, const int nv,
+                                            const csm_temp *tp, const int has_mask, const int scaled,
+                                            double *lse_out)
 {
     CSM_SFX(csm_colstate) cs[CSM_COLV];
     /* in place, pass 2 may need x after pass 1 would have overwritten it (stale exps are
@@ -153,6 +164,11 @@ static void CSM_SFX(csm_cols_forward_t)(int kind, const REAL *x, csm_intp sx, co
     /* pass 2 */
     if (kind == CSM_SOFTMAX) {
         for (csm_intp i = 0; i < n; i++) {
+            if (i + CSM_COLPF < n)
+                for (int u = 0; u < nv * VL; u += 64 / (int)sizeof(REAL)) {
+                    __builtin_prefetch(out + (i + CSM_COLPF) * so + u, 1);
+                    if (!store) __builtin_prefetch(x + (i + CSM_COLPF) * sx + u);
+                }
             for (int u = 0; u < nv; u++) {
                 REAL *o = out + i * so + u * VL;
                 VR e;
@@ -185,6 +201,11 @@ static void CSM_SFX(csm_cols_forward_t)(int kind, const REAL *x, csm_intp sx, co
         }
     } else if (kind == CSM_LOG_SOFTMAX) {
         for (csm_intp i = 0; i < n; i++) {
+            if (i + CSM_COLPF < n)
+                for (int u = 0; u < nv * VL; u += 64 / (int)sizeof(REAL)) {
+                    __builtin_prefetch(x + (i + CSM_COLPF) * sx + u);
+                    __builtin_prefetch(out + (i + CSM_COLPF) * so + u, 1);
+                }
             for (int u = 0; u < nv; u++) {
                 VR xv = CSM_SFX(csm_load)(x + i * sx + u * VL, VL, 0);
                 VR v = has_mask ? VSEL(CSM_SFX(csm_col_mask)(mask + i * smk + u * VL * sml, sml), xv, VSPLAT(-R_INF))
@@ -213,10 +234,10 @@ static void CSM_SFX(csm_cols_forward_t)(int kind, const REAL *x, csm_intp sx, co
     }
 }
 
-/* nv * VL columns of a panel (nv <= CSM_COLV); lse_out receives their logsumexps */
-static void CSM_SFX(csm_cols_forward)(int kind, const REAL *x, csm_intp sx, const uint8_t *mask, csm_intp smk,
-                                      csm_intp sml, REAL *out, csm_intp so, csm_intp n, int nv, const csm_temp *tp,
-                                      double *lse_out)
+/* nv (compile-time) vectors of columns: their state lives in registers */
+CSM_INLINE void CSM_SFX(csm_cols_nv)(int kind, const REAL *x, csm_intp sx, const uint8_t *mask, csm_intp smk,
+                                     csm_intp sml, REAL *out, csm_intp so, csm_intp n, const int nv,
+                                     const csm_temp *tp, double *lse_out)
 {
     switch ((mask != NULL) | (tp->scaled << 1)) {
     case 0: CSM_SFX(csm_cols_forward_t)(kind, x, sx, NULL, 0, 0, out, so, n, nv, tp, 0, 0, lse_out); break;
@@ -224,4 +245,18 @@ static void CSM_SFX(csm_cols_forward)(int kind, const REAL *x, csm_intp sx, cons
     case 2: CSM_SFX(csm_cols_forward_t)(kind, x, sx, NULL, 0, 0, out, so, n, nv, tp, 0, 1, lse_out); break;
     default: CSM_SFX(csm_cols_forward_t)(kind, x, sx, mask, smk, sml, out, so, n, nv, tp, 1, 1, lse_out); break;
     }
+}
+
+/* nv * VL columns of a panel (nv <= CSM_COLV); lse_out receives their logsumexps. The
+   full unit is instantiated for its constant width (the loops over its vectors unroll). */
+static void CSM_SFX(csm_cols_forward)(int kind, const REAL *x, csm_intp sx, const uint8_t *mask, csm_intp smk,
+                                      csm_intp sml, REAL *out, csm_intp so, csm_intp n, int nv, const csm_temp *tp,
+                                      double *lse_out)
+{
+    if (nv == CSM_COLV)
+        CSM_SFX(csm_cols_nv)(kind, x, sx, mask, smk, sml, out, so, n, CSM_COLV, tp, lse_out);
+    else
+        for (int u = 0; u < nv; u++) /* the narrower last unit: a vector at a time */
+            CSM_SFX(csm_cols_nv)(kind, x + u * VL, sx, mask ? mask + u * VL * sml : NULL, smk, sml,
+                                 out ? out + u * VL : NULL, so, n, 1, tp, lse_out + u * VL);
 }
