@@ -241,16 +241,22 @@ def _prepare(op, x, backend):
 _KIND = {"softmax": 0, "log_softmax": 1, "logsumexp": 2}  # csm_kind
 
 
-def _fast(op, x, axis, temperature):
-    """The call without options on a NumPy array, when dispatch would give it to `c`:
-    straight to the core, skipping the general checks (the core's fast entry declines
-    anything unusual by returning None)."""
+def _fast_backend(op):
+    """The `c` module when dispatch would give a plain call of op on a NumPy array to it."""
     if _registry._override.get():
         return None
     b = _registry._auto_cache.get((np.ndarray, op))
     if b is None or b.name != "c":  # not resolved yet, or another backend takes NumPy arrays
         return None
-    return _registry._modules["c"].fast_forward(_KIND[op], x, axis, temperature)
+    return _registry._modules["c"]
+
+
+def _fast(op, x, axis, temperature):
+    """The call without options on a NumPy array, when dispatch would give it to `c`:
+    straight to the core, skipping the general checks (the core's fast entry declines
+    anything unusual by returning None)."""
+    mod = _fast_backend(op)
+    return None if mod is None else mod.fast_forward(_KIND[op], x, axis, temperature)
 
 
 def _forward(op, x, axis, temperature, where, dtype, out, backend):
@@ -318,7 +324,16 @@ def logsumexp(x, /, axis=None, *, keepdims=False, where=None, dtype=None, out=No
 
 
 # ---- backward ------------------------------------------------------------------------------
+_BWD_KIND = {"softmax_backward": 3, "log_softmax_backward": 4}  # csm_kind
+
+
 def _backward(op, grad_output, output, axis, temperature, where, out, backend):
+    if type(grad_output) is np.ndarray and type(output) is np.ndarray and where is None and out is None and backend is None:
+        mod = _fast_backend(op)
+        if mod is not None:
+            r = mod.fast_backward(_BWD_KIND[op], grad_output, output, axis, temperature)
+            if r is not None:
+                return r
     g = _as_array(grad_output, "grad_output")
     be = _registry.resolve(g, op, backend)
     mod = _registry.load(be.name)

@@ -166,46 +166,45 @@ cdef extern from "numpy/arrayobject.h":
     object PyArray_NewLikeArray(cnp.ndarray prototype, cnp.NPY_ORDER order, void *descr, int subok)
 
 
-def fast_forward(int kind, cnp.ndarray x, object axis, object temperature):
-    """The common call without options -- an aligned, native float32/float64 array, an
-    int axis (or None for logsumexp), a plain number temperature -- straight to the core.
-    Returns None whenever anything else is asked, and the general path takes over (and
-    raises the errors)."""
-    cdef double tau
-    cdef int typ = cnp.PyArray_TYPE(x), nd = cnp.PyArray_NDIM(x), d, a
-    cdef csm_task t
-    cdef int status
-    cdef cnp.ndarray out
-    cdef cnp.npy_intp rdims[64]
-    cdef int rnd = 0
-    cdef uint64_t reduce = 0
+cdef inline int _fast_tau(object temperature, double *tau):
     if type(temperature) is float or type(temperature) is int:
-        tau = temperature
-    else:
-        return None
-    if not (tau > 0.0):
-        return None
+        tau[0] = temperature
+        return tau[0] > 0.0
+    return 0
+
+
+cdef inline int _fast_array(cnp.ndarray a):
+    """float32/float64, native byte order, aligned, at least one dimension; else 0."""
+    cdef int typ = cnp.PyArray_TYPE(a)
     if typ != cnp.NPY_FLOAT64 and typ != cnp.NPY_FLOAT32:
-        return None
-    if nd == 0 or not cnp.PyArray_ISNOTSWAPPED(x) or not cnp.PyArray_ISALIGNED(x):
-        return None
-    cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(x)
+        return 0
+    return cnp.PyArray_NDIM(a) > 0 and cnp.PyArray_ISNOTSWAPPED(a) and cnp.PyArray_ISALIGNED(a)
+
+
+cdef inline int _fast_axis(object axis, int nd, int kind, uint64_t *reduce):
+    cdef int a
     if axis is None:
         if kind != CSM_LOGSUMEXP:
-            return None
-        reduce = (<uint64_t>1 << nd) - 1 if nd < 64 else <uint64_t>0xFFFFFFFFFFFFFFFF
-    elif type(axis) is int:
-        a = axis
-        if a < -nd or a >= nd:
-            return None
-        if a < 0:
-            a += nd
-        reduce = <uint64_t>1 << a
-    else:
-        return None
+            return 0
+        reduce[0] = (<uint64_t>1 << nd) - 1 if nd < 64 else <uint64_t>0xFFFFFFFFFFFFFFFF
+        return 1
+    if type(axis) is not int:
+        return 0
+    a = axis
+    if a < -nd or a >= nd:
+        return 0
+    if a < 0:
+        a += nd
+    reduce[0] = <uint64_t>1 << a
+    return 1
+
+
+cdef inline void _fast_task(csm_task *t, int kind, cnp.ndarray x, uint64_t reduce, double tau):
+    cdef int d
+    cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(x)
     t.kind = kind
-    t.ndim = nd
-    t.dtype = CSM_F64 if typ == cnp.NPY_FLOAT64 else CSM_F32
+    t.ndim = cnp.PyArray_NDIM(x)
+    t.dtype = CSM_F64 if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT64 else CSM_F32
     t.row_dtype = t.dtype
     t.reduce = reduce
     t.temperature = tau
@@ -216,15 +215,43 @@ def fast_forward(int kind, cnp.ndarray x, object axis, object temperature):
     t.nthreads = 0
     for d in range(CSM_NOPERANDS):
         t.data[d] = NULL
-    for d in range(nd):
+    for d in range(t.ndim):
         t.shape[d] = shape[d]
-    _put(&t, CSM_X, x, 0)
+    _put(t, CSM_X, x, 0)
+
+
+cdef inline object _fast_run(csm_task *t, object out):
+    cdef int status
+    with nogil:
+        status = csm_run(t)
+    if status != CSM_OK:
+        raise MemoryError("csoftmax: out of memory for the per-thread row buffers")
+    return out
+
+
+def fast_forward(int kind, cnp.ndarray x, object axis, object temperature):
+    """The common call without options -- an aligned, native float32/float64 array, an
+    int axis (or None for logsumexp), a plain number temperature -- straight to the core.
+    Returns None whenever anything else is asked, and the general path takes over (and
+    raises the errors)."""
+    cdef double tau
+    cdef uint64_t reduce = 0
+    cdef csm_task t
+    cdef cnp.ndarray out
+    cdef cnp.npy_intp rdims[64]
+    cdef int rnd = 0, d, nd
+    if not _fast_tau(temperature, &tau) or not _fast_array(x):
+        return None
+    nd = cnp.PyArray_NDIM(x)
+    if not _fast_axis(axis, nd, kind, &reduce):
+        return None
+    _fast_task(&t, kind, x, reduce, tau)
     if kind == CSM_LOGSUMEXP:
         for d in range(nd):
             if not (reduce >> d) & 1:
-                rdims[rnd] = shape[d]
+                rdims[rnd] = cnp.PyArray_DIMS(x)[d]
                 rnd += 1
-        out = cnp.PyArray_EMPTY(rnd, rdims, typ, 0)
+        out = cnp.PyArray_EMPTY(rnd, rdims, cnp.PyArray_TYPE(x), 0)
         t.data[CSM_ROW] = <char *>cnp.PyArray_DATA(out)
         rnd = 0
         for d in range(nd):
@@ -236,11 +263,32 @@ def fast_forward(int kind, cnp.ndarray x, object axis, object temperature):
     else:
         out = PyArray_NewLikeArray(x, cnp.NPY_KEEPORDER, NULL, 0)
         _put(&t, CSM_OUT, out, 0)
-    with nogil:
-        status = csm_run(&t)
-    if status != CSM_OK:
-        raise MemoryError("csoftmax: out of memory for the per-thread row buffers")
-    return out
+    return _fast_run(&t, out)
+
+
+def fast_backward(int kind, cnp.ndarray g, cnp.ndarray y, object axis, object temperature):
+    """The backward passes' common call: g and y of one shape and float dtype, native and
+    aligned, an int axis, a plain number temperature. None otherwise."""
+    cdef double tau
+    cdef uint64_t reduce = 0
+    cdef csm_task t
+    cdef cnp.ndarray out
+    cdef int d, nd
+    if not _fast_tau(temperature, &tau) or not _fast_array(g) or not _fast_array(y):
+        return None
+    nd = cnp.PyArray_NDIM(g)
+    if cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(y) or nd != cnp.PyArray_NDIM(y):
+        return None
+    for d in range(nd):
+        if cnp.PyArray_DIMS(g)[d] != cnp.PyArray_DIMS(y)[d]:
+            return None
+    if not _fast_axis(axis, nd, kind, &reduce):
+        return None
+    _fast_task(&t, kind, g, reduce, tau)
+    _put(&t, CSM_Y, y, 0)
+    out = PyArray_NewLikeArray(g, cnp.NPY_KEEPORDER, NULL, 0)
+    _put(&t, CSM_OUT, out, 0)
+    return _fast_run(&t, out)
 
 
 def same_layout(cnp.ndarray a, cnp.ndarray b):

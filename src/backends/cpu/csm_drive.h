@@ -66,7 +66,7 @@ static double CSM_SFX(csm_do_row)(const csm_task *t, const csm_layout *L, char *
     case CSM_LOGSUMEXP:
         return CSM_SFX(csm_forward_row)(t, L, p, tp, direct, stream, sc);
     default:
-        return CSM_SFX(csm_other_row)(t, L, p, tp, direct, sc);
+        return CSM_SFX(csm_other_row)(t, L, p, tp, direct, stream, sc);
     }
 }
 
@@ -79,7 +79,7 @@ static int CSM_SFX(csm_rows_range)(const csm_task *t, const csm_layout *L, csm_i
     CSM_SFX(csm_scratch) sc = {0};
     /* softmax keeps its exps in a buffer only when the output is streamed: out is then
        written once, and never read */
-    const int need_scratch = !direct || t->kind >= CSM_SOFTMAX_BWD ||
+    const int need_scratch = !direct || t->kind == CSM_XENT ||
                              (t->kind == CSM_SOFTMAX && stream && !CSM_SFX(csm_is_long)(L->n));
     if (need_scratch && !CSM_SFX(csm_scratch_alloc)(&sc, t, L->n)) {
         CSM_SFX(csm_scratch_free)(&sc);
@@ -117,6 +117,54 @@ static int CSM_SFX(csm_drive_rows)(const csm_task *t, const csm_layout *L, int d
     }
     if (stream) csm_stream_fence();
     return failed ? CSM_ENOMEM : CSM_OK;
+}
+
+/*
+ * Few long contiguous rows of a backward kind: every thread sums its piece of each row, the
+ * sums are added (by every thread, in the same order), and every thread writes its piece.
+ */
+static int CSM_SFX(csm_drive_split_bwd)(const csm_task *t, const csm_layout *L, int nth)
+{
+    const csm_temp tp = csm_temp_make(t->temperature);
+    const int stream = L->nrows * L->n * (csm_intp)sizeof(REAL) >= CSM_STREAM_BYTES;
+    csm_dd *parts = (csm_dd *)malloc((size_t)nth * sizeof *parts);
+    if (!parts) return CSM_ENOMEM;
+    const csm_intp n = L->n;
+#pragma omp parallel num_threads(nth)
+    {
+        int tid = 0, nt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        const csm_intp a = (n * tid / nt) / VL * VL, b = tid == nt - 1 ? n : (n * (tid + 1) / nt) / VL * VL;
+        csm_rowiter it;
+        csm_rowiter_init(&it, L, 0);
+        for (csm_intp r = 0; r < L->nrows; r++) {
+            const REAL *g = (const REAL *)it.ptr[CSM_X], *y = (const REAL *)it.ptr[CSM_Y];
+            REAL *out = (REAL *)it.ptr[CSM_OUT];
+            const uint8_t *mask = (const uint8_t *)it.ptr[CSM_MASK];
+            int dead = 0;
+            if (mask && L->rstride[CSM_MASK][0] == 0) {
+                dead = !mask[0];
+                mask = NULL;
+            }
+            if (dead) {
+                memset(out + a, 0, (size_t)(b - a) * sizeof(REAL));
+            } else {
+                parts[tid] = CSM_SFX(csm_bwd_sum)(t->kind, g + a, y + a, mask ? mask + a : NULL, b - a);
+#pragma omp barrier
+                csm_dd s = parts[0];
+                for (int j = 1; j < nt; j++) s = csm_dd_add(s, parts[j]);
+                CSM_SFX(csm_bwd_out)(t->kind, g + a, y + a, mask ? mask + a : NULL, out + a, b - a, s, &tp, stream);
+            }
+#pragma omp barrier
+            csm_rowiter_next(&it, L);
+        }
+    }
+    free(parts);
+    if (stream) csm_stream_fence();
+    return CSM_OK;
 }
 
 /*
@@ -266,10 +314,12 @@ static int CSM_SFX(csm_run)(const csm_task *t, const csm_layout *L)
     if (L->base[CSM_Y]) direct = direct && L->rstride[CSM_Y][0] == es;
     if (L->base[CSM_OUT]) direct = direct && L->rstride[CSM_OUT][0] == es;
     if (L->base[CSM_MASK]) direct = direct && (L->rstride[CSM_MASK][0] == 1 || L->rstride[CSM_MASK][0] == 0);
-    if (direct && forward && CSM_SFX(csm_is_long)(L->n)) {
+    const int backward = t->kind == CSM_SOFTMAX_BWD || t->kind == CSM_LOG_SOFTMAX_BWD;
+    if (direct && (forward || backward) && CSM_SFX(csm_is_long)(L->n)) {
         /* few long rows: split each across the threads */
         int nth = csm_pick_threads(t, L->n / CSM_BLOCK, CSM_BLOCK);
-        if (nth > 1 && L->nrows < nth) return CSM_SFX(csm_drive_split)(t, L, nth);
+        if (nth > 1 && L->nrows < nth)
+            return forward ? CSM_SFX(csm_drive_split)(t, L, nth) : CSM_SFX(csm_drive_split_bwd)(t, L, nth);
     }
     if (direct || L->n == 0) return CSM_SFX(csm_drive_rows)(t, L, 1);
 

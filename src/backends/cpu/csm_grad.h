@@ -5,8 +5,8 @@
  *   softmax_backward      dx = y * (g - sum(g * y)) / tau
  *   log_softmax_backward  dx = (g - exp(y) * sum(g)) / tau
  * Two passes each (the sum, then dx), so dx may overwrite g or y. Masked entries take no
- * part in the sums and get exactly 0. The element-wise step runs in double lanes for
- * float rows, so each dx is rounded once.
+ * part in the sums and get exactly 0. Sums accumulate in double (compensated for double
+ * rows); the element-wise step keeps the sum as a pair so cancellation costs nothing.
  *
  * Cross-entropy of one row, with z = x / tau, logp = log_softmax(z), K unmasked classes,
  * class weights w (1 without), smoothing eps:
@@ -22,54 +22,83 @@
  */
 
 /* ---- backward passes ---- */
-CSM_INLINE void CSM_SFX(csm_bwd_sum_step)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, csm_intp cnt,
-                                          CSM_SFX(csm_vacc) *acc)
+CSM_INLINE void CSM_SFX(csm_bwd_sum_vec)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, csm_intp cnt,
+                                         const int full, const int has_mask, CSM_SFX(csm_vacc) *acc)
 {
-    VR gv = CSM_SFX(csm_load)(g, cnt, 0);
-    VR v = gv;
-    if (kind == CSM_SOFTMAX_BWD) v = gv * CSM_SFX(csm_load)(y, cnt, 0);
-    if (mask) v = VSEL(CSM_SFX(csm_load_mask)(mask, cnt), v, VSPLAT(0));
+    VR v = CSM_SFX(csm_load)(g, full ? VL : cnt, 0);
+    if (kind == CSM_SOFTMAX_BWD) v *= CSM_SFX(csm_load)(y, full ? VL : cnt, 0);
+    if (has_mask) v = VSEL(CSM_SFX(csm_load_mask)(mask, full ? VL : cnt), v, VSPLAT(0));
     CSM_SFX(csm_acc_add)(acc, v);
 }
 
-/* softmax: y (g - sum) / tau; log_softmax: (g - exp(y) sum) / tau; in double lanes for
-   float rows, so each result is rounded once */
-CSM_INLINE csm_vd CSM_SFX(csm_bwd_formula)(int kind, csm_vd g, csm_vd y_or_e, double sum, double inv_tau)
+/*
+ * softmax: y (g - s) / tau; log_softmax: (g - exp(y) s) / tau. The sum s comes as a pair
+ * s_hi + s_lo in REAL, so that g - s stays accurate where g and s nearly cancel: g - s_hi
+ * is exact there (Sterbenz), and exp(y) s_hi leaves g through one fused rounding.
+ */
+CSM_INLINE void CSM_SFX(csm_bwd_out_vec)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
+                                         csm_intp cnt, const int full, const int nt, const int has_mask, VR s_hi,
+                                         VR s_lo, VR inv_tau)
 {
-    if (kind == CSM_SOFTMAX_BWD) return y_or_e * (g - sum) * inv_tau;
-    return (g - y_or_e * sum) * inv_tau;
+    VR gv = CSM_SFX(csm_load)(g, full ? VL : cnt, 0), yv = CSM_SFX(csm_load)(y, full ? VL : cnt, 0);
+    VR o;
+    if (kind == CSM_SOFTMAX_BWD) {
+        o = yv * ((gv - s_hi) - s_lo) * inv_tau;
+    } else {
+        VR e = CSM_SFX(csm_vexp)(yv);
+        o = (VFMA(-e, s_hi, gv) - e * s_lo) * inv_tau;
+    }
+    if (has_mask) o = VSEL(CSM_SFX(csm_load_mask)(mask, full ? VL : cnt), o, VSPLAT(0));
+    CSM_SFX(csm_put)(out, o, cnt, full, nt);
 }
 
-CSM_INLINE void CSM_SFX(csm_bwd_out_step)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
-                                          csm_intp cnt, double sum, double inv_tau)
+/* pass 1: sum(g * y) (softmax) or sum(g) (log_softmax) over the unmasked entries */
+CSM_INLINE csm_dd CSM_SFX(csm_bwd_sum_t)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, csm_intp n,
+                                         const int has_mask)
 {
-    VR gv = CSM_SFX(csm_load)(g, cnt, 0), yv = CSM_SFX(csm_load)(y, cnt, 0);
-    VR w = kind == CSM_SOFTMAX_BWD ? yv : CSM_SFX(csm_vexp)(yv);
-#if REAL_IS_F32
-    VR o = csm_d2f(CSM_SFX(csm_bwd_formula)(kind, csm_f2d_lo(gv), csm_f2d_lo(w), sum, inv_tau),
-                   CSM_SFX(csm_bwd_formula)(kind, csm_f2d_hi(gv), csm_f2d_hi(w), sum, inv_tau));
-#else
-    VR o = CSM_SFX(csm_bwd_formula)(kind, gv, w, sum, inv_tau);
-#endif
-    if (mask) o = VSEL(CSM_SFX(csm_load_mask)(mask, cnt), o, VSPLAT(0));
-    CSM_SFX(csm_store)(out, o, cnt);
+    CSM_SFX(csm_vacc) a0 = {{0}, {0}}, a1 = {{0}, {0}};
+    csm_intp i = 0;
+    for (; i + 2 * VL <= n; i += 2 * VL) {
+        CSM_SFX(csm_bwd_sum_vec)(kind, g + i, y + i, has_mask ? mask + i : NULL, VL, 1, has_mask, &a0);
+        CSM_SFX(csm_bwd_sum_vec)(kind, g + i + VL, y + i + VL, has_mask ? mask + i + VL : NULL, VL, 1, has_mask, &a1);
+    }
+    for (; i + VL <= n; i += VL) CSM_SFX(csm_bwd_sum_vec)(kind, g + i, y + i, has_mask ? mask + i : NULL, VL, 1, has_mask, &a0);
+    if (i < n) CSM_SFX(csm_bwd_sum_vec)(kind, g + i, y + i, has_mask ? mask + i : NULL, n - i, 0, has_mask, &a1);
+    return CSM_SFX(csm_acc_total2)(&a0, &a1);
+}
+
+static csm_dd CSM_SFX(csm_bwd_sum)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, csm_intp n)
+{
+    return mask ? CSM_SFX(csm_bwd_sum_t)(kind, g, y, mask, n, 1) : CSM_SFX(csm_bwd_sum_t)(kind, g, y, NULL, n, 0);
+}
+
+/* pass 2: dx over [0, n), given the row's sum */
+CSM_INLINE void CSM_SFX(csm_bwd_out_t)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
+                                       csm_intp n, csm_dd sum, double inv_tau, int stream, const int has_mask)
+{
+    const double sum_d = sum.hi + sum.lo;
+    const REAL hi = (REAL)sum_d;
+    const VR s_hi = VSPLAT(hi), s_lo = VSPLAT((REAL)((sum.hi - (double)hi) + sum.lo)), inv = VSPLAT((REAL)inv_tau);
+#define CSM_BWD_BODY(i, cnt, full, nt)                                                                                 \
+    CSM_SFX(csm_bwd_out_vec)(kind, g + (i), y + (i), has_mask ? mask + (i) : NULL, out + (i), cnt, full, nt, has_mask, \
+                             s_hi, s_lo, inv)
+    CSM_FINISH_LOOP(n, out, stream, CSM_BWD_BODY);
+#undef CSM_BWD_BODY
+}
+
+static void CSM_SFX(csm_bwd_out)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out, csm_intp n,
+                                 csm_dd sum, const csm_temp *tp, int stream)
+{
+    if (mask)
+        CSM_SFX(csm_bwd_out_t)(kind, g, y, mask, out, n, sum, tp->inv_tau, stream, 1);
+    else
+        CSM_SFX(csm_bwd_out_t)(kind, g, y, NULL, out, n, sum, tp->inv_tau, stream, 0);
 }
 
 static void CSM_SFX(csm_row_backward)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
-                                      csm_intp n, const csm_temp *tp)
+                                      csm_intp n, const csm_temp *tp, int stream)
 {
-    CSM_SFX(csm_vacc) acc = {{0}, {0}};
-    for (csm_intp i = 0; i < n; i += VL) {
-        csm_intp cnt = n - i < VL ? n - i : VL;
-        CSM_SFX(csm_bwd_sum_step)(kind, g + i, y + i, mask ? mask + i : NULL, cnt, &acc);
-    }
-    CSM_SFX(csm_vacc) zero = {{0}, {0}};
-    csm_dd s = CSM_SFX(csm_acc_total2)(&acc, &zero);
-    double sum = s.hi + s.lo;
-    for (csm_intp i = 0; i < n; i += VL) {
-        csm_intp cnt = n - i < VL ? n - i : VL;
-        CSM_SFX(csm_bwd_out_step)(kind, g + i, y + i, mask ? mask + i : NULL, out + i, cnt, sum, tp->inv_tau);
-    }
+    CSM_SFX(csm_bwd_out)(kind, g, y, mask, out, n, CSM_SFX(csm_bwd_sum)(kind, g, y, mask, n), tp, stream);
 }
 
 /* ---- cross-entropy ---- */
@@ -192,16 +221,25 @@ static double CSM_SFX(csm_row_xent)(const REAL *x, const REAL *q, int64_t label,
  * (see csm_forward_row). Returns the row's loss (CSM_XENT).
  */
 static double CSM_SFX(csm_other_row)(const csm_task *t, const csm_layout *L, char *const *p, const csm_temp *tp,
-                                     int direct, CSM_SFX(csm_scratch) *sc)
+                                     int direct, int stream, CSM_SFX(csm_scratch) *sc)
 {
     const csm_intp n = L->n;
     const uint8_t *mask = (const uint8_t *)p[CSM_MASK];
-    if (mask && L->nred == 1 && L->rstride[CSM_MASK][0] == 0 && mask[0]) mask = NULL; /* all of the row takes part */
+    if (mask && L->nred == 1 && L->rstride[CSM_MASK][0] == 0) {
+        if (!mask[0]) { /* the whole row is masked out: a zero gradient, no loss */
+            if (p[CSM_OUT]) {
+                if (direct)
+                    memset(p[CSM_OUT], 0, (size_t)n * sizeof(REAL));
+                else
+                    for (csm_intp j = 0; j < n; j++) sc->x[j] = 0;
+                if (!direct) CSM_SFX(csm_scatter)(p[CSM_OUT], sc->x, L, CSM_OUT, t->dtype);
+            }
+            return 0.0;
+        }
+        mask = NULL; /* all of the row takes part */
+    }
     if (!direct && mask) {
         CSM_SFX(csm_gather_mask)(sc->mask, (const char *)mask, L);
-        mask = sc->mask;
-    } else if (mask && L->rstride[CSM_MASK][0] == 0) {
-        memset(sc->mask, 0, (size_t)n); /* all masked out: a row of zeros */
         mask = sc->mask;
     }
     const REAL *x = (const REAL *)p[CSM_X], *y = (const REAL *)p[CSM_Y];
@@ -222,7 +260,7 @@ static double CSM_SFX(csm_other_row)(const csm_task *t, const csm_layout *L, cha
         if (p[CSM_LABEL]) memcpy(&label, p[CSM_LABEL], sizeof label);
         v = CSM_SFX(csm_row_xent)(x, y, label, mask, out, sc->buf, n, &xp, tp);
     } else {
-        CSM_SFX(csm_row_backward)(t->kind, x, y, mask, out, n, tp);
+        CSM_SFX(csm_row_backward)(t->kind, x, y, mask, out, n, tp, direct && stream);
     }
     if (!direct && out) CSM_SFX(csm_scatter)(p[CSM_OUT], out, L, CSM_OUT, t->dtype);
     return v;

@@ -64,6 +64,7 @@ def _apply_isa_env():
 _apply_isa_env()
 
 fast_forward = ck.fast_forward  # csoftmax._api takes plain calls straight here
+fast_backward = ck.fast_backward
 
 
 def namespace(x):
