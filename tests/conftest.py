@@ -31,6 +31,29 @@ def pytest_sessionstart(session):
             raise pytest.UsageError(f"CSOFTMAX_TEST_INSTALLED=1 but csoftmax comes from the source tree: {here}")
 
 
+def _register_emulated_cuda():
+    """The `cuda` backend's launch planning and kernels, run on the CPU by the host
+    emulator (tests/cuda_emu), join every test that iterates over the backends -- where a
+    C++ compiler is at hand."""
+    from cuda_emu import emulator
+
+    from csoftmax._backends import _is_numpy
+
+    if emulator.compiler() is None or "cuda-emulated" in csoftmax.backends():
+        return
+    csoftmax.register_backend(
+        csoftmax.Backend(
+            "cuda-emulated",
+            _is_numpy,
+            emulator.backend_module,
+            description="the cuda backend's kernels, run by the host emulator (tests only)",
+        )
+    )
+
+
+_register_emulated_cuda()
+
+
 def _backend_params():
     params = []
     for name in helpers.available_backends():

@@ -149,4 +149,6 @@ def test_any_strides_never_crash_and_agree(backend, shape, data):
     for op in ("softmax", "log_softmax", "logsumexp"):
         a = _call(backend, op, view, axis=axis)
         b = _call(backend, op, np.ascontiguousarray(view), axis=axis)
-        np.testing.assert_allclose(a, b, rtol=1e-15, atol=1e-300)
+        # another kernel may sum in another order: an ulp apart, and logsumexp's max + log1p(S')
+        # may cancel to a value well below its parts
+        np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-15)
