@@ -100,7 +100,7 @@ class EmulatedDevice:
     smaller than on a GPU so that the tests' arrays reach every kernel."""
 
     xp = np
-    SMEM_CACHE_BYTES = 4 * 1024
+    SMEM_CACHE_BYTES = 6 * 1024
     num_sms = 2
     split_min_n = 2048
 

@@ -1,0 +1,165 @@
+"""The `cuda` backend beyond the shared matrix (which runs it on a GPU where CuPy and one
+are present, and its kernels under the host emulator everywhere else):
+
+* every kernel instantiation compiles for sm_90 with nvcc (where nvcc is installed);
+* the launch planning reaches every kernel, and the kernels agree with the C core there
+  (emulator);
+* on a GPU: CuPy in, CuPy out on the same device and stream, out=, labels out of range,
+  64-bit indexing. Skipped with a reason where CuPy or a GPU is missing.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import csoftmax
+from csoftmax import _registry
+from csoftmax._backends import cuda
+from helpers import assert_matches, oracle
+
+HAVE_GPU = _registry.is_available("cuda")
+needs_gpu = pytest.mark.skipif(
+    not HAVE_GPU,
+    reason="no CUDA GPU with CuPy here" if importlib.util.find_spec("cupy") is None else "CuPy finds no CUDA device",
+)
+
+
+def _emulated():
+    emulator = pytest.importorskip("cuda_emu.emulator")
+    if emulator.compiler() is None:
+        pytest.skip("no C++ compiler for the CUDA emulator")
+    return emulator
+
+
+# ---- compile ------------------------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed here")
+def test_every_kernel_compiles_for_sm90(tmp_path):
+    names = ["csm_fwd_split_merge"] + [n for dt in ("float16", "float32", "float64") for n in cuda.kernel_names(dt)]
+    src = tmp_path / "all.cu"
+    src.write_text(
+        cuda.kernel_source() + "\nvoid csm_instantiate_all() {\n" + "".join(f"    (void)&{n};\n" for n in names) + "}\n"
+    )
+    res = subprocess.run(
+        ["nvcc", "-std=c++17", "-arch=sm_90", "--ptx", str(src), "-o", str(tmp_path / "all.ptx")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    ptx = (tmp_path / "all.ptx").read_text()
+    assert ptx.count(".entry") == len(names)
+
+
+def test_kernel_source_ships_with_the_package():
+    src = cuda.kernel_source()
+    for name in ("csm_fwd_warp", "csm_fwd_block", "csm_fwd_split_stats", "csm_fwd_cols", "csm_bwd_warp",
+                 "csm_xent_block", "csm_jacobian"):
+        assert f"void {name}" in src
+
+
+# ---- the planning reaches every kernel (emulator) ----------------------------------------------------
+CASES = [
+    ("softmax", (6, 40), -1, "csm_fwd_warp<double, 2>"),
+    ("log_softmax", (3, 1300), -1, "csm_fwd_block<double, 0>"),
+    ("softmax", (3, 300), -1, "csm_fwd_warp<double, 16>"),
+    ("logsumexp", (9, 1500), -1, "csm_fwd_block<double, 0>"),
+    ("softmax", (1, 5000), -1, "csm_fwd_split_finish<double>"),
+    ("logsumexp", (2, 9000), -1, "csm_fwd_split_finish<double>"),
+    ("softmax", (700, 50), 0, "csm_fwd_cols<double>"),
+    ("log_softmax", (30, 3, 20), 1, "csm_fwd_cols<double>"),
+    ("logsumexp", (40, 70), 0, "csm_fwd_cols<double>"),
+]
+
+
+@pytest.mark.parametrize("op,shape,axis,kernel", CASES)
+def test_planning_reaches_each_kernel(op, shape, axis, kernel):
+    emulator = _emulated()
+    mod = emulator.backend_module()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape) * 5
+    x.reshape(-1)[3] = -np.inf
+    axes = (axis % len(shape),)
+    if op == "logsumexp":
+        got = mod.logsumexp(x, axes, False, None, None, x.dtype)
+    else:
+        got = getattr(mod, op)(x, axes, 1.0, None, None, x.dtype)
+    assert kernel in mod.ops.dev.launches, mod.ops.dev.launches
+    assert_matches(got, oracle(op, x, axis=axis), "float64", f"{op} {shape} via {kernel}")
+
+
+def test_block_kernel_with_and_without_the_row_in_shared_memory():
+    emulator = _emulated()
+    mod = emulator.backend_module()
+    rng = np.random.default_rng(1)
+    # the emulator caches rows up to 6 KiB: 1100 float16/float32 rows (computed in float) do fit
+    for dtype, kernel in (("float16", "csm_fwd_block<csm_half, 1>"), ("float32", "csm_fwd_block<float, 1>"),
+                          ("float64", "csm_fwd_block<double, 0>")):
+        x = (rng.standard_normal((4, 1100)) * 3).astype(dtype)
+        x[1, 5] = np.nan
+        x[2, :] = -np.inf
+        for op in ("softmax", "log_softmax"):
+            got = getattr(mod, op)(x, (1,), 0.5, None, None, x.dtype)
+            assert kernel in mod.ops.dev.launches, mod.ops.dev.launches
+            assert_matches(got, oracle(op, x, temperature=0.5), dtype, f"{op} {dtype} via {kernel}")
+
+
+def test_backward_and_xent_and_jacobian_kernels():
+    emulator = _emulated()
+    mod = emulator.backend_module()
+    rng = np.random.default_rng(2)
+    for n, kernel in ((50, "csm_bwd_warp<double, 2>"), (3000, "csm_bwd_block<double>")):
+        x, g = rng.standard_normal((3, n)), rng.standard_normal((3, n))
+        y = oracle("softmax", x)
+        got = mod.softmax_backward(g, y, (1,), 1.0, None, None, x.dtype)
+        assert kernel in mod.ops.dev.launches
+        assert_matches(got, oracle("softmax_backward", g, y), "float64", kernel, rtol=1e-13, atol=1e-15)
+    x = rng.standard_normal((4, 7))
+    J = mod.softmax_jacobian(x, 1, 1.0, x.dtype)
+    assert "csm_jacobian<double>" in mod.ops.dev.launches
+    assert_matches(J, oracle("softmax_jacobian", x), "float64", "jacobian", atol=1e-16)
+
+
+# ---- on a GPU ------------------------------------------------------------------------------------------
+@needs_gpu
+def test_cupy_in_cupy_out_same_device_and_stream():
+    import cupy
+
+    x = cupy.asarray(np.random.default_rng(3).standard_normal((64, 1000)).astype(np.float32))
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        y = csoftmax.softmax(x)
+    stream.synchronize()
+    assert isinstance(y, cupy.ndarray) and y.device == x.device
+    assert csoftmax.get_backend(x).name == "cuda"
+    assert_matches(cupy.asnumpy(y), oracle("softmax", cupy.asnumpy(x)), "float32", "gpu softmax")
+    out = cupy.empty_like(x)
+    assert csoftmax.log_softmax(x, out=out) is out
+
+
+@needs_gpu
+def test_gpu_labels_out_of_range():
+    import cupy
+
+    x = cupy.zeros((3, 4), dtype=cupy.float32)
+    with pytest.raises(ValueError, match="7"):
+        csoftmax.softmax_cross_entropy(x, cupy.asarray([0, 7, 1]))
+
+
+@needs_gpu
+@pytest.mark.slow
+def test_gpu_64_bit_indexing():
+    """More than 2^31 elements: offsets must not wrap."""
+    import cupy
+
+    n = 2**31 + 64
+    try:
+        x = cupy.zeros((1, n), dtype=cupy.float16)
+    except cupy.cuda.memory.OutOfMemoryError:
+        pytest.skip("not enough GPU memory for 2^31 float16 entries")
+    x[0, -1] = 5.0
+    y = csoftmax.softmax(x)
+    assert float(y[0, -1]) > float(y[0, 0])
+    assert abs(float(cupy.sum(y.astype(cupy.float32))) - 1.0) < 1e-2
