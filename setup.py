@@ -10,8 +10,9 @@ Flags: -O3 and -ffp-contract=off (the kernels' error-free transformations must n
 fused behind their back); OpenMP where the compiler has it. Never -ffast-math: it breaks
 inf/NaN semantics.
 
-The CUDA kernel sources (src/backends/cuda/*.cu) are copied into the package as
-csoftmax/_cuda_kernels/ so the wheel carries them; CuPy compiles them at first use.
+The CUDA kernel source (src/backends/cuda/*.cu) and the headers it shares with the C core
+(src/backends/common/*.h) are copied into the package as csoftmax/_cuda_kernels/ so the
+wheel carries them; CuPy compiles them at first use.
 """
 import os
 import platform
@@ -27,6 +28,7 @@ from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent.resolve()
 CPU_DIR = Path("src") / "backends" / "cpu"
+COMMON_DIR = Path("src") / "backends" / "common"  # shared by the C core and the CUDA kernels
 CUDA_DIR = HERE / "src" / "backends" / "cuda"
 
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
@@ -75,17 +77,17 @@ class BuildExt(build_ext):
 
 
 class BuildPy(build_py):
-    """Also place the CUDA kernel sources inside the package."""
+    """Also place the CUDA kernel sources, and the headers they include, inside the package."""
 
     def run(self):
         super().run()
         target = Path(self.build_lib) / "csoftmax" / "_cuda_kernels"
         target.mkdir(parents=True, exist_ok=True)
-        for src in sorted(CUDA_DIR.glob("*.cu")) + sorted(CUDA_DIR.glob("*.cuh")):
+        for src in sorted(CUDA_DIR.glob("*.cu")) + sorted((HERE / COMMON_DIR).glob("*.h")):
             shutil.copy2(src, target / src.name)
 
 
-depends = sorted(str(p) for p in CPU_DIR.glob("*.h"))
+depends = sorted(str(p) for p in list(CPU_DIR.glob("*.h")) + list(COMMON_DIR.glob("*.h")))
 extension = Extension(
     "csoftmax._ckernels",
     sources=[
@@ -93,7 +95,7 @@ extension = Extension(
         str(CPU_DIR / "csm_dispatch.c"),
         str(CPU_DIR / "csm_isa_baseline.c"),
     ],
-    include_dirs=[str(CPU_DIR), numpy.get_include()],
+    include_dirs=[str(CPU_DIR), str(COMMON_DIR), numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
     + ([("CSM_BUILD_X86_ISAS", "1")] if IS_X86_64 else []),
     extra_compile_args=list(COMMON_FLAGS),

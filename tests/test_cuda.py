@@ -44,7 +44,8 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
         cuda.kernel_source() + "\nvoid csm_instantiate_all() {\n" + "".join(f"    (void)&{n};\n" for n in names) + "}\n"
     )
     res = subprocess.run(
-        ["nvcc", "-std=c++17", "-arch=sm_90", "--ptx", str(src), "-o", str(tmp_path / "all.ptx")],
+        ["nvcc", "-std=c++17", "-arch=sm_90", "--ptx", *[f"-I{d}" for d in cuda.kernel_dirs()], str(src), "-o",
+         str(tmp_path / "all.ptx")],
         capture_output=True,
         text=True,
     )

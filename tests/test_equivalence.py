@@ -207,11 +207,20 @@ BACKWARD = {"softmax_backward": "softmax", "log_softmax_backward": "log_softmax"
 
 
 def _backward_inputs(fwd, shape, dtype, axis, rng, kind):
-    x = values(shape, kind, "float64", rng)
+    """(grad_output, output): kinds of logits, or of gradients -- a NaN, a +inf, or huge
+    ones of one sign whose sums leave the dtype's range (float32: not float64's)."""
+    x = values(shape, kind if kind in VALUE_KINDS else "normal", "float64", rng)
     y = np.asarray(oracle(fwd, x, axis=axis)).astype(dtype, copy=False)
     g = values(shape, "normal", dtype, rng).astype(dtype, copy=False)
-    if kind == "nan" and g.size:
-        g.reshape(-1)[rng.integers(0, g.size)] = np.nan
+    if kind in ("nan", "pinf-grad") and g.size:
+        g.reshape(-1)[rng.integers(0, g.size)] = np.nan if kind == "nan" else np.inf
+    if kind == "huge-grad":
+        big = float(np.finfo(dtype).max)
+        if fwd == "softmax" and dtype == "float64":
+            # sum(g*y) <= max(g) sum(y), and sum(y) may round above 1: at g = DBL_MAX the
+            # order of summation would decide between finite and inf
+            big /= 2
+        g = rng.choice([big / 2, big], size=shape).astype(dtype)
     return g, y
 
 
@@ -229,7 +238,7 @@ def test_backward_matrix(backend, op, dtype):
     rng = _rng("bwd", op, dtype)
     fwd = BACKWARD[op]
     for shape in [(), (1,), (9,), (17,), (3, 17), (20, 9), (4, 3, 16), (0, 3)]:
-        for kind in ("normal", "wide", "ninf", "nan"):
+        for kind in ("normal", "wide", "ninf", "nan", "pinf-grad", "huge-grad"):
             for axis in axes_for(len(shape)):
                 g, y = _backward_inputs(fwd, shape, dtype, axis, rng, kind)
                 for tau in (1.0, 0.5, np.inf):

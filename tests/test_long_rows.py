@@ -133,3 +133,44 @@ def test_columns_along_a_leading_axis(backend, op, dtype):
             xb = to_backend(backend, x.copy())
             getattr(csoftmax, op)(xb, axis=0, out=xb, backend=backend)
             assert_matches(to_numpy(backend, xb), oracle(op, x, axis=0), dtype, f"{op} {dtype} width={width} in place")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
+def test_backward_columns_along_a_leading_axis(backend, op, dtype):
+    """The backward passes along a strided axis with the next one contiguous: whole and
+    partial column blocks, NaN and inf lanes, masks (a fully masked column among them),
+    temperatures, in place into either input."""
+    rng = np.random.default_rng(4)
+    fwd = op.removesuffix("_backward")
+    n = 300
+    for width in (8, 37, 64, 133, 300):
+        x = rng.standard_normal((n, width)) * 3
+        x[:, 1] = np.linspace(-50, 50, n)
+        x[: n // 2, 2] = -np.inf
+        y = np.asarray(oracle(fwd, x, axis=0)).astype(dtype)
+        g = rng.standard_normal((n, width)).astype(dtype)
+        g[5, 3] = np.nan
+        g[6, 4] = np.inf
+        scale = float(np.nanmax(np.abs(np.where(np.isinf(g), 0, g)))) + 1.0
+        rtol = {"float32": 4e-6, "float64": 1e-14}[dtype]
+        for tau in (1.0, 0.25, 3.0):
+            want = oracle(op, g, y, axis=0, temperature=tau)
+            got = to_numpy(backend, getattr(csoftmax, op)(to_backend(backend, g), to_backend(backend, y), axis=0,
+                                                          temperature=tau, backend=backend))
+            assert_matches(got, want, dtype, f"{op} {dtype} width={width} tau={tau}", rtol=rtol,
+                           atol=rtol * scale / tau)
+        mask = rng.random((n, width)) < 0.7
+        mask[:, 7] = False
+        want = oracle(op, g, y, axis=0, where=mask)
+        got = to_numpy(backend, getattr(csoftmax, op)(to_backend(backend, g), to_backend(backend, y), axis=0,
+                                                      where=to_backend(backend, mask), backend=backend))
+        assert_matches(got, want, dtype, f"{op} {dtype} width={width} masked", rtol=rtol, atol=rtol * scale)
+        assert np.all(got[~mask] == 0), f"{op}: masked entries must be exactly 0"
+        want = oracle(op, g, y, axis=0)
+        for target in ("grad_output", "output"):
+            gb, yb = to_backend(backend, g.copy()), to_backend(backend, y.copy())
+            out = gb if target == "grad_output" else yb
+            getattr(csoftmax, op)(gb, yb, axis=0, out=out, backend=backend)
+            assert_matches(to_numpy(backend, out), want, dtype, f"{op} {dtype} width={width} in place into {target}",
+                           rtol=rtol, atol=rtol * scale)

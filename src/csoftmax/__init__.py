@@ -24,15 +24,7 @@ from ._api import (
 from ._config import show_config
 from ._registry import OPS, Backend, backends, register_backend, use_backend
 
-__all__ = [
-    "softmax",
-    "log_softmax",
-    "logsumexp",
-    "softmax_backward",
-    "log_softmax_backward",
-    "softmax_jacobian",
-    "log_softmax_jacobian",
-    "softmax_cross_entropy",
+__all__ = list(OPS) + [
     "backends",
     "get_backend",
     "use_backend",

@@ -60,51 +60,6 @@ inline int __float_as_int(float v) { int i; std::memcpy(&i, &v, 4); return i; }
 inline double __longlong_as_double(long long v) { double d; std::memcpy(&d, &v, 8); return d; }
 inline long long __double_as_longlong(double v) { long long i; std::memcpy(&i, &v, 8); return i; }
 
-/* IEEE binary16 conversions, round to nearest even (as cvt.rn.f16.f32) */
-inline float emu_half_to_float(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (mant << 13);
-    } else if (exp == 0) {
-        if (!mant) {
-            bits = sign;
-        } else {
-            int e = -1;
-            do {
-                mant <<= 1;
-                e++;
-            } while (!(mant & 0x400u));
-            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mant & 0x3ffu) << 13);
-        }
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-    }
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
-
-inline uint16_t emu_float_to_half(float f)
-{
-    uint32_t bits;
-    std::memcpy(&bits, &f, 4);
-    uint16_t sign = (uint16_t)((bits >> 16) & 0x8000u);
-    uint32_t abs = bits & 0x7fffffffu;
-    if (abs >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
-    if (abs >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);
-    if (abs < 0x38800000u) {
-        if (abs < 0x33000000u) return sign;
-        uint32_t e = abs >> 23, mant = (abs & 0x7fffffu) | 0x800000u, shift = 126 - e;
-        uint32_t q = mant >> shift, rem = mant & ((1u << shift) - 1u), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (q & 1u))) q++;
-        return (uint16_t)(sign | q);
-    }
-    uint32_t q = (abs - 0x38000000u) >> 13, rem = abs & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (q & 1u))) q++;
-    return (uint16_t)(sign | q);
-}
-
 namespace emu {
 
 enum State { RUN, AT_BLOCK, AT_WARP, DONE };

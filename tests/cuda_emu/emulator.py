@@ -73,20 +73,20 @@ def library():
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler for the CUDA emulator")
-    source = cuda.kernel_source()
+    dirs = cuda.kernel_dirs()
+    headers = "".join(p.read_text() for d in dirs for p in sorted(d.glob("*.h")))
     names = _names()
     harness = _harness(names)
     emu_h = (HERE / "emu.h").read_text()
-    key = hashlib.sha256((source + emu_h + harness + cxx).encode()).hexdigest()[:16]
+    key = hashlib.sha256((cuda.kernel_source() + headers + emu_h + harness + cxx).encode()).hexdigest()[:16]
     build = Path(tempfile.gettempdir()) / f"csoftmax-cuda-emu-{key}"
     lib = build / "libcsm_emu.so"
     if not lib.exists():
         build.mkdir(parents=True, exist_ok=True)
-        (build / "csoftmax_kernels.cu").write_text(source)
-        (build / "emu.h").write_text(emu_h)
         (build / "harness.cpp").write_text(harness)
         tmp = build / f"lib.{os.getpid()}.so"
-        subprocess.run([cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-Wno-unknown-pragmas", "-I", str(build),
+        includes = [arg for d in [HERE] + list(dirs) for arg in ("-I", str(d))]
+        subprocess.run([cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-Wno-unknown-pragmas", *includes,
                         str(build / "harness.cpp"), "-o", str(tmp)], check=True, capture_output=True, text=True)
         os.replace(tmp, lib)
     dll = ctypes.CDLL(str(lib))

@@ -52,7 +52,7 @@ static void CSM_SFX(csm_col_move)(CSM_SFX(csm_colstate) *c, VR v, VI mv, csm_int
 {
     for (int l = 0; l < VL; l++) {
         if (!mv[l]) continue;
-        csm_dd f = CSM_SFX(csm_dd_expdiff)(c->r[l], v[l], tp);
+        csm_dd f = csm_dd_expdiff((double)c->r[l], (double)v[l], tp->tau);
 #if REAL_IS_F32
         double *sl = l < CSM_VLD ? &c->s.a[l] : &c->s.b[l - CSM_VLD];
         *sl = csm_dd_mul_d(f, *sl).hi;
@@ -147,7 +147,8 @@ CSM_INLINE void CSM_SFX(csm_cols_forward_t)(int kind, const REAL *x, csm_intp sx
 #endif
             if (s.hi != s.hi) special[u][l] = -1; /* an unmasked NaN */
             if (special[u][l]) continue;
-            csm_dd f = c->r[l] == c->m[l] ? csm_dd_make(1.0, 0.0) : CSM_SFX(csm_dd_expdiff)(c->r[l], c->m[l], tp);
+            csm_dd f = c->r[l] == c->m[l] ? csm_dd_make(1.0, 0.0)
+                                          : csm_dd_expdiff((double)c->r[l], (double)c->m[l], tp->tau);
             csm_dd sp = csm_dd_mul(s, f); /* S' relative to the max */
             double L = csm_dd_log1p(sp), inv = csm_dd_inv_1p(sp);
             if (kind == CSM_SOFTMAX) {
@@ -259,4 +260,76 @@ static void CSM_SFX(csm_cols_forward)(int kind, const REAL *x, csm_intp sx, cons
         for (int u = 0; u < nv; u++) /* the narrower last unit: a vector at a time */
             CSM_SFX(csm_cols_nv)(kind, x + u * VL, sx, mask ? mask + u * VL * sml : NULL, smk, sml,
                                  out ? out + u * VL : NULL, so, n, 1, tp, lse_out + u * VL);
+}
+
+/* ---- the backward passes along a strided axis: lane-wise sums, then dx (csm_grad.h) ---- */
+CSM_INLINE void CSM_SFX(csm_cols_backward_t)(int kind, const REAL *g, csm_intp sg, const REAL *y, csm_intp sy,
+                                             const uint8_t *mask, csm_intp smk, csm_intp sml, REAL *out, csm_intp so,
+                                             csm_intp n, const int nv, const csm_temp *tp, const int has_mask)
+{
+    CSM_SFX(csm_vacc) acc[CSM_COLV];
+    for (int u = 0; u < nv; u++) acc[u].a = acc[u].b = (csm_vd){0};
+    for (csm_intp i = 0; i < n; i++) {
+        if (i + CSM_COLPF < n)
+            for (int u = 0; u < nv * VL; u += 64 / (int)sizeof(REAL)) {
+                __builtin_prefetch(g + (i + CSM_COLPF) * sg + u);
+                if (kind == CSM_SOFTMAX_BWD) __builtin_prefetch(y + (i + CSM_COLPF) * sy + u);
+            }
+        for (int u = 0; u < nv; u++) {
+            VR v = CSM_SFX(csm_load)(g + i * sg + u * VL, VL, 0);
+            if (kind == CSM_SOFTMAX_BWD) v *= CSM_SFX(csm_load)(y + i * sy + u * VL, VL, 0);
+            if (has_mask) v = VSEL(CSM_SFX(csm_col_mask)(mask + i * smk + u * VL * sml, sml), v, VSPLAT(0));
+            CSM_SFX(csm_acc_add_any)(&acc[u], v);
+        }
+    }
+    REAL sum_hi[CSM_COLV * VL], sum_lo[CSM_COLV * VL];
+    double in_double[CSM_COLV * VL]; /* the columns csm_bwd_split refuses: their sums, else NaN */
+    int any_in_double = 0;
+    for (int u = 0; u < nv; u++) {
+        for (int l = 0; l < VL; l++) {
+#if REAL_IS_F32
+            csm_dd s = csm_dd_make(l < CSM_VLD ? acc[u].a[l] : acc[u].b[l - CSM_VLD], 0.0);
+#else
+            csm_dd s = csm_finite(acc[u].a[l]) ? csm_two_sum(acc[u].a[l], -acc[u].b[l]) : csm_dd_make(acc[u].a[l], 0.0);
+#endif
+            const int ok = CSM_SFX(csm_bwd_split)(s, &sum_hi[u * VL + l], &sum_lo[u * VL + l]);
+            in_double[u * VL + l] = ok ? NAN : s.hi + s.lo;
+            any_in_double |= !ok;
+        }
+    }
+    const VR inv = VSPLAT((REAL)tp->inv_tau);
+    for (csm_intp i = 0; i < n; i++) {
+        if (i + CSM_COLPF < n)
+            for (int u = 0; u < nv * VL; u += 64 / (int)sizeof(REAL)) {
+                __builtin_prefetch(g + (i + CSM_COLPF) * sg + u);
+                __builtin_prefetch(y + (i + CSM_COLPF) * sy + u);
+            }
+        for (int u = 0; u < nv; u++) {
+            VR gv = CSM_SFX(csm_load)(g + i * sg + u * VL, VL, 0), yv = CSM_SFX(csm_load)(y + i * sy + u * VL, VL, 0);
+            VR o = CSM_SFX(csm_bwd_value)(kind, gv, yv, CSM_SFX(csm_load)(sum_hi + u * VL, VL, 0),
+                                          CSM_SFX(csm_load)(sum_lo + u * VL, VL, 0), inv);
+            if (__builtin_expect(any_in_double, 0))
+                for (int l = 0; l < VL; l++)
+                    if (in_double[u * VL + l] == in_double[u * VL + l])
+                        o[l] = CSM_SFX(csm_bwd_in_double)(kind, gv[l], yv[l], in_double[u * VL + l], tp->inv_tau);
+            if (has_mask) o = VSEL(CSM_SFX(csm_col_mask)(mask + i * smk + u * VL * sml, sml), o, VSPLAT(0));
+            CSM_SFX(csm_store)(out + i * so + u * VL, o, VL);
+        }
+    }
+}
+
+static void CSM_SFX(csm_cols_backward)(int kind, const REAL *g, csm_intp sg, const REAL *y, csm_intp sy,
+                                       const uint8_t *mask, csm_intp smk, csm_intp sml, REAL *out, csm_intp so,
+                                       csm_intp n, int nv, const csm_temp *tp)
+{
+    if (nv == CSM_COLV) {
+        if (mask)
+            CSM_SFX(csm_cols_backward_t)(kind, g, sg, y, sy, mask, smk, sml, out, so, n, CSM_COLV, tp, 1);
+        else
+            CSM_SFX(csm_cols_backward_t)(kind, g, sg, y, sy, NULL, 0, 0, out, so, n, CSM_COLV, tp, 0);
+        return;
+    }
+    for (int u = 0; u < nv; u++) /* the narrower last unit: a vector at a time */
+        CSM_SFX(csm_cols_backward_t)(kind, g + u * VL, sg, y + u * VL, sy, mask ? mask + u * VL * sml : NULL, smk, sml,
+                                     out + u * VL, so, n, 1, tp, mask != NULL);
 }

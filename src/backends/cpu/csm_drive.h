@@ -37,7 +37,9 @@ static double CSM_SFX(csm_forward_row)(const csm_task *t, const csm_layout *L, c
         if (!mask[0]) { /* the whole row is masked out */
             CSM_SFX(csm_stats) st = {0};
             st.m = -R_INF;
-            if (direct) return CSM_SFX(csm_special_row)(kind, (REAL *)p[CSM_X], 1, NULL, 0, (REAL *)p[CSM_OUT], 1, n, &st, tp->tau_inf);
+            if (direct)
+                return CSM_SFX(csm_special_row)(kind, (REAL *)p[CSM_X], 1, NULL, 0, (REAL *)p[CSM_OUT], 1, n, &st,
+                                                tp->tau_inf);
             double v = CSM_SFX(csm_special_row)(kind, sc->x, 1, NULL, 0, sc->x, 1, n, &st, tp->tau_inf);
             if (kind != CSM_LOGSUMEXP) CSM_SFX(csm_scatter)(p[CSM_OUT], sc->x, L, CSM_OUT, t->dtype);
             return v;
@@ -120,64 +122,22 @@ static int CSM_SFX(csm_drive_rows)(const csm_task *t, const csm_layout *L, int d
 }
 
 /*
- * Few long contiguous rows of a backward kind: every thread sums its piece of each row, the
- * sums are added (by every thread, in the same order), and every thread writes its piece.
+ * Few long contiguous rows: every thread takes a piece of each row; the pieces' partial
+ * results -- forward kinds: statistics (csm_chunk); backward kinds: the sum -- are
+ * combined by every thread, in the same order, and every thread writes its piece.
  */
-static int CSM_SFX(csm_drive_split_bwd)(const csm_task *t, const csm_layout *L, int nth)
-{
-    const csm_temp tp = csm_temp_make(t->temperature);
-    const int stream = L->nrows * L->n * (csm_intp)sizeof(REAL) >= CSM_STREAM_BYTES;
-    csm_dd *parts = (csm_dd *)malloc((size_t)nth * sizeof *parts);
-    if (!parts) return CSM_ENOMEM;
-    const csm_intp n = L->n;
-#pragma omp parallel num_threads(nth)
-    {
-        int tid = 0, nt = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-        nt = omp_get_num_threads();
-#endif
-        const csm_intp a = (n * tid / nt) / VL * VL, b = tid == nt - 1 ? n : (n * (tid + 1) / nt) / VL * VL;
-        csm_rowiter it;
-        csm_rowiter_init(&it, L, 0);
-        for (csm_intp r = 0; r < L->nrows; r++) {
-            const REAL *g = (const REAL *)it.ptr[CSM_X], *y = (const REAL *)it.ptr[CSM_Y];
-            REAL *out = (REAL *)it.ptr[CSM_OUT];
-            const uint8_t *mask = (const uint8_t *)it.ptr[CSM_MASK];
-            int dead = 0;
-            if (mask && L->rstride[CSM_MASK][0] == 0) {
-                dead = !mask[0];
-                mask = NULL;
-            }
-            if (dead) {
-                memset(out + a, 0, (size_t)(b - a) * sizeof(REAL));
-            } else {
-                parts[tid] = CSM_SFX(csm_bwd_sum)(t->kind, g + a, y + a, mask ? mask + a : NULL, b - a);
-#pragma omp barrier
-                csm_dd s = parts[0];
-                for (int j = 1; j < nt; j++) s = csm_dd_add(s, parts[j]);
-                CSM_SFX(csm_bwd_out)(t->kind, g + a, y + a, mask ? mask + a : NULL, out + a, b - a, s, &tp, stream);
-            }
-#pragma omp barrier
-            csm_rowiter_next(&it, L);
-        }
-    }
-    free(parts);
-    if (stream) csm_stream_fence();
-    return CSM_OK;
-}
+typedef struct {
+    CSM_SFX(csm_chunk) stats;
+    csm_dd sum;
+} CSM_SFX(csm_piece);
 
-/*
- * Few long contiguous rows: every thread takes a piece of each row, the pieces' stats are
- * merged (each thread merges all of them, in the same order), and every thread writes its
- * piece. Forward kinds, direct layout.
- */
 static int CSM_SFX(csm_drive_split)(const csm_task *t, const csm_layout *L, int nth)
 {
     const csm_temp tp = csm_temp_make(t->temperature);
+    const int forward = t->kind == CSM_SOFTMAX || t->kind == CSM_LOG_SOFTMAX || t->kind == CSM_LOGSUMEXP;
     const int stream = L->base[CSM_OUT] && L->nrows * L->n * (csm_intp)sizeof(REAL) >= CSM_STREAM_BYTES;
-    CSM_SFX(csm_chunk) *chunks = (CSM_SFX(csm_chunk) *)malloc((size_t)nth * sizeof *chunks);
-    if (!chunks) return CSM_ENOMEM;
+    CSM_SFX(csm_piece) *pieces = (CSM_SFX(csm_piece) *)malloc((size_t)nth * sizeof *pieces);
+    if (!pieces) return CSM_ENOMEM;
     const csm_intp n = L->n;
 #pragma omp parallel num_threads(nth)
     {
@@ -191,25 +151,38 @@ static int CSM_SFX(csm_drive_split)(const csm_task *t, const csm_layout *L, int 
         csm_rowiter it;
         csm_rowiter_init(&it, L, 0);
         for (csm_intp r = 0; r < L->nrows; r++) {
-            const REAL *x = (const REAL *)it.ptr[CSM_X];
+            const REAL *x = (const REAL *)it.ptr[CSM_X], *y = (const REAL *)it.ptr[CSM_Y];
             REAL *out = (REAL *)it.ptr[CSM_OUT];
             const uint8_t *mask = (const uint8_t *)it.ptr[CSM_MASK];
-            if (mask && L->rstride[CSM_MASK][0] == 0 && mask[0]) mask = NULL;
-            if (mask && L->rstride[CSM_MASK][0] == 0) { /* fully masked row */
-                if (tid == 0) {
+            int dead = 0; /* the whole row masked out */
+            if (mask && L->rstride[CSM_MASK][0] == 0) {
+                dead = !mask[0];
+                mask = NULL;
+            }
+            const uint8_t *mp = mask ? mask + a : NULL;
+            if (dead) {
+                if (!forward) {
+                    memset(out + a, 0, (size_t)(b - a) * sizeof(REAL));
+                } else if (tid == 0) {
                     CSM_SFX(csm_stats) st = {0};
                     st.m = -R_INF;
                     double v = CSM_SFX(csm_special_row)(t->kind, x, 1, NULL, 0, out, 1, n, &st, tp.tau_inf);
                     if (it.ptr[CSM_ROW]) csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, v);
                 }
+            } else if (!forward) {
+                pieces[tid].sum = CSM_SFX(csm_bwd_sum)(t->kind, x + a, y + a, mp, b - a);
+#pragma omp barrier
+                csm_dd s = pieces[0].sum;
+                for (int j = 1; j < nt; j++) s = csm_dd_add(s, pieces[j].sum);
+                CSM_SFX(csm_bwd_out)(t->kind, x + a, y + a, mp, out + a, b - a, s, &tp, stream);
             } else {
-                CSM_SFX(csm_chunk) *c = &chunks[tid];
+                CSM_SFX(csm_chunk) *c = &pieces[tid].stats;
                 CSM_SFX(csm_chunk_init)(c);
-                CSM_SFX(csm_chunk_add)(c, x + a, mask ? mask + a : NULL, b - a, a, &tp);
+                CSM_SFX(csm_chunk_add)(c, x + a, mp, b - a, a, &tp);
                 CSM_SFX(csm_chunk_settle)(c, &tp);
 #pragma omp barrier
-                CSM_SFX(csm_chunk) all = chunks[0];
-                for (int j = 1; j < nt; j++) CSM_SFX(csm_chunk_merge)(&all, &chunks[j], &tp);
+                CSM_SFX(csm_chunk) all = pieces[0].stats;
+                for (int j = 1; j < nt; j++) CSM_SFX(csm_chunk_merge)(&all, &pieces[j].stats, &tp);
                 if (CSM_SFX(csm_chunk_is_special)(&all, &tp)) {
                     if (tid == 0) {
                         CSM_SFX(csm_stats) st = {0};
@@ -219,8 +192,7 @@ static int CSM_SFX(csm_drive_split)(const csm_task *t, const csm_layout *L, int 
                         if (it.ptr[CSM_ROW]) csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, v);
                     }
                 } else {
-                    CSM_SFX(csm_chunk_finish)(t->kind, x + a, mask ? mask + a : NULL, out ? out + a : NULL, b - a, &all,
-                                              &tp, stream);
+                    CSM_SFX(csm_chunk_finish)(t->kind, x + a, mp, out ? out + a : NULL, b - a, &all, &tp, stream);
                     if (tid == 0 && it.ptr[CSM_ROW])
                         csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, (double)all.m + csm_dd_log1p(all.s));
                 }
@@ -229,12 +201,13 @@ static int CSM_SFX(csm_drive_split)(const csm_task *t, const csm_layout *L, int 
             csm_rowiter_next(&it, L);
         }
     }
-    free(chunks);
+    free(pieces);
     if (stream) csm_stream_fence();
     return CSM_OK;
 }
 
-/* ---- the column driver: forward kinds, strided softmax axis, contiguous next dimension ---- */
+/* ---- the column driver: forward and backward kinds, strided softmax axis, contiguous next
+   dimension ---- */
 static int CSM_SFX(csm_drive_cols)(const csm_task *t, const csm_layout *L)
 {
     const csm_temp tp = csm_temp_make(t->temperature);
@@ -247,7 +220,9 @@ static int CSM_SFX(csm_drive_cols)(const csm_task *t, const csm_layout *L)
     G.nouter = in;
     G.nrows = groups;
     const csm_intp es = sizeof(REAL);
+    const int backward = t->kind == CSM_SOFTMAX_BWD || t->kind == CSM_LOG_SOFTMAX_BWD;
     const csm_intp sx = L->rstride[CSM_X][0] / es;
+    const csm_intp sy = L->base[CSM_Y] ? L->rstride[CSM_Y][0] / es : 0;
     const csm_intp so = L->base[CSM_OUT] ? L->rstride[CSM_OUT][0] / es : 0;
     const csm_intp smk = L->base[CSM_MASK] ? L->rstride[CSM_MASK][0] : 0;
     const csm_intp sml = L->base[CSM_MASK] ? L->ostride[CSM_MASK][in] : 0;
@@ -271,7 +246,11 @@ static int CSM_SFX(csm_drive_cols)(const csm_task *t, const csm_layout *L)
                 p[op] = it.ptr[op] ? it.ptr[op] + c0 * L->ostride[op][in] : NULL;
             const csm_intp ncols = width - c0 < bw ? width - c0 : bw;
             const int nv = (int)(ncols / VL);
-            if (nv > 0) {
+            if (nv > 0 && backward) {
+                CSM_SFX(csm_cols_backward)(t->kind, (const REAL *)p[CSM_X], sx, (const REAL *)p[CSM_Y], sy,
+                                           (const uint8_t *)p[CSM_MASK], smk, sml, (REAL *)p[CSM_OUT], so, L->n, nv,
+                                           &tp);
+            } else if (nv > 0) {
                 double lse[CSM_COLV * VL];
                 CSM_SFX(csm_cols_forward)(t->kind, (const REAL *)p[CSM_X], sx, (const uint8_t *)p[CSM_MASK], smk, sml,
                                           (REAL *)p[CSM_OUT], so, L->n, nv, &tp, lse);
@@ -291,7 +270,7 @@ static int CSM_SFX(csm_drive_cols)(const csm_task *t, const csm_layout *L)
             for (int op = 0; op < CSM_NOPERANDS; op++)
                 if (p[op]) p[op] += nv * VL * L->ostride[op][in];
             for (csm_intp c = nv * VL; c < ncols; c++) {
-                double v = CSM_SFX(csm_forward_row)(t, L, p, &tp, 0, 0, &sc);
+                double v = CSM_SFX(csm_do_row)(t, L, p, &tp, 0, 0, &sc);
                 if (p[CSM_ROW]) csm_store_rowval(p[CSM_ROW], t->row_dtype, v);
                 for (int op = 0; op < CSM_NOPERANDS; op++)
                     if (p[op]) p[op] += L->ostride[op][in];
@@ -308,24 +287,24 @@ static int CSM_SFX(csm_run)(const csm_task *t, const csm_layout *L)
     const csm_intp es = t->dtype == CSM_F16 ? 2 : (csm_intp)sizeof(REAL);
     const int native = t->dtype != CSM_F16;
     const int forward = t->kind == CSM_SOFTMAX || t->kind == CSM_LOG_SOFTMAX || t->kind == CSM_LOGSUMEXP;
+    const int backward = t->kind == CSM_SOFTMAX_BWD || t->kind == CSM_LOG_SOFTMAX_BWD;
     if (L->nrows == 0) return CSM_OK;
 
     int direct = native && L->nred == 1 && L->rstride[CSM_X][0] == es;
     if (L->base[CSM_Y]) direct = direct && L->rstride[CSM_Y][0] == es;
     if (L->base[CSM_OUT]) direct = direct && L->rstride[CSM_OUT][0] == es;
     if (L->base[CSM_MASK]) direct = direct && (L->rstride[CSM_MASK][0] == 1 || L->rstride[CSM_MASK][0] == 0);
-    const int backward = t->kind == CSM_SOFTMAX_BWD || t->kind == CSM_LOG_SOFTMAX_BWD;
     if (direct && (forward || backward) && CSM_SFX(csm_is_long)(L->n)) {
         /* few long rows: split each across the threads */
         int nth = csm_pick_threads(t, L->n / CSM_BLOCK, CSM_BLOCK);
-        if (nth > 1 && L->nrows < nth)
-            return forward ? CSM_SFX(csm_drive_split)(t, L, nth) : CSM_SFX(csm_drive_split_bwd)(t, L, nth);
+        if (nth > 1 && L->nrows < nth) return CSM_SFX(csm_drive_split)(t, L, nth);
     }
     if (direct || L->n == 0) return CSM_SFX(csm_drive_rows)(t, L, 1);
 
-    if (forward && native && L->nred == 1 && L->nouter >= 1 && L->n <= INT32_MAX) {
+    if ((forward || backward) && native && L->nred == 1 && L->nouter >= 1 && L->n <= INT32_MAX) {
         const int in = L->nouter - 1;
         int cols = L->oshape[in] >= VL && L->ostride[CSM_X][in] == es && L->rstride[CSM_X][0] % es == 0;
+        if (L->base[CSM_Y]) cols = cols && L->ostride[CSM_Y][in] == es && L->rstride[CSM_Y][0] % es == 0;
         if (L->base[CSM_OUT])
             cols = cols && L->ostride[CSM_OUT][in] == es && L->rstride[CSM_OUT][0] % es == 0;
         if (L->base[CSM_MASK]) cols = cols && (L->ostride[CSM_MASK][in] == 0 || L->ostride[CSM_MASK][in] == 1);

@@ -8,9 +8,9 @@
  * argument into the same relative error in the result.
  *
  * Method: k = round(d / ln2), r = d - k ln2 (Cody-Waite, exact first step), exp(r) =
- * 1 + r + r^2 P(r) with P a minimax polynomial (tools/gen_exp_coeffs.py), scaled by 2^k
- * built in the exponent bits. Arguments are clamped to [lo, hi] beyond which the result
- * is 0 or inf, so -inf -> 0, +inf -> inf, and NaN propagates (the clamps are max/min
+ * 1 + r + r^2 P(r) with P a minimax polynomial (common/csm_expconst.h, shared with the
+ * CUDA kernels), scaled by 2^k built in the exponent bits. Arguments are clamped to
+ * [lo, hi] beyond which the result is 0 or inf, so -inf -> 0, +inf -> inf, and NaN propagates (the clamps are max/min
  * instructions that return their second operand, the argument, where it is NaN).
  * Subnormal results and overflow take a second scaling step so that the only rounding is
  * the final, correct one. Error: < 1 ulp (tests/test_accuracy.py measures it through
@@ -18,41 +18,31 @@
  */
 
 #if REAL_IS_F32
-#define EXP_LO (-104.0f)            /* exp(-104) < 2^-150: rounds to 0 */
-#define EXP_HI (89.0f)              /* exp(89) > FLT_MAX */
-#define EXP_LOG2E 1.44269504088896341f
-#define EXP_MAGIC 12582912.0f       /* 1.5 * 2^23: adding it rounds to an integer */
-#define EXP_LN2_HI 0.693359375f     /* 9 significant bits: k * LN2_HI is exact */
-#define EXP_LN2_LO (-2.12194440e-4f)
+#define EXP_LO CSM_EXP_F32_LO
+#define EXP_HI CSM_EXP_F32_HI
+#define EXP_LOG2E CSM_EXP_F32_LOG2E
+#define EXP_MAGIC CSM_EXP_F32_MAGIC
+#define EXP_LN2_HI CSM_EXP_F32_LN2_HI
+#define EXP_LN2_LO CSM_EXP_F32_LN2_LO
 #define EXP_KMIN (-126)
 #define EXP_KMAX 127
-#define EXP_NPOLY 6
+#define EXP_NPOLY CSM_EXP_F32_NPOLY
 #define EXP_BOUND 87.0 /* exp(-87) is still normal, with room for the correction term */
-static const float CSM_SFX(csm_exp_poly)[EXP_NPOLY] = {
-    /* c7 .. c2, highest first; max rel. error of P 2.9e-9 */
-    1.985812702e-04f, 1.393448645e-03f, 8.333361815e-03f,
-    4.166645746e-02f, 1.666666652e-01f, 5.000000014e-01f,
-};
-#define EXP_SPLIT 4097.0f           /* 2^12 + 1: Veltkamp split */
+static const float CSM_SFX(csm_exp_poly)[EXP_NPOLY] = {CSM_EXP_F32_POLY};
+#define EXP_SPLIT 4097.0f /* 2^12 + 1: Veltkamp split */
 #else
-#define EXP_LO (-746.0)             /* exp(-746) < 2^-1075: rounds to 0 */
-#define EXP_HI (710.0)              /* exp(710) > DBL_MAX */
-#define EXP_LOG2E 1.4426950408889634074
-#define EXP_MAGIC 6755399441055744.0 /* 1.5 * 2^52 */
-#define EXP_LN2_HI 6.93147180369123816490e-01 /* 32 significant bits */
-#define EXP_LN2_LO 1.90821492927058770002e-10
+#define EXP_LO CSM_EXP_F64_LO
+#define EXP_HI CSM_EXP_F64_HI
+#define EXP_LOG2E CSM_EXP_F64_LOG2E
+#define EXP_MAGIC CSM_EXP_F64_MAGIC
+#define EXP_LN2_HI CSM_EXP_F64_LN2_HI
+#define EXP_LN2_LO CSM_EXP_F64_LN2_LO
 #define EXP_KMIN (-1022)
 #define EXP_KMAX 1023
-#define EXP_NPOLY 11
+#define EXP_NPOLY CSM_EXP_F64_NPOLY
 #define EXP_BOUND 708.0
-static const double CSM_SFX(csm_exp_poly)[EXP_NPOLY] = {
-    /* c12 .. c2, highest first; max rel. error of P 3.0e-18 */
-    2.08896257227519033e-09, 2.51062284624525233e-08, 2.75573508357601103e-07,
-    2.75572529573065877e-06, 2.48015872423518955e-05, 1.98412698767540735e-04,
-    1.38888888889203356e-03, 8.33333333332558074e-03, 4.16666666666666158e-02,
-    1.66666666666666713e-01, 5.00000000000000000e-01,
-};
-#define EXP_SPLIT 134217729.0       /* 2^27 + 1 */
+static const double CSM_SFX(csm_exp_poly)[EXP_NPOLY] = {CSM_EXP_F64_POLY};
+#define EXP_SPLIT 134217729.0 /* 2^27 + 1 */
 #endif
 
 /* 2^k for integer lanes k in the normal exponent range */
@@ -60,6 +50,9 @@ static inline VR CSM_SFX(csm_vpow2i)(VI k)
 {
     return (VR)((k + R_EXP_BIAS) << R_MANT_BITS);
 }
+
+/* how far below the max a row may reach for the CSM_EXP_BOUNDED variant */
+static const double CSM_SFX(csm_exp_bound) = EXP_BOUND;
 
 /*
  * exp(dh + dl), by the range the caller can promise (a constant at every call site):
@@ -69,8 +62,6 @@ static inline VR CSM_SFX(csm_vpow2i)(VI k)
  *                    normal, so no clamps and no range check (rows whose min and max the
  *                    scan has seen within that distance)
  */
-/* how far below the max a row may reach for the CSM_EXP_BOUNDED variant */
-static const double CSM_SFX(csm_exp_bound) = EXP_BOUND;
 
 CSM_INLINE VR CSM_SFX(csm_vexp_t)(VR dh, VR dl, const int range)
 {

@@ -28,7 +28,7 @@ CSM_INLINE void CSM_SFX(csm_bwd_sum_vec)(int kind, const REAL *g, const REAL *y,
     VR v = CSM_SFX(csm_load)(g, full ? VL : cnt, 0);
     if (kind == CSM_SOFTMAX_BWD) v *= CSM_SFX(csm_load)(y, full ? VL : cnt, 0);
     if (has_mask) v = VSEL(CSM_SFX(csm_load_mask)(mask, full ? VL : cnt), v, VSPLAT(0));
-    CSM_SFX(csm_acc_add)(acc, v);
+    CSM_SFX(csm_acc_add_any)(acc, v);
 }
 
 /*
@@ -36,20 +36,42 @@ CSM_INLINE void CSM_SFX(csm_bwd_sum_vec)(int kind, const REAL *g, const REAL *y,
  * s_hi + s_lo in REAL, so that g - s stays accurate where g and s nearly cancel: g - s_hi
  * is exact there (Sterbenz), and exp(y) s_hi leaves g through one fused rounding.
  */
+CSM_INLINE VR CSM_SFX(csm_bwd_value)(int kind, VR gv, VR yv, VR s_hi, VR s_lo, VR inv_tau)
+{
+    if (kind == CSM_SOFTMAX_BWD) return yv * ((gv - s_hi) - s_lo) * inv_tau;
+    VR e = CSM_SFX(csm_vexp)(yv);
+    return (VFMA(-e, s_hi, gv) - e * s_lo) * inv_tau;
+}
+
 CSM_INLINE void CSM_SFX(csm_bwd_out_vec)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
                                          csm_intp cnt, const int full, const int nt, const int has_mask, VR s_hi,
                                          VR s_lo, VR inv_tau)
 {
     VR gv = CSM_SFX(csm_load)(g, full ? VL : cnt, 0), yv = CSM_SFX(csm_load)(y, full ? VL : cnt, 0);
-    VR o;
-    if (kind == CSM_SOFTMAX_BWD) {
-        o = yv * ((gv - s_hi) - s_lo) * inv_tau;
-    } else {
-        VR e = CSM_SFX(csm_vexp)(yv);
-        o = (VFMA(-e, s_hi, gv) - e * s_lo) * inv_tau;
-    }
+    VR o = CSM_SFX(csm_bwd_value)(kind, gv, yv, s_hi, s_lo, inv_tau);
     if (has_mask) o = VSEL(CSM_SFX(csm_load_mask)(mask, full ? VL : cnt), o, VSPLAT(0));
     CSM_SFX(csm_put)(out, o, cnt, full, nt);
+}
+
+/*
+ * The row's sum as the REAL pair s_hi + s_lo that csm_bwd_value takes. An infinite or NaN
+ * sum has no low part (the formula then gives -inf, +inf or NaN as plain arithmetic does).
+ * Returns 0 where the pair cannot carry the sum: a float row whose sum lies beyond float's
+ * range (each g finite, their sum not); such a row takes csm_bwd_in_double.
+ */
+static inline int CSM_SFX(csm_bwd_split)(csm_dd sum, REAL *s_hi, REAL *s_lo)
+{
+    const double sum_d = sum.hi + sum.lo;
+    *s_hi = (REAL)sum_d;
+    *s_lo = csm_finite(sum_d) ? (REAL)((sum.hi - (double)*s_hi) + sum.lo) : (REAL)0;
+    return !csm_finite(sum_d) || csm_finite((double)*s_hi);
+}
+
+/* one dx in double, for the rare sums csm_bwd_split refuses */
+static inline REAL CSM_SFX(csm_bwd_in_double)(int kind, REAL g, REAL y, double sum, double inv_tau)
+{
+    const double v = kind == CSM_SOFTMAX_BWD ? (double)y * ((double)g - sum) : (double)g - exp((double)y) * sum;
+    return (REAL)(v * inv_tau);
 }
 
 /* pass 1: sum(g * y) (softmax) or sum(g) (log_softmax) over the unmasked entries */
@@ -62,7 +84,8 @@ CSM_INLINE csm_dd CSM_SFX(csm_bwd_sum_t)(int kind, const REAL *g, const REAL *y,
         CSM_SFX(csm_bwd_sum_vec)(kind, g + i, y + i, has_mask ? mask + i : NULL, VL, 1, has_mask, &a0);
         CSM_SFX(csm_bwd_sum_vec)(kind, g + i + VL, y + i + VL, has_mask ? mask + i + VL : NULL, VL, 1, has_mask, &a1);
     }
-    for (; i + VL <= n; i += VL) CSM_SFX(csm_bwd_sum_vec)(kind, g + i, y + i, has_mask ? mask + i : NULL, VL, 1, has_mask, &a0);
+    for (; i + VL <= n; i += VL)
+        CSM_SFX(csm_bwd_sum_vec)(kind, g + i, y + i, has_mask ? mask + i : NULL, VL, 1, has_mask, &a0);
     if (i < n) CSM_SFX(csm_bwd_sum_vec)(kind, g + i, y + i, has_mask ? mask + i : NULL, n - i, 0, has_mask, &a1);
     return CSM_SFX(csm_acc_total2)(&a0, &a1);
 }
@@ -76,9 +99,14 @@ static csm_dd CSM_SFX(csm_bwd_sum)(int kind, const REAL *g, const REAL *y, const
 CSM_INLINE void CSM_SFX(csm_bwd_out_t)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
                                        csm_intp n, csm_dd sum, double inv_tau, int stream, const int has_mask)
 {
-    const double sum_d = sum.hi + sum.lo;
-    const REAL hi = (REAL)sum_d;
-    const VR s_hi = VSPLAT(hi), s_lo = VSPLAT((REAL)((sum.hi - (double)hi) + sum.lo)), inv = VSPLAT((REAL)inv_tau);
+    REAL hi, lo;
+    if (!CSM_SFX(csm_bwd_split)(sum, &hi, &lo)) {
+        const double sum_d = sum.hi + sum.lo;
+        for (csm_intp i = 0; i < n; i++) /* element-wise, so in place is safe */
+            out[i] = mask && !mask[i] ? (REAL)0 : CSM_SFX(csm_bwd_in_double)(kind, g[i], y[i], sum_d, inv_tau);
+        return;
+    }
+    const VR s_hi = VSPLAT(hi), s_lo = VSPLAT(lo), inv = VSPLAT((REAL)inv_tau);
 #define CSM_BWD_BODY(i, cnt, full, nt)                                                                                 \
     CSM_SFX(csm_bwd_out_vec)(kind, g + (i), y + (i), has_mask ? mask + (i) : NULL, out + (i), cnt, full, nt, has_mask, \
                              s_hi, s_lo, inv)
@@ -102,6 +130,15 @@ static void CSM_SFX(csm_row_backward)(int kind, const REAL *g, const REAL *y, co
 }
 
 /* ---- cross-entropy ---- */
+/* B_j: the part of the gradient that is not p_j A (the weighted target) */
+static inline double CSM_SFX(csm_xent_b)(const csm_xent_params *xp, const REAL *q, int64_t label, double eps_k,
+                                         csm_intp j)
+{
+    const double wj = csm_xent_weight(xp, j);
+    if (q) return wj * ((1.0 - xp->eps) * (double)q[j] + eps_k);
+    return (j == label ? (1.0 - xp->eps) * wj : 0.0) + eps_k * wj;
+}
+
 /*
  * Loss and gradient from a row of log-probabilities already computed (the rows the
  * vector path does not take: NaN, infinite max, fully masked, tau = +inf). grad may be
@@ -133,16 +170,9 @@ static double CSM_SFX(csm_xent_from_logp)(const REAL *logp, const uint8_t *mask,
     if (!q) A = (1.0 - xp->eps) * csm_xent_weight(xp, label) + eps_k * W;
     if (grad) {
         const double f = xp->scale * tp->inv_tau;
-        for (csm_intp j = 0; j < n; j++) {
-            if (mask && !mask[j]) {
-                grad[j] = 0;
-                continue;
-            }
-            double wj = csm_xent_weight(xp, j);
-            double bj = q ? wj * ((1.0 - xp->eps) * (double)q[j] + eps_k)
-                          : (j == label ? (1.0 - xp->eps) * wj : 0.0) + eps_k * wj;
-            grad[j] = (REAL)((exp((double)logp[j]) * A - bj) * f);
-        }
+        for (csm_intp j = 0; j < n; j++)
+            grad[j] = mask && !mask[j] ? 0
+                                       : (REAL)((exp((double)logp[j]) * A - CSM_SFX(csm_xent_b)(xp, q, label, eps_k, j)) * f);
     }
     return loss;
 }
@@ -202,16 +232,9 @@ static double CSM_SFX(csm_row_xent)(const REAL *x, const REAL *q, int64_t label,
 #undef CSM_NEG_LOGP
     if (grad) {
         const double f = xp->scale * tp->inv_tau, cA = c * A;
-        for (csm_intp j = 0; j < n; j++) {
-            if (mask && !mask[j]) {
-                grad[j] = 0;
-                continue;
-            }
-            double wj = csm_xent_weight(xp, j);
-            double bj = q ? wj * ((1.0 - xp->eps) * (double)q[j] + eps_k)
-                          : (j == label ? (1.0 - xp->eps) * wj : 0.0) + eps_k * wj;
-            grad[j] = (REAL)(((double)grad[j] * cA - bj) * f);
-        }
+        for (csm_intp j = 0; j < n; j++)
+            grad[j] = mask && !mask[j] ? 0
+                                       : (REAL)(((double)grad[j] * cA - CSM_SFX(csm_xent_b)(xp, q, label, eps_k, j)) * f);
     }
     return loss;
 }

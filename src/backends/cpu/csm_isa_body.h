@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "csm_dd.h"
+#include "csm_expconst.h"
 #include "csm_internal.h"
 #include "csm_simd.h"
 #ifdef _OPENMP
@@ -17,9 +18,9 @@
 #include "csm_real_begin.h"
 #include "csm_exp.h"
 #include "csm_rows.h"
-#include "csm_cols.h"
 #include "csm_buffers.h"
 #include "csm_grad.h"
+#include "csm_cols.h"
 #include "csm_drive.h"
 #include "csm_real_end.h"
 
@@ -27,9 +28,9 @@
 #include "csm_real_begin.h"
 #include "csm_exp.h"
 #include "csm_rows.h"
-#include "csm_cols.h"
 #include "csm_buffers.h"
 #include "csm_grad.h"
+#include "csm_cols.h"
 #include "csm_drive.h"
 #include "csm_real_end.h"
 

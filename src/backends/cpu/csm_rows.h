@@ -124,6 +124,21 @@ CSM_INLINE void CSM_SFX(csm_acc_add)(CSM_SFX(csm_vacc) *acc, VR e)
 #endif
 }
 
+/* the same for sums of user data, which may hold infinities: a compensation that went
+   NaN (inf - inf) is dropped, so that the sum is what plain addition gives: +-inf, or NaN
+   for +inf + -inf */
+CSM_INLINE void CSM_SFX(csm_acc_add_any)(CSM_SFX(csm_vacc) *acc, VR e)
+{
+#if REAL_IS_F32
+    CSM_SFX(csm_acc_add)(acc, e);
+#else
+    csm_vd y = e - acc->b;
+    csm_vd t = acc->a + y;
+    acc->b = (csm_vd)((VI)((t - acc->a) - y) & (t - t == 0));
+    acc->a = t;
+#endif
+}
+
 /* the lanes of two accumulators summed into one double-double (once per row: vector
    adds first, then a short scalar tail) */
 static inline csm_dd CSM_SFX(csm_acc_total2)(const CSM_SFX(csm_vacc) *a0, const CSM_SFX(csm_vacc) *a1)
@@ -137,6 +152,9 @@ static inline csm_dd CSM_SFX(csm_acc_total2)(const CSM_SFX(csm_vacc) *a0, const 
 #else
     /* double rows: each lane holds a - b (Kahan); add the two accumulators with two_sum */
     csm_vd s = a0->a + a1->a;
+    double plain = 0.0;
+    for (int l = 0; l < CSM_VLD; l++) plain += s[l];
+    if (!csm_finite(plain)) return csm_dd_make(plain, 0.0); /* an infinite (or NaN) sum */
     csm_vd bb = s - a0->a;
     csm_vd err = (a0->a - (s - bb)) + (a1->a - bb);
     csm_vd c = (a0->b + a1->b) - err;
@@ -504,7 +522,8 @@ static double CSM_SFX(csm_row_forward)(int kind, const REAL *x, const uint8_t *m
 {
     CSM_SFX(csm_stats) st;
     CSM_SFX(csm_row_scan)(x, mask, n, &st);
-    if (CSM_SFX(csm_row_is_special)(&st, tp)) return CSM_SFX(csm_special_row)(kind, x, 1, mask, 1, out, 1, n, &st, tp->tau_inf);
+    if (CSM_SFX(csm_row_is_special)(&st, tp))
+        return CSM_SFX(csm_special_row)(kind, x, 1, mask, 1, out, 1, n, &st, tp->tau_inf);
     st.k = CSM_SFX(csm_row_find)(x, mask, n, st.m);
     REAL *e = kind != CSM_SOFTMAX ? NULL : buf ? buf : out;
     st.s = CSM_SFX(csm_row_expsum)(x, mask, e, n, &st, tp);
@@ -551,15 +570,6 @@ static void CSM_SFX(csm_chunk_init)(CSM_SFX(csm_chunk) *c)
     c->any = 0;
 }
 
-/* exp((a - b) / tau) in double-double, for a <= b (finite) */
-static csm_dd CSM_SFX(csm_dd_expdiff)(REAL a, REAL b, const csm_temp *tp)
-{
-    csm_dd d = csm_two_sum((double)a, -(double)b);
-    if (!isfinite(d.hi)) return csm_dd_make(0.0, 0.0); /* a - b overflowed: far below */
-    if (tp->scaled) d = csm_dd_div_d(d, tp->tau);
-    return csm_dd_exp(d);
-}
-
 static int CSM_SFX(csm_has_nan)(const REAL *x, const uint8_t *mask, csm_intp n)
 {
     for (csm_intp i = 0; i < n; i++)
@@ -590,13 +600,13 @@ static void CSM_SFX(csm_chunk_add)(CSM_SFX(csm_chunk) *c, const REAL *x, const u
         if (c->r == -R_INF) {
             c->r = st.m;
         } else if (((double)st.m - (double)c->r) * inv > CSM_LAZY) {
-            c->s = csm_dd_mul(c->s, CSM_SFX(csm_dd_expdiff)(c->r, st.m, tp));
+            c->s = csm_dd_mul(c->s, csm_dd_expdiff((double)c->r, (double)st.m, tp->tau));
             c->r = st.m;
         }
         csm_intp excl = -1;
         if (st.m > c->m) { /* a new max: it leaves the sum, the old one joins it */
             csm_intp kb = CSM_SFX(csm_row_find)(xb, mb_, bn, st.m);
-            if (c->m > -R_INF) c->s = csm_dd_add(c->s, CSM_SFX(csm_dd_expdiff)(c->m, c->r, tp));
+            if (c->m > -R_INF) c->s = csm_dd_add(c->s, csm_dd_expdiff((double)c->m, (double)c->r, tp->tau));
             c->m = st.m;
             c->k = off + b0 + kb;
             excl = kb;
@@ -616,7 +626,7 @@ static void CSM_SFX(csm_chunk_add)(CSM_SFX(csm_chunk) *c, const REAL *x, const u
 static void CSM_SFX(csm_chunk_settle)(CSM_SFX(csm_chunk) *c, const csm_temp *tp)
 {
     if (c->m > -R_INF && c->m < R_INF && c->r != c->m)
-        c->s = csm_dd_mul(c->s, CSM_SFX(csm_dd_expdiff)(c->r, c->m, tp));
+        c->s = csm_dd_mul(c->s, csm_dd_expdiff((double)c->r, (double)c->m, tp->tau));
     c->r = c->m;
 }
 
@@ -638,8 +648,10 @@ static void CSM_SFX(csm_chunk_merge)(CSM_SFX(csm_chunk) *a, const CSM_SFX(csm_ch
         hi = *b;
         lo = *a;
     }
-    if (lo.m > -R_INF) /* the smaller max and its sum join the larger's sum */
-        hi.s = csm_dd_add(hi.s, csm_dd_mul(csm_dd_add_d(lo.s, 1.0), CSM_SFX(csm_dd_expdiff)(lo.m, hi.m, tp)));
+    if (lo.m > -R_INF) { /* the smaller max and its sum join the larger's sum */
+        const csm_dd f = csm_dd_expdiff((double)lo.m, (double)hi.m, tp->tau);
+        hi.s = csm_dd_add(hi.s, csm_dd_mul(csm_dd_add_d(lo.s, 1.0), f));
+    }
     if (nan) hi.s = csm_dd_make(NAN, 0.0);
     hi.any = a->any;
     *a = hi;

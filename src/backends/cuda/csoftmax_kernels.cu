@@ -9,10 +9,11 @@
  * Storage types T: csm_half (float16, computed in float), float, double. Every kernel
  * computes what the C core computes, with the same accuracy measures: x - max is taken
  * with its rounding error (two_sum) and the error is folded into exp's argument (our own
- * exp, the C core's polynomial); sums run in double (float16/32) or Kahan-compensated
- * double (float64); the max entry is left out of the sum S', so log_softmax's max entry
- * is -log1p(S'). Special rows (NaN, infinite max, fully masked, tau = +inf) get the
- * values of DESIGN.md section 3.
+ * exp, with the C core's constants: csm_expconst.h); sums run in double (float16/32) or
+ * Kahan-compensated double (float64); the max entry is left out of the sum S', so
+ * log_softmax's max entry is -log1p(S'); pieces of a row merge in double-double
+ * (csm_dd.h, the C core's). Special rows (NaN, infinite max, fully masked, tau = +inf)
+ * get the values of DESIGN.md section 3. The two headers come from src/backends/common.
  *
  * Kernels, by row length (the launcher in cuda.py chooses):
  *   csm_fwd_warp<T, E>      a warp per row, E entries per lane in registers (n <= 32 E)
@@ -30,6 +31,7 @@
  */
 #ifdef CSM_EMULATE
 /* the host emulator provides the CUDA vocabulary */
+#include "csm_half.h"
 #else
 #define CSM_DYNAMIC_SMEM(type, name) extern __shared__ type name[]
 #endif
@@ -41,6 +43,13 @@ struct csm_half {
 
 #define CSM_INF __longlong_as_double(0x7ff0000000000000LL)
 #define CSM_NAN __longlong_as_double(0x7ff8000000000000LL)
+
+/* the double-double arithmetic and the exp constants of the C core, as device code */
+#define CSM_DD_FN __device__ inline
+#define CSM_DD_INF CSM_INF
+#define CSM_DD_NAN CSM_NAN
+#include "csm_dd.h"
+#include "csm_expconst.h"
 
 /* ---- storage <-> compute types ---- */
 template <typename T> struct csm_traits;
@@ -59,7 +68,7 @@ template <> struct csm_traits<csm_half> {
     static __device__ __forceinline__ float load(const csm_half *p)
     {
 #ifdef CSM_EMULATE
-        return emu_half_to_float(p->bits);
+        return csm_half_to_float(p->bits);
 #else
         float f;
         asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p->bits));
@@ -69,7 +78,7 @@ template <> struct csm_traits<csm_half> {
     static __device__ __forceinline__ void store(csm_half *p, float v)
     {
 #ifdef CSM_EMULATE
-        p->bits = emu_float_to_half(v);
+        p->bits = csm_float_to_half(v);
 #else
         unsigned short h;
         asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
@@ -80,7 +89,6 @@ template <> struct csm_traits<csm_half> {
 
 /* ---- scalar helpers ---- */
 __device__ __forceinline__ bool csm_isnan(double v) { return v != v; }
-__device__ __forceinline__ bool csm_finite(double v) { return v - v == 0.0; }
 __device__ __forceinline__ float csm_fmax(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double csm_fmax(double a, double b) { return fmax(a, b); }
 
@@ -95,18 +103,17 @@ template <typename C> __device__ __forceinline__ void csm_two_diff(C a, C b, C &
 /* ---- the exp of the C core: exp(dh + dl), dh may be +-inf or NaN ---- */
 __device__ __forceinline__ float csm_exp2(float dh, float dl)
 {
-    const float poly[6] = {1.985812702e-04f, 1.393448645e-03f, 8.333361815e-03f,
-                           4.166645746e-02f, 1.666666652e-01f, 5.000000014e-01f};
-    float x = dh < -104.0f ? -104.0f : (dh > 89.0f ? 89.0f : dh);
+    const float poly[CSM_EXP_F32_NPOLY] = {CSM_EXP_F32_POLY};
+    float x = dh < CSM_EXP_F32_LO ? CSM_EXP_F32_LO : (dh > CSM_EXP_F32_HI ? CSM_EXP_F32_HI : dh);
     if (x != dh) dl = 0.0f;
     if (dh != dh) return dh;
-    float t = fmaf(x, 1.44269504088896341f, 12582912.0f);
-    float kf = t - 12582912.0f;
-    float r = fmaf(kf, -0.693359375f, x) + fmaf(kf, 2.12194440e-4f, dl);
+    float t = fmaf(x, CSM_EXP_F32_LOG2E, CSM_EXP_F32_MAGIC);
+    float kf = t - CSM_EXP_F32_MAGIC;
+    float r = fmaf(kf, -CSM_EXP_F32_LN2_HI, x) + fmaf(kf, -CSM_EXP_F32_LN2_LO, dl);
     float p = poly[0];
-    for (int i = 1; i < 6; i++) p = fmaf(p, r, poly[i]);
+    for (int i = 1; i < CSM_EXP_F32_NPOLY; i++) p = fmaf(p, r, poly[i]);
     float e = 1.0f + fmaf(p, r * r, r);
-    int k = __float_as_int(t) - __float_as_int(12582912.0f);
+    int k = __float_as_int(t) - __float_as_int(CSM_EXP_F32_MAGIC);
     if (k >= -126 && k <= 127) return e * __int_as_float((k + 127) << 23);
     int k1 = k >> 1, k2 = k - k1;
     return (e * __int_as_float((k1 + 127) << 23)) * __int_as_float((k2 + 127) << 23);
@@ -114,20 +121,17 @@ __device__ __forceinline__ float csm_exp2(float dh, float dl)
 
 __device__ __forceinline__ double csm_exp2(double dh, double dl)
 {
-    const double poly[11] = {2.08896257227519033e-09, 2.51062284624525233e-08, 2.75573508357601103e-07,
-                             2.75572529573065877e-06, 2.48015872423518955e-05, 1.98412698767540735e-04,
-                             1.38888888889203356e-03, 8.33333333332558074e-03, 4.16666666666666158e-02,
-                             1.66666666666666713e-01, 5.00000000000000000e-01};
-    double x = dh < -746.0 ? -746.0 : (dh > 710.0 ? 710.0 : dh);
+    const double poly[CSM_EXP_F64_NPOLY] = {CSM_EXP_F64_POLY};
+    double x = dh < CSM_EXP_F64_LO ? CSM_EXP_F64_LO : (dh > CSM_EXP_F64_HI ? CSM_EXP_F64_HI : dh);
     if (x != dh) dl = 0.0;
     if (dh != dh) return dh;
-    double t = fma(x, 1.4426950408889634074, 6755399441055744.0);
-    double kf = t - 6755399441055744.0;
-    double r = fma(kf, -6.93147180369123816490e-01, x) + fma(kf, -1.90821492927058770002e-10, dl);
+    double t = fma(x, CSM_EXP_F64_LOG2E, CSM_EXP_F64_MAGIC);
+    double kf = t - CSM_EXP_F64_MAGIC;
+    double r = fma(kf, -CSM_EXP_F64_LN2_HI, x) + fma(kf, -CSM_EXP_F64_LN2_LO, dl);
     double p = poly[0];
-    for (int i = 1; i < 11; i++) p = fma(p, r, poly[i]);
+    for (int i = 1; i < CSM_EXP_F64_NPOLY; i++) p = fma(p, r, poly[i]);
     double e = 1.0 + fma(p, r * r, r);
-    i64 k = __double_as_longlong(t) - __double_as_longlong(6755399441055744.0);
+    i64 k = __double_as_longlong(t) - __double_as_longlong(CSM_EXP_F64_MAGIC);
     if (k >= -1022 && k <= 1023) return e * __longlong_as_double((k + 1023) << 52);
     i64 k1 = k >> 1, k2 = k - k1;
     return (e * __longlong_as_double((k1 + 1023) << 52)) * __longlong_as_double((k2 + 1023) << 52);
@@ -181,82 +185,13 @@ template <typename C> __device__ __forceinline__ C csm_logp(C x, C m, C lse, dou
     return d - lse;
 }
 
-/* ---- double-double, for sums of double rows and for merging pieces of a row ---- */
-struct csm_dd {
-    double hi, lo;
-};
-__device__ __forceinline__ csm_dd csm_dd_make(double hi, double lo)
-{
-    csm_dd r;
-    r.hi = hi;
-    r.lo = lo;
-    return r;
-}
-__device__ __forceinline__ csm_dd csm_dd_add(csm_dd a, csm_dd b)
-{
-    double s = a.hi + b.hi, bb = s - a.hi;
-    if (!csm_finite(s)) return csm_dd_make(s, 0.0); /* an infinite loss stays inf, not NaN */
-    double e = (a.hi - (s - bb)) + (b.hi - bb) + a.lo + b.lo;
-    double h = s + e;
-    return csm_dd_make(h, e - (h - s));
-}
-__device__ __forceinline__ csm_dd csm_dd_mul(csm_dd a, csm_dd b)
-{
-    double p = a.hi * b.hi;
-    double e = fma(a.hi, b.hi, -p) + a.hi * b.lo + a.lo * b.hi;
-    double h = p + e;
-    return csm_dd_make(h, e - (h - p));
-}
-__device__ __forceinline__ csm_dd csm_dd_div_d(csm_dd a, double b)
-{
-    double q = a.hi / b;
-    if (!csm_finite(q)) return csm_dd_make(q, 0.0);
-    double r = (fma(-q, b, a.hi) + a.lo) / b;
-    double h = q + r;
-    return csm_dd_make(h, r - (h - q));
-}
-/* exp(a) to ~1e-30 relative (the C core's csm_dd_exp) */
-__device__ csm_dd csm_dd_exp(csm_dd a)
-{
-    if (csm_isnan(a.hi)) return csm_dd_make(a.hi, 0.0);
-    if (a.hi < -746.0) return csm_dd_make(0.0, 0.0);
-    if (a.hi > 710.0) return csm_dd_make(CSM_INF, 0.0);
-    const double l1 = 0.6931471803691238, l2 = 1.9082149288430703e-10, l3 = 4.275175589747649e-20;
-    double k = rint(a.hi * 1.4426950408889634074);
-    csm_dd r = csm_dd_add(csm_dd_make(a.hi, 0.0), csm_dd_make(-k * l1, 0.0));
-    r = csm_dd_add(r, csm_dd_make(-k * l2, 0.0));
-    r = csm_dd_add(r, csm_dd_make(a.lo - k * l3, 0.0));
-    r.hi = ldexp(r.hi, -8);
-    r.lo = ldexp(r.lo, -8);
-    csm_dd term = csm_dd_make(1.0, 0.0), sum = csm_dd_make(1.0, 0.0);
-    for (int i = 1; i <= 10; i++) {
-        term = csm_dd_div_d(csm_dd_mul(term, r), (double)i);
-        sum = csm_dd_add(sum, term);
-    }
-    for (int i = 0; i < 8; i++) sum = csm_dd_mul(sum, sum);
-    int ki = (int)k, k1 = ki / 2, k2 = ki - k1;
-    sum.hi = ldexp(ldexp(sum.hi, k1), k2);
-    sum.lo = ldexp(ldexp(sum.lo, k1), k2);
-    return sum;
-}
-/* exp((a - b) / tau) in double-double, a <= b */
-__device__ csm_dd csm_dd_expdiff(double a, double b, double tau)
-{
-    double s = a - b;
-    if (!csm_finite(s)) return csm_dd_make(0.0, 0.0);
-    double bb = s - a, e = (a - (s - bb)) - (b + bb);
-    csm_dd d = csm_dd_make(s, e);
-    if (tau != 1.0) d = csm_dd_div_d(d, tau);
-    return csm_dd_exp(d);
-}
-
 /* ---- the per-thread sum: double for float rows; Kahan-compensated for double rows ---- */
 struct csm_sum {
     double s, c; /* value s - c */
     __device__ __forceinline__ void add(double v)
     {
         double y = v - c, t = s + y;
-        c = (t - s) - y;
+        c = csm_finite(t) ? (t - s) - y : 0.0; /* past an inf, plain addition: +-inf, or NaN */
         s = t;
     }
 };
@@ -372,16 +307,6 @@ __device__ __forceinline__ csm_special csm_special_values(int kind, int any, int
     return s;
 }
 
-/* the final factors of a normal row from S' (a double-double, >= 0) */
-__device__ __forceinline__ double csm_inv_1p(csm_dd s)
-{
-    double h = 1.0 + s.hi, bb = h - 1.0;
-    double e = ((1.0 - (h - bb)) + (s.hi - bb)) + s.lo; /* 1 + S' = h + e */
-    double q = 1.0 / h;
-    return q - q * (e * q);
-}
-__device__ __forceinline__ double csm_log1p_dd(csm_dd s) { return log1p(s.hi) + s.lo / (1.0 + s.hi); }
-
 /* ---- forward: a warp per row, E entries per lane ---- */
 template <typename T, int E>
 __global__ void csm_fwd_warp(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, i64 o_es, const unsigned char *mask,
@@ -453,12 +378,12 @@ __global__ void csm_fwd_warp(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, i
         }
         return;
     }
-    const double L = csm_log1p_dd(s);
+    const double L = csm_dd_log1p(s);
     if (kind == 2) {
         if (lane == 0) csm_traits<T>::store(lse_out + row * l_rs, (C)((double)m + L));
         return;
     }
-    const C c = kind == 0 ? (C)csm_inv_1p(s) : (C)L;
+    const C c = kind == 0 ? (C)csm_dd_inv_1p(s) : (C)L;
 #pragma unroll
     for (int e = 0; e < E; e++) {
         const i64 j = lane + 32 * e;
@@ -535,12 +460,12 @@ __global__ void csm_fwd_block(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, 
         }
         return;
     }
-    const double L = csm_log1p_dd(s);
+    const double L = csm_dd_log1p(s);
     if (kind == 2) {
         if (threadIdx.x == 0) csm_traits<T>::store(lse_out + row * l_rs, (C)((double)m + L));
         return;
     }
-    const C c = kind == 0 ? (C)csm_inv_1p(s) : (C)L;
+    const C c = kind == 0 ? (C)csm_dd_inv_1p(s) : (C)L;
     for (i64 j = threadIdx.x; j < n; j += blockDim.x) { /* pass 3 */
         C v = CSM_GET(j);
         C r = kind == 0 ? csm_expdiff(v, m, tau, inv_tau) * c : csm_logp(v, m, c, inv_tau, tau != 1.0);
@@ -689,12 +614,12 @@ __global__ void csm_fwd_split_finish(const T *x, i64 x_rs, i64 x_es, T *out, i64
         }
         return;
     }
-    const double L = csm_log1p_dd(s);
+    const double L = csm_dd_log1p(s);
     if (kind == 2) {
         if (c == 0 && threadIdx.x == 0) csm_traits<T>::store(lse_out + row * l_rs, (C)((double)m + L));
         return;
     }
-    const C f = kind == 0 ? (C)csm_inv_1p(s) : (C)L;
+    const C f = kind == 0 ? (C)csm_dd_inv_1p(s) : (C)L;
     for (i64 j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
         const bool on = !mr || mr[j * m_es];
         C v = on ? csm_traits<T>::load(xr + j * x_es) : -(C)CSM_INF;
@@ -779,12 +704,12 @@ __global__ void csm_fwd_cols(const T *x, i64 x_gs, i64 x_rs, T *out, i64 o_gs, i
         }
         return;
     }
-    const double L = csm_log1p_dd(sp_);
+    const double L = csm_dd_log1p(sp_);
     if (kind == 2) {
         csm_traits<T>::store(lse_out + g * l_gs + col * l_cs, (C)((double)m + L));
         return;
     }
-    const C f = kind == 0 ? (C)csm_inv_1p(sp_) : (C)L;
+    const C f = kind == 0 ? (C)csm_dd_inv_1p(sp_) : (C)L;
     for (i64 i = 0; i < n; i++) {
         const bool on = !mc || mc[i * m_rs];
         C v = on ? csm_traits<T>::load(xc + i * x_rs) : -(C)CSM_INF;
@@ -926,8 +851,8 @@ __global__ void csm_xent_block(const T *x, i64 x_rs, i64 x_es, const T *q, i64 q
         }
         csm_dd s = csm_block_sum(csm_dd_make(acc.s, -acc.c), &red);
         normal = !csm_isnan(s.hi);
-        L = csm_log1p_dd(s);
-        cinv = csm_inv_1p(s);
+        L = csm_dd_log1p(s);
+        cinv = csm_dd_inv_1p(s);
     }
     /* -log p_j: normal rows L + (m - x_j) / tau; special rows from the semantics table */
     double uniform_lp = 0.0;

@@ -46,14 +46,22 @@ def kernel_names(dtype_name: str) -> list[str]:
     return names
 
 
-def kernel_source() -> str:
-    """The CUDA source: inside the installed package, or in the source tree."""
+def kernel_dirs() -> list:
+    """Directories holding the CUDA source and the headers it includes: the package's
+    _cuda_kernels (an installation), or the source tree's cuda and common folders."""
     here = Path(__file__).resolve().parent.parent
-    for path in (here / "_cuda_kernels" / "csoftmax_kernels.cu",
-                 here.parent / "backends" / "cuda" / "csoftmax_kernels.cu"):
-        if path.exists():
-            return path.read_text()
+    installed = here / "_cuda_kernels"
+    if (installed / "csoftmax_kernels.cu").exists():
+        return [installed]
+    tree = here.parent / "backends"
+    if (tree / "cuda" / "csoftmax_kernels.cu").exists():
+        return [tree / "cuda", tree / "common"]
     raise FileNotFoundError("csoftmax's CUDA kernel source (csoftmax_kernels.cu) is missing from the installation")
+
+
+def kernel_source() -> str:
+    """The CUDA source (its includes resolve in kernel_dirs())."""
+    return (kernel_dirs()[0] / "csoftmax_kernels.cu").read_text()
 
 
 # ---- the device: CuPy ---------------------------------------------------------------------
@@ -72,7 +80,8 @@ class _CupyDevice:
         mod = self._modules.get(dtype_name)
         if mod is None:
             names = kernel_names(dtype_name) + ["csm_fwd_split_merge"]
-            mod = self.xp.RawModule(code=kernel_source(), options=("-std=c++17",), name_expressions=names)
+            options = ("-std=c++17",) + tuple(f"-I{d}" for d in kernel_dirs())
+            mod = self.xp.RawModule(code=kernel_source(), options=options, name_expressions=names)
             self._modules[dtype_name] = mod
         return mod
 

@@ -1,28 +1,38 @@
 /*
- * csm_dd.h - scalar double-double arithmetic for the per-row bookkeeping.
+ * csm_dd.h - scalar double-double arithmetic for the per-row bookkeeping, shared by the C
+ * core and the CUDA kernels (which define CSM_DD_FN as a device qualifier, and
+ * CSM_DD_INF / CSM_DD_NAN, before including it). Plain C, valid C++ and CUDA.
  *
  * A row's sum S' = sum_{j != argmax} exp(x_j - max) is carried as an unevaluated pair
- * hi + lo. Chunks of one row (threads, blocks of a long row) are merged with
+ * hi + lo. Pieces of one row (threads, blocks, chunks) are merged with
  * S' = S1' + (1 + S2') * exp(m2 - m1), and the factor is computed here to ~1e-30, so a
  * row's accuracy does not depend on how it was split. None of this runs per element.
  */
 #ifndef CSM_DD_H
 #define CSM_DD_H
 
+#ifndef CSM_DD_FN
 #include <math.h>
+#define CSM_DD_FN static inline
+#define CSM_DD_INF ((double)INFINITY)
+#define CSM_DD_NAN ((double)NAN)
+#endif
+
+/* finite: neither inf nor NaN */
+CSM_DD_FN int csm_finite(double v) { return v - v == 0.0; }
 
 typedef struct {
     double hi, lo;
 } csm_dd;
 
-static inline csm_dd csm_dd_make(double hi, double lo)
+CSM_DD_FN csm_dd csm_dd_make(double hi, double lo)
 {
     csm_dd r = {hi, lo};
     return r;
 }
 
 /* s + e == a + b exactly */
-static inline csm_dd csm_two_sum(double a, double b)
+CSM_DD_FN csm_dd csm_two_sum(double a, double b)
 {
     double s = a + b;
     double bb = s - a;
@@ -31,22 +41,23 @@ static inline csm_dd csm_two_sum(double a, double b)
 }
 
 /* requires |a| >= |b| (or a == 0) */
-static inline csm_dd csm_fast_two_sum(double a, double b)
+CSM_DD_FN csm_dd csm_fast_two_sum(double a, double b)
 {
     double s = a + b;
     return csm_dd_make(s, b - (s - a));
 }
 
 /* p + e == a * b exactly (barring underflow) */
-static inline csm_dd csm_two_prod(double a, double b)
+CSM_DD_FN csm_dd csm_two_prod(double a, double b)
 {
     double p = a * b;
     return csm_dd_make(p, fma(a, b, -p));
 }
 
-static inline csm_dd csm_dd_add(csm_dd a, csm_dd b)
+CSM_DD_FN csm_dd csm_dd_add(csm_dd a, csm_dd b)
 {
     csm_dd s = csm_two_sum(a.hi, b.hi);
+    if (!csm_finite(s.hi)) return csm_dd_make(s.hi, 0.0); /* an infinite sum stays infinite, not NaN */
     csm_dd t = csm_two_sum(a.lo, b.lo);
     s.lo += t.hi;
     s = csm_fast_two_sum(s.hi, s.lo);
@@ -54,21 +65,22 @@ static inline csm_dd csm_dd_add(csm_dd a, csm_dd b)
     return csm_fast_two_sum(s.hi, s.lo);
 }
 
-static inline csm_dd csm_dd_add_d(csm_dd a, double b)
+CSM_DD_FN csm_dd csm_dd_add_d(csm_dd a, double b)
 {
     csm_dd s = csm_two_sum(a.hi, b);
+    if (!csm_finite(s.hi)) return csm_dd_make(s.hi, 0.0);
     s.lo += a.lo;
     return csm_fast_two_sum(s.hi, s.lo);
 }
 
-static inline csm_dd csm_dd_mul(csm_dd a, csm_dd b)
+CSM_DD_FN csm_dd csm_dd_mul(csm_dd a, csm_dd b)
 {
     csm_dd p = csm_two_prod(a.hi, b.hi);
     p.lo += a.hi * b.lo + a.lo * b.hi;
     return csm_fast_two_sum(p.hi, p.lo);
 }
 
-static inline csm_dd csm_dd_mul_d(csm_dd a, double b)
+CSM_DD_FN csm_dd csm_dd_mul_d(csm_dd a, double b)
 {
     csm_dd p = csm_two_prod(a.hi, b);
     p.lo += a.lo * b;
@@ -76,26 +88,26 @@ static inline csm_dd csm_dd_mul_d(csm_dd a, double b)
 }
 
 /* a / b for b > 0 finite */
-static inline csm_dd csm_dd_div_d(csm_dd a, double b)
+CSM_DD_FN csm_dd csm_dd_div_d(csm_dd a, double b)
 {
     double q = a.hi / b;
-    if (!isfinite(q)) return csm_dd_make(q, 0.0); /* overflow (or inf/NaN in): no low part */
+    if (!csm_finite(q)) return csm_dd_make(q, 0.0); /* overflow (or inf/NaN in): no low part */
     double r = fma(-q, b, a.hi) + a.lo; /* exact remainder of the leading quotient, plus a.lo */
     return csm_fast_two_sum(q, r / b);
 }
 
 /* exp(a) to about 1e-30 relative; the caller's arguments are <= ~0 and finite, but
    -inf, NaN, underflow and overflow are handled. */
-static inline csm_dd csm_dd_exp(csm_dd a)
+CSM_DD_FN csm_dd csm_dd_exp(csm_dd a)
 {
     if (a.hi != a.hi) return csm_dd_make(a.hi, 0.0);
     if (a.hi < -746.0) return csm_dd_make(0.0, 0.0);
-    if (a.hi > 710.0) return csm_dd_make(INFINITY, 0.0);
+    if (a.hi > 710.0) return csm_dd_make(CSM_DD_INF, 0.0);
     /* ln 2 in three parts; the first two have 32 significant bits, so k * part is exact */
     const double ln2_1 = 0x1.62e42fee00000p-1;   /* ln 2 truncated to 32 bits */
     const double ln2_2 = 0x1.a39ef35600000p-33;  /* the next 32 bits */
     const double ln2_3 = 4.275175589747649e-20;  /* the rest, rounded */
-    double k = nearbyint(a.hi * 1.4426950408889634074);
+    double k = rint(a.hi * 1.4426950408889634074);
     csm_dd r = csm_two_sum(a.hi, -k * ln2_1);
     r = csm_dd_add_d(r, -k * ln2_2);
     r = csm_dd_add_d(r, a.lo - k * ln2_3);
@@ -116,14 +128,23 @@ static inline csm_dd csm_dd_exp(csm_dd a)
     return sum;
 }
 
+/* exp((a - b) / tau) in double-double, for a <= b; tau > 0 finite */
+CSM_DD_FN csm_dd csm_dd_expdiff(double a, double b, double tau)
+{
+    csm_dd d = csm_two_sum(a, -b);
+    if (!csm_finite(d.hi)) return csm_dd_make(0.0, 0.0); /* a - b overflowed: far below */
+    if (tau != 1.0) d = csm_dd_div_d(d, tau);
+    return csm_dd_exp(d);
+}
+
 /* log1p(a) for a >= 0 */
-static inline double csm_dd_log1p(csm_dd a)
+CSM_DD_FN double csm_dd_log1p(csm_dd a)
 {
     return log1p(a.hi) + a.lo / (1.0 + a.hi);
 }
 
 /* 1 / (1 + a) for a >= 0 */
-static inline double csm_dd_inv_1p(csm_dd a)
+CSM_DD_FN double csm_dd_inv_1p(csm_dd a)
 {
     csm_dd s = csm_dd_add_d(a, 1.0);
     double q = 1.0 / s.hi;
