@@ -5,8 +5,9 @@ same run (the physical limit of a memory-bound op).
 Every input has 2^27 elements (far larger than L2), split into rows of 32 .. 1M entries,
 plus (4, 16M) and a softmax along a non-last axis; float16 and float32; softmax,
 log_softmax, softmax_backward and cross-entropy with its gradient. Timings are CUDA
-events around single calls after warm-up, median of repeats, implementations alternating
-within each repeat. Bytes counted: every array read once and written once (forward: x
+events around 10 back-to-back calls (so host overhead overlaps the GPU's work, as in a
+training step) after warm-up, median of repeats, implementations alternating within each
+repeat; the (10,) per-call figure is host wall time, launch overhead included. Bytes counted: every array read once and written once (forward: x
 in, y out; backward: g and y in, dx out; cross-entropy: logits in, gradient out).
 
     python benchmarks/bench_gpu.py [--repeats 20] [--dtypes float16,float32] [--markdown out.md]
@@ -43,15 +44,20 @@ def _peers():
     return torch, cupyx_special
 
 
+INNER = 10  # calls between one pair of events: the GPU stays busy, host overhead hides
+
+
 def time_gpu(cupy, fn, repeats):
+    """Seconds per call: CUDA events around INNER back-to-back calls, `repeats` times."""
     start, end = cupy.cuda.Event(), cupy.cuda.Event()
     out = []
     for _ in range(repeats):
         start.record()
-        fn()
+        for _ in range(INNER):
+            fn()
         end.record()
         end.synchronize()
-        out.append(cupy.cuda.get_elapsed_time(start, end) * 1e-3)
+        out.append(cupy.cuda.get_elapsed_time(start, end) * 1e-3 / INNER)
     return out
 
 

@@ -54,6 +54,19 @@ def _register_emulated_cuda():
 _register_emulated_cuda()
 
 
+def _cupy_without_pool():
+    """Under compute-sanitizer (.ci/gpu): every CuPy allocation its own cudaMalloc, so an
+    access past an array's end is caught instead of landing in the pool's next block."""
+    if os.environ.get("CSOFTMAX_TEST_CUPY_NO_POOL") == "1":
+        import cupy
+
+        cupy.cuda.set_allocator(None)
+        cupy.cuda.set_pinned_memory_allocator(None)
+
+
+_cupy_without_pool()
+
+
 def _backend_params():
     params = []
     for name in helpers.available_backends():

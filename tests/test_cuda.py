@@ -19,7 +19,7 @@ import pytest
 import csoftmax
 from csoftmax import _registry
 from csoftmax._backends import cuda
-from helpers import assert_matches, oracle
+from helpers import assert_matches, forward_atol, oracle
 
 HAVE_GPU = _registry.is_available("cuda")
 needs_gpu = pytest.mark.skipif(
@@ -56,17 +56,19 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
 
 def test_kernel_source_ships_with_the_package():
     src = cuda.kernel_source()
-    for name in ("csm_fwd_warp", "csm_fwd_block", "csm_fwd_split_stats", "csm_fwd_cols", "csm_bwd_warp",
+    for name in ("csm_fwd_rows", "csm_fwd_block", "csm_fwd_split_stats", "csm_fwd_cols", "csm_bwd_warp",
                  "csm_xent_block", "csm_jacobian"):
         assert f"void {name}" in src
 
 
 # ---- the planning reaches every kernel (emulator) ----------------------------------------------------
 CASES = [
-    ("softmax", (6, 40), -1, "csm_fwd_warp<double, 2>"),
-    ("log_softmax", (3, 1300), -1, "csm_fwd_block<double, 0>"),
-    ("softmax", (3, 300), -1, "csm_fwd_warp<double, 16>"),
-    ("logsumexp", (9, 1500), -1, "csm_fwd_block<double, 0>"),
+    ("softmax", (6, 40), -1, "csm_fwd_rows<double, 32, 1>"),
+    ("log_softmax", (9, 5), -1, "csm_fwd_rows<double, 4, 1>"),
+    ("softmax", (5, 7), -1, "csm_fwd_rows<double, 4, 1>"),
+    ("log_softmax", (3, 1300), -1, "csm_fwd_block<double>"),
+    ("softmax", (3, 300), -1, "csm_fwd_rows<double, 32, 8>"),
+    ("logsumexp", (9, 1500), -1, "csm_fwd_block<double>"),
     ("softmax", (1, 5000), -1, "csm_fwd_split_finish<double>"),
     ("logsumexp", (2, 9000), -1, "csm_fwd_split_finish<double>"),
     ("softmax", (700, 50), 0, "csm_fwd_cols<double>"),
@@ -91,13 +93,14 @@ def test_planning_reaches_each_kernel(op, shape, axis, kernel):
     assert_matches(got, oracle(op, x, axis=axis), "float64", f"{op} {shape} via {kernel}")
 
 
-def test_block_kernel_with_and_without_the_row_in_shared_memory():
+def test_block_kernel_for_each_dtype():
+    """A block per row, the row cached in shared memory (float16 rows computed in float);
+    special rows among ordinary ones."""
     emulator = _emulated()
     mod = emulator.backend_module()
     rng = np.random.default_rng(1)
-    # the emulator caches rows up to 6 KiB: 1100 float16/float32 rows (computed in float) do fit
-    for dtype, kernel in (("float16", "csm_fwd_block<csm_half, 1>"), ("float32", "csm_fwd_block<float, 1>"),
-                          ("float64", "csm_fwd_block<double, 0>")):
+    for dtype, kernel in (("float16", "csm_fwd_block<csm_half>"), ("float32", "csm_fwd_block<float>"),
+                          ("float64", "csm_fwd_block<double>")):
         x = (rng.standard_normal((4, 1100)) * 3).astype(dtype)
         x[1, 5] = np.nan
         x[2, :] = -np.inf
@@ -105,6 +108,27 @@ def test_block_kernel_with_and_without_the_row_in_shared_memory():
             got = getattr(mod, op)(x, (1,), 0.5, None, None, x.dtype)
             assert kernel in mod.ops.dev.launches, mod.ops.dev.launches
             assert_matches(got, oracle(op, x, temperature=0.5), dtype, f"{op} {dtype} via {kernel}")
+
+
+def test_split_kernels_with_chunks_of_every_kind():
+    """Rows longer than the cache: chunks holding the max, chunks below it, a chunk of
+    only -inf, a tie of the max across chunks, and a partial last chunk."""
+    emulator = _emulated()
+    mod = emulator.backend_module()
+    rng = np.random.default_rng(5)
+    for dtype in ("float32", "float64"):
+        x = (rng.standard_normal((3, 5003)) * 4).astype(dtype)
+        x[0, 600:1100] = -np.inf
+        x[1, 10] = x[1, 4000] = 30.0  # the max twice, in different chunks
+        x[2, :] = rng.standard_normal(5003).astype(dtype) * 1e-3
+        for op in ("softmax", "log_softmax", "logsumexp"):
+            if op == "logsumexp":
+                got = mod.logsumexp(x, (1,), False, None, None, x.dtype)
+            else:
+                got = getattr(mod, op)(x, (1,), 1.0, None, None, x.dtype)
+            assert f"csm_fwd_split_finish<{cuda._CTYPE[dtype]}>" in mod.ops.dev.launches
+            assert_matches(got, oracle(op, x, axis=1), dtype, f"{op} {dtype} split",
+                           atol=forward_atol(op, x, dtype))
 
 
 def test_backward_and_xent_and_jacobian_kernels():
@@ -152,15 +176,20 @@ def test_gpu_labels_out_of_range():
 @needs_gpu
 @pytest.mark.slow
 def test_gpu_64_bit_indexing():
-    """More than 2^31 elements: offsets must not wrap."""
+    """More than 2^31 elements in one row: offsets must not wrap. One entry 5 above the
+    rest, so every output has a closed form."""
     import cupy
 
     n = 2**31 + 64
     try:
-        x = cupy.zeros((1, n), dtype=cupy.float16)
+        x = cupy.zeros((1, n), dtype=cupy.float32)
+        x[0, -1] = 5.0
+        y = csoftmax.softmax(x)
     except cupy.cuda.memory.OutOfMemoryError:
-        pytest.skip("not enough GPU memory for 2^31 float16 entries")
-    x[0, -1] = 5.0
-    y = csoftmax.softmax(x)
-    assert float(y[0, -1]) > float(y[0, 0])
-    assert abs(float(cupy.sum(y.astype(cupy.float32))) - 1.0) < 1e-2
+        pytest.skip("not enough GPU memory for two arrays of 2^31 float32 entries")
+    del x
+    denom = (n - 1) + np.exp(5.0)
+    got = cupy.asnumpy(y[0, [0, 2**31 - 1, 2**31, n - 2, n - 1]]).astype(np.float64)
+    want = np.array([1.0, 1.0, 1.0, 1.0, np.exp(5.0)]) / denom
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert abs(float(cupy.sum(y, dtype=cupy.float64)) - 1.0) < 1e-4

@@ -20,6 +20,7 @@ from helpers import (
     SHAPES,
     VALUE_KINDS,
     assert_matches,
+    forward_atol,
     axes_for,
     nasty_arrays,
     oracle,
@@ -50,7 +51,7 @@ def _oracle(key, op, *arrays, **kw):
 
 def _call(backend, op, *arrays, **kw):
     args = [to_backend(backend, a) if isinstance(a, np.ndarray) else a for a in arrays]
-    for k in ("where", "out"):
+    for k in ("where", "out", "weight"):
         if isinstance(kw.get(k), np.ndarray):
             kw[k] = to_backend(backend, kw[k])
     res = getattr(csoftmax, op)(*args, backend=backend, **kw)
@@ -73,7 +74,7 @@ def test_forward_values(backend, op, dtype):
         for axis in axes_for(x.ndim):
             want = _oracle(("v", op, dtype, label, axis), op, x, axis=axis)
             got = _call(backend, op, x, axis=axis)
-            assert_matches(got, want, rdt, f"{op} {dtype} {label} axis={axis}")
+            assert_matches(got, want, rdt, f"{op} {dtype} {label} axis={axis}", atol=forward_atol(op, x, rdt))
 
 
 # ---- forward ops: memory layouts --------------------------------------------------------------
@@ -93,7 +94,8 @@ def test_forward_layouts(backend, op, dtype, layout):
             for axis in axes_for(x.ndim):
                 want = oracle(op, x, axis=axis)
                 got = _call(backend, op, xl, axis=axis)
-                assert_matches(got, want, rdt, f"{op} {dtype} {layout} {shape}/{kind} axis={axis}")
+                assert_matches(got, want, rdt, f"{op} {dtype} {layout} {shape}/{kind} axis={axis}",
+                               atol=forward_atol(op, x, rdt))
 
 
 # ---- forward ops: where masks -----------------------------------------------------------------
@@ -133,7 +135,8 @@ def test_forward_where(backend, op, dtype):
                         xl = with_layout(x, layout)
                         want = oracle(op, x, axis=axis, where=mask)
                         got = _call(backend, op, xl, axis=axis, where=mask)
-                        assert_matches(got, want, rdt, f"{op} {dtype} {shape}/{kind} axis={axis} where={mlabel} {layout}")
+                        assert_matches(got, want, rdt, f"{op} {dtype} {shape}/{kind} axis={axis} where={mlabel} {layout}",
+                                       atol=forward_atol(op, x, rdt))
 
 
 # ---- forward ops: temperature --------------------------------------------------------------------
@@ -177,7 +180,8 @@ def test_forward_out(backend, op, dtype):
                                                     backend=backend)
                         assert res is out
                         w = oracle(op, x, axis=axis, keepdims=keepdims)
-                        assert_matches(to_numpy(backend, out), w, rdt, f"{op} out {shape} axis={axis} keepdims={keepdims}")
+                        assert_matches(to_numpy(backend, out), w, rdt, f"{op} out {shape} axis={axis} keepdims={keepdims}",
+                                       atol=forward_atol(op, x, rdt))
                 continue
             for olayout in ("C", "F", "strided", "negative"):
                 out_np = with_layout(np.full(shape, np.nan, dtype=rdt), olayout)

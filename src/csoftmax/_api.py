@@ -143,7 +143,10 @@ def _result_dtype(xp, in_dtype, dtype=None):
 def _check_temperature(t) -> float:
     if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Real):
         raise TypeError(f"temperature must be a real number, got {type(t).__name__}")
-    t = float(t)
+    try:
+        t = float(t)
+    except OverflowError:  # an int beyond float's range
+        raise ValueError(f"temperature {t} is beyond the float range (use float('inf'))") from None
     if not t > 0.0:  # also NaN
         raise ValueError(f"temperature must be > 0 (or +inf), got {t}")
     return t
@@ -251,12 +254,12 @@ def _fast_backend(op):
     return _registry._modules["c"]
 
 
-def _fast(op, x, axis, temperature):
-    """The call without options on a NumPy array, when dispatch would give it to `c`:
-    straight to the core, skipping the general checks (the core's fast entry declines
-    anything unusual by returning None)."""
+def _fast(op, x, axis, temperature, out=None):
+    """The call without options (but `out=`) on a NumPy array, when dispatch would give it
+    to `c`: straight to the core, skipping the general checks (the core's fast entry
+    declines anything unusual by returning None)."""
     mod = _fast_backend(op)
-    return None if mod is None else mod.fast_forward(_KIND[op], x, axis, temperature)
+    return None if mod is None else mod.fast_forward(_KIND[op], x, axis, temperature, out)
 
 
 def _forward(op, x, axis, temperature, where, dtype, out, backend):
@@ -284,8 +287,8 @@ def softmax(x, /, axis=-1, *, temperature=1.0, where=None, dtype=None, out=None,
     Special values: a NaN in a slice makes it all NaN; a +inf, or all entries -inf,
     makes it NaN (as scipy, torch and JAX); -inf entries among finite ones get 0.
     """
-    if type(x) is np.ndarray and where is None and dtype is None and out is None and backend is None:
-        r = _fast("softmax", x, axis, temperature)
+    if type(x) is np.ndarray and where is None and dtype is None and backend is None:
+        r = _fast("softmax", x, axis, temperature, out)
         if r is not None:
             return r
     return _forward("softmax", x, axis, temperature, where, dtype, out, backend)
@@ -296,8 +299,8 @@ def log_softmax(x, /, axis=-1, *, temperature=1.0, where=None, dtype=None, out=N
     sums exp((x_j - max)/tau) over all entries but the max: finite for finite input and
     exact at the max entry (-log1p(S'), not 0). Arguments as softmax; masked entries and
     fully masked slices get -inf."""
-    if type(x) is np.ndarray and where is None and dtype is None and out is None and backend is None:
-        r = _fast("log_softmax", x, axis, temperature)
+    if type(x) is np.ndarray and where is None and dtype is None and backend is None:
+        r = _fast("log_softmax", x, axis, temperature, out)
         if r is not None:
             return r
     return _forward("log_softmax", x, axis, temperature, where, dtype, out, backend)
@@ -328,10 +331,10 @@ _BWD_KIND = {"softmax_backward": 3, "log_softmax_backward": 4}  # csm_kind
 
 
 def _backward(op, grad_output, output, axis, temperature, where, out, backend):
-    if type(grad_output) is np.ndarray and type(output) is np.ndarray and where is None and out is None and backend is None:
+    if type(grad_output) is np.ndarray and type(output) is np.ndarray and where is None and backend is None:
         mod = _fast_backend(op)
         if mod is not None:
-            r = mod.fast_backward(_BWD_KIND[op], grad_output, output, axis, temperature)
+            r = mod.fast_backward(_BWD_KIND[op], grad_output, output, axis, temperature, out)
             if r is not None:
                 return r
     g = _as_array(grad_output, "grad_output")

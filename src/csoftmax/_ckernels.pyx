@@ -167,9 +167,13 @@ cdef extern from "numpy/arrayobject.h":
 
 
 cdef inline int _fast_tau(object temperature, double *tau):
-    if type(temperature) is float or type(temperature) is int:
+    """A float > 0, or an int in 1 .. 2**53 (exact as a double); else 0."""
+    if type(temperature) is float:
         tau[0] = temperature
         return tau[0] > 0.0
+    if type(temperature) is int and 0 < temperature <= 9007199254740992:
+        tau[0] = temperature
+        return 1
     return 0
 
 
@@ -220,6 +224,68 @@ cdef inline void _fast_task(csm_task *t, int kind, cnp.ndarray x, uint64_t reduc
     _put(t, CSM_X, x, 0)
 
 
+cdef inline int _fast_same_layout(cnp.ndarray a, cnp.ndarray b):
+    """a and b are the same elements in the same order: data pointer, dtype, byte order,
+    shape and strides all equal."""
+    cdef int d, nd = cnp.PyArray_NDIM(a)
+    if cnp.PyArray_DATA(a) != cnp.PyArray_DATA(b) or nd != cnp.PyArray_NDIM(b):
+        return 0
+    if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(b) or cnp.PyArray_ISBYTESWAPPED(a) != cnp.PyArray_ISBYTESWAPPED(b):
+        return 0
+    for d in range(nd):
+        if cnp.PyArray_DIMS(a)[d] != cnp.PyArray_DIMS(b)[d] or cnp.PyArray_STRIDES(a)[d] != cnp.PyArray_STRIDES(b)[d]:
+            return 0
+    return 1
+
+
+cdef inline void _extent(cnp.ndarray a, char **lo, char **hi):
+    """The bytes [lo, hi) that a's elements lie in (lo == hi when a is empty)."""
+    cdef int d
+    cdef cnp.npy_intp span
+    lo[0] = hi[0] = <char *>cnp.PyArray_DATA(a)
+    for d in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_DIMS(a)[d] == 0:
+            return
+        span = cnp.PyArray_STRIDES(a)[d] * (cnp.PyArray_DIMS(a)[d] - 1)
+        if span < 0:
+            lo[0] += span
+        else:
+            hi[0] += span
+    hi[0] += cnp.PyArray_ITEMSIZE(a)
+
+
+cdef inline int _fast_out_beside(cnp.ndarray out, cnp.ndarray a):
+    """out may be written while a is read: it is a itself, or their bytes are apart."""
+    cdef char *olo
+    cdef char *ohi
+    cdef char *alo
+    cdef char *ahi
+    if _fast_same_layout(out, a):
+        return 1
+    _extent(out, &olo, &ohi)
+    _extent(a, &alo, &ahi)
+    return olo == ohi or alo == ahi or ohi <= alo or ahi <= olo
+
+
+cdef inline int _fast_out(object out, cnp.ndarray like, cnp.ndarray other):
+    """An `out=` the core can write directly: an aligned, native, writable ndarray of
+    like's dtype and shape that is each input (like, other) or lies apart from it; else 0
+    (the general path then checks it, computes aside or raises)."""
+    cdef int d
+    cdef cnp.ndarray o
+    if type(out) is not cnp.ndarray:
+        return 0
+    o = <cnp.ndarray>out
+    if not _fast_array(o) or not cnp.PyArray_ISWRITEABLE(o) or cnp.PyArray_TYPE(o) != cnp.PyArray_TYPE(like):
+        return 0
+    if cnp.PyArray_NDIM(o) != cnp.PyArray_NDIM(like):
+        return 0
+    for d in range(cnp.PyArray_NDIM(o)):
+        if cnp.PyArray_DIMS(o)[d] != cnp.PyArray_DIMS(like)[d]:
+            return 0
+    return _fast_out_beside(o, like) and (other is None or _fast_out_beside(o, other))
+
+
 cdef inline object _fast_run(csm_task *t, object out):
     cdef int status
     with nogil:
@@ -229,11 +295,11 @@ cdef inline object _fast_run(csm_task *t, object out):
     return out
 
 
-def fast_forward(int kind, cnp.ndarray x, object axis, object temperature):
-    """The common call without options -- an aligned, native float32/float64 array, an
-    int axis (or None for logsumexp), a plain number temperature -- straight to the core.
-    Returns None whenever anything else is asked, and the general path takes over (and
-    raises the errors)."""
+def fast_forward(int kind, cnp.ndarray x, object axis, object temperature, object out_arg=None):
+    """The common call -- an aligned, native float32/float64 array, an int axis (or None
+    for logsumexp), a plain number temperature, no `out=` or one the core can write
+    directly (softmax, log_softmax) -- straight to the core. Returns None whenever anything
+    else is asked, and the general path takes over (and raises the errors)."""
     cdef double tau
     cdef uint64_t reduce = 0
     cdef csm_task t
@@ -244,6 +310,8 @@ def fast_forward(int kind, cnp.ndarray x, object axis, object temperature):
         return None
     nd = cnp.PyArray_NDIM(x)
     if not _fast_axis(axis, nd, kind, &reduce):
+        return None
+    if out_arg is not None and (kind == CSM_LOGSUMEXP or not _fast_out(out_arg, x, None)):
         return None
     _fast_task(&t, kind, x, reduce, tau)
     if kind == CSM_LOGSUMEXP:
@@ -261,14 +329,15 @@ def fast_forward(int kind, cnp.ndarray x, object axis, object temperature):
                 t.strides[CSM_ROW][d] = cnp.PyArray_STRIDES(out)[rnd]
                 rnd += 1
     else:
-        out = PyArray_NewLikeArray(x, cnp.NPY_KEEPORDER, NULL, 0)
+        out = PyArray_NewLikeArray(x, cnp.NPY_KEEPORDER, NULL, 0) if out_arg is None else out_arg
         _put(&t, CSM_OUT, out, 0)
     return _fast_run(&t, out)
 
 
-def fast_backward(int kind, cnp.ndarray g, cnp.ndarray y, object axis, object temperature):
+def fast_backward(int kind, cnp.ndarray g, cnp.ndarray y, object axis, object temperature, object out_arg=None):
     """The backward passes' common call: g and y of one shape and float dtype, native and
-    aligned, an int axis, a plain number temperature. None otherwise."""
+    aligned, an int axis, a plain number temperature, no `out=` or one the core can write
+    directly. None otherwise."""
     cdef double tau
     cdef uint64_t reduce = 0
     cdef csm_task t
@@ -284,9 +353,11 @@ def fast_backward(int kind, cnp.ndarray g, cnp.ndarray y, object axis, object te
             return None
     if not _fast_axis(axis, nd, kind, &reduce):
         return None
+    if out_arg is not None and not _fast_out(out_arg, g, y):
+        return None
     _fast_task(&t, kind, g, reduce, tau)
     _put(&t, CSM_Y, y, 0)
-    out = PyArray_NewLikeArray(g, cnp.NPY_KEEPORDER, NULL, 0)
+    out = PyArray_NewLikeArray(g, cnp.NPY_KEEPORDER, NULL, 0) if out_arg is None else out_arg
     _put(&t, CSM_OUT, out, 0)
     return _fast_run(&t, out)
 
@@ -294,15 +365,7 @@ def fast_backward(int kind, cnp.ndarray g, cnp.ndarray y, object axis, object te
 def same_layout(cnp.ndarray a, cnp.ndarray b):
     """Whether a and b are the same elements in the same order: same data pointer, dtype,
     shape and strides."""
-    cdef int d, nd = cnp.PyArray_NDIM(a)
-    if cnp.PyArray_DATA(a) != cnp.PyArray_DATA(b) or nd != cnp.PyArray_NDIM(b):
-        return False
-    if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(b) or cnp.PyArray_ISBYTESWAPPED(a) != cnp.PyArray_ISBYTESWAPPED(b):
-        return False
-    for d in range(nd):
-        if cnp.PyArray_DIMS(a)[d] != cnp.PyArray_DIMS(b)[d] or cnp.PyArray_STRIDES(a)[d] != cnp.PyArray_STRIDES(b)[d]:
-            return False
-    return True
+    return bool(_fast_same_layout(a, b))
 
 
 def isa_names():

@@ -37,6 +37,9 @@
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
+struct uint4 {
+    unsigned x, y, z, w;
+};
 
 namespace emu {
 dim3 threadIdx_, blockIdx_, blockDim_, gridDim_;

@@ -87,17 +87,89 @@ template <> struct csm_traits<csm_half> {
     }
 };
 
+/* ---- float arithmetic that keeps subnormals ----
+ * CuPy appends -ftz=true to every NVRTC compile, so plain float arithmetic flushes
+ * subnormal operands and results to zero (a softmax output of 1e-39 would come out 0,
+ * and x - max would lose a subnormal x). Wherever a float value can be subnormal -- the
+ * outputs, x - max, the max itself, widening to and narrowing from double -- the kernels
+ * use these, which issue the IEEE instructions (no .ftz); double arithmetic is never
+ * flushed, so its overloads are plain. */
+#ifdef CSM_EMULATE
+#define CSM_F32_OP2(name, expr)                                                                                        \
+    __device__ __forceinline__ float name(float a, float b) { return expr; }
+CSM_F32_OP2(csm_add, a + b)
+CSM_F32_OP2(csm_sub, a - b)
+CSM_F32_OP2(csm_mul, a * b)
+CSM_F32_OP2(csm_fmax, fmaxf(a, b))
+__device__ __forceinline__ float csm_fma(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double csm_w(float v) { return (double)v; }
+__device__ __forceinline__ float csm_narrow_f(double v) { return (float)v; }
+__device__ __forceinline__ bool csm_gt(float a, float b) { return a > b; }
+__device__ __forceinline__ bool csm_eq(float a, float b) { return a == b; }
+#else
+#define CSM_F32_OP2(name, ins)                                                                                         \
+    __device__ __forceinline__ float name(float a, float b)                                                            \
+    {                                                                                                                  \
+        float r;                                                                                                       \
+        asm(ins " %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));                                                            \
+        return r;                                                                                                      \
+    }
+CSM_F32_OP2(csm_add, "add.rn.f32")
+CSM_F32_OP2(csm_sub, "sub.rn.f32")
+CSM_F32_OP2(csm_mul, "mul.rn.f32")
+CSM_F32_OP2(csm_fmax, "max.f32") /* a NaN operand gives the other, as fmaxf */
+__device__ __forceinline__ float csm_fma(float a, float b, float c)
+{
+    float r;
+    asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(r) : "f"(a), "f"(b), "f"(c));
+    return r;
+}
+__device__ __forceinline__ double csm_w(float v)
+{
+    double r;
+    asm("cvt.f64.f32 %0, %1;" : "=d"(r) : "f"(v));
+    return r;
+}
+__device__ __forceinline__ float csm_narrow_f(double v)
+{
+    float r;
+    asm("cvt.rn.f32.f64 %0, %1;" : "=f"(r) : "d"(v));
+    return r;
+}
+#define CSM_F32_CMP(name, ins)                                                                                         \
+    __device__ __forceinline__ bool name(float a, float b)                                                             \
+    {                                                                                                                  \
+        unsigned r;                                                                                                    \
+        asm("{ .reg .pred p; " ins " p, %1, %2; selp.u32 %0, 1, 0, p; }" : "=r"(r) : "f"(a), "f"(b));                 \
+        return r != 0;                                                                                                 \
+    }
+CSM_F32_CMP(csm_gt, "setp.gt.f32")
+CSM_F32_CMP(csm_eq, "setp.eq.f32")
+#endif
+__device__ __forceinline__ double csm_add(double a, double b) { return a + b; }
+__device__ __forceinline__ double csm_sub(double a, double b) { return a - b; }
+__device__ __forceinline__ double csm_mul(double a, double b) { return a * b; }
+__device__ __forceinline__ double csm_fmax(double a, double b) { return fmax(a, b); }
+__device__ __forceinline__ double csm_fma(double a, double b, double c) { return fma(a, b, c); }
+__device__ __forceinline__ double csm_w(double v) { return v; }
+__device__ __forceinline__ bool csm_gt(double a, double b) { return a > b; }
+__device__ __forceinline__ bool csm_eq(double a, double b) { return a == b; }
+/* an element widened to double, keeping subnormals */
+template <typename T> __device__ __forceinline__ double csm_loadw(const T *p) { return csm_w(csm_traits<T>::load(p)); }
+/* double -> the compute type C, keeping subnormals */
+template <typename C> __device__ __forceinline__ C csm_n(double v);
+template <> __device__ __forceinline__ float csm_n<float>(double v) { return csm_narrow_f(v); }
+template <> __device__ __forceinline__ double csm_n<double>(double v) { return v; }
+
 /* ---- scalar helpers ---- */
 __device__ __forceinline__ bool csm_isnan(double v) { return v != v; }
-__device__ __forceinline__ float csm_fmax(float a, float b) { return fmaxf(a, b); }
-__device__ __forceinline__ double csm_fmax(double a, double b) { return fmax(a, b); }
 
 /* s + e == a - b exactly */
 template <typename C> __device__ __forceinline__ void csm_two_diff(C a, C b, C &s, C &e)
 {
-    s = a - b;
-    C bb = s - a;
-    e = (a - (s - bb)) - (b + bb);
+    s = csm_sub(a, b);
+    C bb = csm_sub(s, a);
+    e = csm_sub(csm_sub(a, csm_sub(s, bb)), csm_add(b, bb));
 }
 
 /* ---- the exp of the C core: exp(dh + dl), dh may be +-inf or NaN ---- */
@@ -114,9 +186,9 @@ __device__ __forceinline__ float csm_exp2(float dh, float dl)
     for (int i = 1; i < CSM_EXP_F32_NPOLY; i++) p = fmaf(p, r, poly[i]);
     float e = 1.0f + fmaf(p, r * r, r);
     int k = __float_as_int(t) - __float_as_int(CSM_EXP_F32_MAGIC);
-    if (k >= -126 && k <= 127) return e * __int_as_float((k + 127) << 23);
-    int k1 = k >> 1, k2 = k - k1;
-    return (e * __int_as_float((k1 + 127) << 23)) * __int_as_float((k2 + 127) << 23);
+    if (k >= -126 && k <= 127) return csm_mul(e, __int_as_float((k + 127) << 23));
+    int k1 = k >> 1, k2 = k - k1; /* the result may be subnormal */
+    return csm_mul(csm_mul(e, __int_as_float((k1 + 127) << 23)), __int_as_float((k2 + 127) << 23));
 }
 
 __device__ __forceinline__ double csm_exp2(double dh, double dl)
@@ -144,9 +216,9 @@ __device__ __forceinline__ void csm_diff(float x, float ref, double tau, double 
         csm_two_diff(x, ref, dh, dl);
         return;
     }
-    double d = ((double)x - (double)ref) * inv_tau; /* exact difference, one rounding far below float's */
-    dh = (float)d;
-    dl = csm_finite(d) ? (float)(d - (double)dh) : 0.0f;
+    double d = (csm_w(x) - csm_w(ref)) * inv_tau; /* exact difference, one rounding far below float's */
+    dh = csm_narrow_f(d);
+    dl = csm_finite(d) ? csm_narrow_f(d - csm_w(dh)) : 0.0f;
     if (!csm_finite(dl)) dl = 0.0f;
 }
 
@@ -177,12 +249,13 @@ template <typename C> __device__ __forceinline__ C csm_expdiff(C x, C ref, doubl
 /* (x - m) / tau - lse, the log_softmax of one entry (same-sign parts: no error term) */
 template <typename C> __device__ __forceinline__ C csm_logp(C x, C m, C lse, double inv_tau, bool scaled)
 {
-    C d = x - m;
+    C d = csm_sub(x, m);
     if (scaled) {
-        C q = d * (C)inv_tau;
-        d = (d == -(C)CSM_INF && x > -(C)CSM_INF) ? x * (C)inv_tau - m * (C)inv_tau : q;
+        const C it = csm_n<C>(inv_tau);
+        C q = csm_mul(d, it);
+        d = (d == -(C)CSM_INF && x > -(C)CSM_INF) ? csm_sub(csm_mul(x, it), csm_mul(m, it)) : q;
     }
-    return d - lse;
+    return csm_sub(d, lse);
 }
 
 /* ---- the per-thread sum: double for float rows; Kahan-compensated for double rows ---- */
@@ -307,98 +380,262 @@ __device__ __forceinline__ csm_special csm_special_values(int kind, int any, int
     return s;
 }
 
-/* ---- forward: a warp per row, E entries per lane ---- */
-template <typename T, int E>
-__global__ void csm_fwd_warp(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, i64 o_es, const unsigned char *mask,
-                             i64 m_rs, i64 m_es, T *lse_out, i64 l_rs, i64 nrows, i64 n, double tau, int kind)
+/* ---- 16-byte chunks: V = 16 / sizeof(T) consecutive entries, one vector access ---- */
+template <typename T> struct csm_chunk {
+    enum { V = 16 / sizeof(T) };
+    union U {
+        uint4 u;
+        T t[16 / sizeof(T)];
+    };
+    typedef typename csm_traits<T>::C C;
+    static __device__ __forceinline__ void load(const T *p, C *v)
+    {
+        U b;
+        b.u = *(const uint4 *)p;
+#pragma unroll
+        for (int i = 0; i < V; i++) v[i] = csm_traits<T>::load(&b.t[i]);
+    }
+    static __device__ __forceinline__ void store(T *p, const C *v)
+    {
+        U b;
+#pragma unroll
+        for (int i = 0; i < V; i++) csm_traits<T>::store(&b.t[i], v[i]);
+        *(uint4 *)p = b.u;
+    }
+};
+
+/* V entries j .. j + V - 1 of a row (those below `end`): one 16-byte load when vec and
+   the chunk is whole, else one at a time along the stride; masked and missing entries
+   -inf. Returns the live bits. */
+template <typename T>
+__device__ __forceinline__ unsigned csm_load_piece(const T *xr, i64 x_es, const unsigned char *mr, i64 m_es, i64 j,
+                                                   i64 end, bool vec, typename csm_traits<T>::C *v)
 {
     typedef typename csm_traits<T>::C C;
-    const int lane = threadIdx.x & 31;
-    const i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= nrows) return; /* the whole warp leaves together */
-    const bool tau_inf = !csm_finite(tau);
-    const double inv_tau = 1.0 / tau;
-    C v[E];
-    int live = 0, any = 0, nan = 0;
-    C m = -(C)CSM_INF;
+    enum { V = csm_chunk<T>::V };
+    unsigned live = 0;
+    if (vec && j + V <= end) {
+        csm_chunk<T>::load(xr + j, v);
+        live = (1u << V) - 1u;
+    } else {
 #pragma unroll
-    for (int e = 0; e < E; e++) {
-        const i64 j = lane + 32 * e;
-        v[e] = -(C)CSM_INF;
-        if (j < n) {
-            const bool on = !mask || mask[row * m_rs + j * m_es];
-            if (on) {
-                v[e] = csm_traits<T>::load(x + row * x_rs + j * x_es);
-                live |= 1 << e;
-                any = 1;
-                nan |= csm_isnan(v[e]);
-                m = csm_fmax(m, v[e]);
+        for (int t = 0; t < V; t++) {
+            v[t] = -(C)CSM_INF;
+            if (j + t < end) {
+                v[t] = csm_traits<T>::load(xr + (j + t) * x_es);
+                live |= 1u << t;
             }
         }
     }
-    m = (C)csm_warp_max((double)m);
-    any = csm_warp_or(any);
-    i64 k = (i64)0x7fffffffffffffffLL;
+    if (mr) {
 #pragma unroll
-    for (int e = E - 1; e >= 0; e--)
-        if (((live >> e) & 1) && v[e] == m) k = lane + 32 * e;
-    k = csm_warp_min_i64(k);
-    bool special = !any || !csm_finite((double)m) || tau_inf;
-    csm_dd s = csm_dd_make(0.0, 0.0);
-    if (!special) {
-        csm_sum acc = {0.0, 0.0};
-#pragma unroll
-        for (int e = 0; e < E; e++) {
-            const i64 j = lane + 32 * e;
-            C ev = csm_expdiff(v[e], m, tau, inv_tau); /* masked and padding: exp(-inf) = 0 */
-            if (j != k) acc.add((double)ev);
-            v[e] = kind == 0 ? ev : v[e]; /* softmax keeps the exps */
-        }
-        s = csm_warp_sum(csm_dd_make(acc.s, -acc.c));
-        special = csm_isnan(s.hi);
+        for (int t = 0; t < V; t++)
+            if (j + t < end && !mr[(j + t) * m_es]) {
+                live &= ~(1u << t);
+                v[t] = -(C)CSM_INF;
+            }
     }
-    if (special) {
-        i64 cnt = 0;
+    return live;
+}
+
+/* the store matching csm_load_piece */
+template <typename T>
+__device__ __forceinline__ void csm_store_piece(T *orow, i64 o_es, i64 j, i64 end, bool vec,
+                                                const typename csm_traits<T>::C *v)
+{
+    enum { V = csm_chunk<T>::V };
+    if (vec && j + V <= end) {
+        csm_chunk<T>::store(orow + j, v);
+    } else {
 #pragma unroll
-        for (int e = 0; e < E; e++) cnt += ((live >> e) & 1) && v[e] > -(C)CSM_INF;
-        cnt = (i64)csm_warp_sum_d((double)cnt);
-        nan = csm_warp_or(nan);
-        csm_special sp = csm_special_values(kind, any, nan, (double)m, cnt, tau_inf);
-        if (kind == 2) {
-            if (lane == 0) csm_traits<T>::store(lse_out + row * l_rs, (C)sp.lse);
-            return;
-        }
-#pragma unroll
-        for (int e = 0; e < E; e++) {
-            const i64 j = lane + 32 * e;
-            if (j >= n) continue;
-            bool on = (live >> e) & 1;
-            double val = !on ? sp.outside : (sp.uniform && !(v[e] > -(C)CSM_INF) ? sp.outside : sp.inside);
-            csm_traits<T>::store(out + row * o_rs + j * o_es, (C)val);
-        }
-        return;
-    }
-    const double L = csm_dd_log1p(s);
-    if (kind == 2) {
-        if (lane == 0) csm_traits<T>::store(lse_out + row * l_rs, (C)((double)m + L));
-        return;
-    }
-    const C c = kind == 0 ? (C)csm_dd_inv_1p(s) : (C)L;
-#pragma unroll
-    for (int e = 0; e < E; e++) {
-        const i64 j = lane + 32 * e;
-        if (j >= n) continue;
-        C r = kind == 0 ? v[e] * c : csm_logp(v[e], m, c, inv_tau, tau != 1.0);
-        csm_traits<T>::store(out + row * o_rs + j * o_es, r);
+        for (int t = 0; t < V; t++)
+            if (j + t < end) csm_traits<T>::store(orow + (j + t) * o_es, v[t]);
     }
 }
 
-/* ---- forward: a block per row; CACHED keeps the row in shared memory ---- */
-template <typename T, int CACHED>
-__global__ void csm_fwd_block(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, i64 o_es, const unsigned char *mask,
-                              i64 m_rs, i64 m_es, T *lse_out, i64 l_rs, i64 nrows, i64 n, double tau, int kind)
+/* reductions over a group of G lanes (G a power of two, groups aligned in the warp; every
+   lane of the warp takes part) */
+template <int G, typename V> __device__ __forceinline__ V csm_group_sum(V v)
+{
+#pragma unroll
+    for (int o = G / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+template <int G, typename C> __device__ __forceinline__ C csm_group_max(C v)
+{
+#pragma unroll
+    for (int o = G / 2; o > 0; o >>= 1) v = csm_fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+template <int G> __device__ __forceinline__ csm_dd csm_group_sum_dd(csm_dd v)
+{
+#pragma unroll
+    for (int o = G / 2; o > 0; o >>= 1)
+        v = csm_dd_add(v, csm_dd_make(__shfl_xor_sync(0xffffffffu, v.hi, o), __shfl_xor_sync(0xffffffffu, v.lo, o)));
+    return v;
+}
+
+/* the per-lane sum of exps: plain double for float rows (29 spare bits), compensated for
+   double rows; group-reduced to S' as double-double */
+template <typename C> struct csm_rowsum;
+template <> struct csm_rowsum<float> {
+    double s;
+    __device__ __forceinline__ void init() { s = 0.0; }
+    __device__ __forceinline__ void add(float e) { s += csm_w(e); }
+    __device__ __forceinline__ csm_dd local() const { return csm_dd_make(s, 0.0); }
+    template <int G> __device__ __forceinline__ csm_dd total() { return csm_dd_make(csm_group_sum<G>(s), 0.0); }
+};
+template <> struct csm_rowsum<double> {
+    csm_sum k;
+    __device__ __forceinline__ void init() { k.s = k.c = 0.0; }
+    __device__ __forceinline__ void add(double e) { k.add(e); }
+    __device__ __forceinline__ csm_dd local() const { return csm_dd_make(k.s, -k.c); }
+    template <int G> __device__ __forceinline__ csm_dd total() { return csm_group_sum_dd<G>(csm_dd_make(k.s, -k.c)); }
+};
+
+/* ---- forward: G lanes per row (32 / G rows per warp), the row in registers ----
+ * Lane l of a row's group holds chunks l, l + G, ..., NC of them, of V consecutive
+ * entries (n <= G NC V). With vec (rows contiguous and 16-byte aligned) a whole chunk is
+ * one 16-byte load and store; otherwise entries go one at a time along their strides.
+ * The max's own exp is left out of S' by counting the entries equal to the max: S' = the
+ * sum over the entries below it + (ties - 1). Groups past the last row shadow it (they
+ * read, never write), so every lane reaches every shuffle. */
+template <typename T, int G, int NC>
+__global__ void csm_fwd_rows(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, i64 o_es, const unsigned char *mask,
+                             i64 m_rs, i64 m_es, T *lse_out, i64 l_rs, i64 nrows, i64 n, double tau, int kind, int vec)
 {
     typedef typename csm_traits<T>::C C;
+    enum { V = csm_chunk<T>::V, E = NC * csm_chunk<T>::V };
+    const int lane = threadIdx.x & (G - 1);
+    const i64 grow = ((i64)blockIdx.x * blockDim.x + threadIdx.x) / G;
+    const bool active = grow < nrows;
+    const i64 row = active ? grow : nrows - 1;
+    const bool tau_inf = !csm_finite(tau);
+    const double inv_tau = 1.0 / tau;
+    const T *xr = x + row * x_rs;
+    const unsigned char *mr = mask ? mask + row * m_rs : 0;
+    C v[E];
+    unsigned live = 0;
+#pragma unroll
+    for (int c = 0; c < NC; c++)
+        live |= csm_load_piece(xr, x_es, mr, m_es, ((i64)c * G + lane) * V, n, vec, v + c * V) << (c * V);
+    C m = -(C)CSM_INF;
+    int nan = 0;
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+        m = csm_fmax(m, v[e]);
+        nan |= csm_isnan(v[e]);
+    }
+    m = csm_group_max<G>(m);
+    int ties = 0;
+#pragma unroll
+    for (int e = 0; e < E; e++) ties += csm_eq(v[e], m);
+    /* ties (11 bits), lanes holding a NaN, lanes holding a live entry: one reduction */
+    const unsigned packed = csm_group_sum<G>((unsigned)ties | ((unsigned)nan << 16) | ((unsigned)(live != 0) << 24));
+    ties = packed & 0xffff;
+    nan = (packed >> 16) & 0xff;
+    const int any = packed >> 24;
+    bool special = !any || nan || !csm_finite(csm_w(m)) || tau_inf;
+    csm_dd s = csm_dd_make(0.0, 0.0);
+    {
+        csm_rowsum<C> acc;
+        acc.init();
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const C ev = csm_expdiff(v[e], m, tau, inv_tau); /* masked and padding: exp(-inf) = 0 */
+            acc.add(csm_eq(v[e], m) ? (C)0 : ev);
+            if (kind == 0 && !special) v[e] = ev; /* softmax keeps the exps */
+        }
+        s = acc.template total<G>();
+        s = csm_dd_add_d(s, (double)(ties - 1));
+    }
+    if (csm_warp_or(special)) { /* rare: the semantics table; counts need every lane */
+        int cnt = 0;
+#pragma unroll
+        for (int e = 0; e < E; e++) cnt += ((live >> e) & 1) && csm_gt(v[e], -(C)CSM_INF);
+        cnt = csm_group_sum<G>(cnt);
+        if (special) {
+            if (!active) return;
+            csm_special sp = csm_special_values(kind, any, nan, csm_w(m), cnt, tau_inf);
+            if (kind == 2) {
+                if (lane == 0) csm_traits<T>::store(lse_out + row * l_rs, csm_n<C>(sp.lse));
+                return;
+            }
+#pragma unroll
+            for (int c = 0; c < NC; c++)
+#pragma unroll
+                for (int t = 0; t < V; t++) {
+                    const i64 j = ((i64)c * G + lane) * V + t;
+                    const int e = c * V + t;
+                    if (j >= n) continue;
+                    const bool on = (live >> e) & 1;
+                    double val = !on ? sp.outside : (sp.uniform && !(v[e] > -(C)CSM_INF) ? sp.outside : sp.inside);
+                    csm_traits<T>::store(out + row * o_rs + j * o_es, csm_n<C>(val));
+                }
+            return;
+        }
+    }
+    if (!active) return;
+    if (kind == 2) {
+        if (lane == 0) csm_traits<T>::store(lse_out + row * l_rs, csm_n<C>(csm_w(m) + csm_dd_log1p(s)));
+        return;
+    }
+    const C c = kind == 0 ? csm_n<C>(csm_dd_inv_1p(s)) : csm_n<C>(csm_dd_log1p(s));
+    const bool scaled = tau != 1.0;
+#pragma unroll
+    for (int e = 0; e < E; e++) v[e] = kind == 0 ? csm_mul(v[e], c) : csm_logp(v[e], m, c, inv_tau, scaled);
+    T *orow = out + row * o_rs;
+#pragma unroll
+    for (int c2 = 0; c2 < NC; c2++) csm_store_piece(orow, o_es, ((i64)c2 * G + lane) * V, n, vec, v + c2 * V);
+}
+
+/* a piece of V compute values that moves to and from shared memory in 16-byte units */
+template <typename T> union csm_piece {
+    enum { V = csm_chunk<T>::V, U = csm_chunk<T>::V * sizeof(typename csm_traits<T>::C) / 16 };
+    typename csm_traits<T>::C c[csm_chunk<T>::V];
+    uint4 u[csm_chunk<T>::V * sizeof(typename csm_traits<T>::C) / 16];
+    __device__ __forceinline__ void put(typename csm_traits<T>::C *cache, i64 j, i64 end) const
+    {
+        if (j + V <= end) {
+#pragma unroll
+            for (int k = 0; k < U; k++) ((uint4 *)(cache + j))[k] = u[k];
+        } else {
+            for (int t = 0; t < V && j + t < end; t++) cache[j + t] = c[t];
+        }
+    }
+    __device__ __forceinline__ void get(const typename csm_traits<T>::C *cache, i64 j, i64 end)
+    {
+        if (j + V <= end) {
+#pragma unroll
+            for (int k = 0; k < U; k++) u[k] = ((const uint4 *)(cache + j))[k];
+        } else {
+#pragma unroll
+            for (int t = 0; t < V; t++) c[t] = j + t < end ? cache[j + t] : -(typename csm_traits<T>::C)CSM_INF;
+        }
+    }
+};
+
+/* block sums of small counts, three at once, exactly (each below 2^20 here) */
+__device__ __forceinline__ void csm_block_counts(int &a, int &b, int &c, csm_block_scratch *red)
+{
+    double packed = csm_block_sum(csm_dd_make((double)a + 1048576.0 * b + 1099511627776.0 * c, 0.0), red).hi;
+    c = (int)(packed / 1099511627776.0);
+    packed -= 1099511627776.0 * c;
+    b = (int)(packed / 1048576.0);
+    a = (int)(packed - 1048576.0 * b);
+}
+
+/* ---- forward: a block per row, the row cached in shared memory (as C) ----
+ * Pass 1 reads the row from global memory once (16-byte pieces where vec) into the cache,
+ * with its max; pass 2 sums exps from the cache (the max's own exp left out by counting
+ * ties, as csm_fwd_rows); pass 3 writes from the cache. Rows longer than the cache go to
+ * the split kernels. */
+template <typename T>
+__global__ void csm_fwd_block(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, i64 o_es, const unsigned char *mask,
+                              i64 m_rs, i64 m_es, T *lse_out, i64 l_rs, i64 nrows, i64 n, double tau, int kind, int vec)
+{
+    typedef typename csm_traits<T>::C C;
+    enum { V = csm_chunk<T>::V };
     __shared__ csm_block_scratch red;
     CSM_DYNAMIC_SMEM(double, smem_raw); /* double: aligned for either compute type */
     C *cache = (C *)smem_raw;
@@ -408,125 +645,127 @@ __global__ void csm_fwd_block(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, 
     const double inv_tau = 1.0 / tau;
     const T *xr = x + row * x_rs;
     const unsigned char *mr = mask ? mask + row * m_rs : 0;
-#define CSM_GET(j) (CACHED ? cache[j] : ((!mr || mr[(j) * m_es]) ? csm_traits<T>::load(xr + (j) * x_es) : -(C)CSM_INF))
-    /* pass 1: max, its first index, any, NaN */
+    const i64 j_first = (i64)threadIdx.x * V, step = (i64)blockDim.x * V;
     C m = -(C)CSM_INF;
-    i64 k = (i64)0x7fffffffffffffffLL;
-    int any = 0, nan = 0;
-    for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
-        const bool on = !mr || mr[j * m_es];
-        C v = on ? csm_traits<T>::load(xr + j * x_es) : -(C)CSM_INF;
-        if (CACHED) cache[j] = v;
-        any |= on;
-        nan |= on && csm_isnan(v);
-        if (v > m) { /* strictly greater: the first index of the max stays */
-            m = v;
-            k = j;
+    int any = 0, nan = 0, ties = 0;
+#pragma unroll 4
+    for (i64 j = j_first; j < n; j += step) {
+        csm_piece<T> p;
+        any |= csm_load_piece(xr, x_es, mr, m_es, j, n, vec, p.c) != 0;
+#pragma unroll
+        for (int t = 0; t < V; t++) {
+            m = csm_fmax(m, p.c[t]);
+            nan |= csm_isnan(p.c[t]);
+        }
+        p.put(cache, j, n);
+    }
+    m = csm_n<C>(csm_block_max(csm_w(m), &red));
+    csm_rowsum<C> acc;
+    acc.init();
+    for (i64 j = j_first; j < n; j += step) {
+        csm_piece<T> p;
+        p.get(cache, j, n);
+#pragma unroll
+        for (int t = 0; t < V; t++) {
+            const bool tie = csm_eq(p.c[t], m);
+            ties += tie;
+            acc.add(tie ? (C)0 : csm_expdiff(p.c[t], m, tau, inv_tau));
         }
     }
-    const C mloc = m;
-    m = (C)csm_block_max((double)m, &red);
-    k = csm_block_min_i64(mloc == m ? k : (i64)0x7fffffffffffffffLL, &red);
-    any = csm_block_or(any, &red);
-    bool special = !any || !csm_finite((double)m) || tau_inf;
-    csm_dd s = csm_dd_make(0.0, 0.0);
-    if (!special) { /* pass 2: S' */
-        csm_sum acc = {0.0, 0.0};
-        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
-            C ev = csm_expdiff((C)CSM_GET(j), m, tau, inv_tau);
-            if (j != k) acc.add((double)ev);
-        }
-        s = csm_block_sum(csm_dd_make(acc.s, -acc.c), &red);
-        special = csm_isnan(s.hi);
-    }
-    if (special) {
-        i64 cnt = 0;
-        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
-            const bool on = !mr || mr[j * m_es];
-            cnt += on && (C)CSM_GET(j) > -(C)CSM_INF;
-        }
-        csm_dd c2 = csm_block_sum(csm_dd_make((double)cnt, 0.0), &red);
-        nan = csm_block_or(nan, &red);
-        csm_special sp = csm_special_values(kind, any, nan, (double)m, (i64)c2.hi, tau_inf);
+    csm_block_counts(ties, nan, any, &red);
+    const bool special = !any || nan || !csm_finite(csm_w(m)) || tau_inf;
+    const csm_dd s = csm_dd_add_d(csm_block_sum(acc.local(), &red), (double)(ties - 1));
+    if (special) { /* the semantics table (masked entries are -inf in the cache) */
+        int cnt = 0, z0 = 0, z1 = 0;
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) cnt += csm_gt(cache[j], -(C)CSM_INF);
+        csm_block_counts(cnt, z0, z1, &red);
+        csm_special sp = csm_special_values(kind, any, nan, csm_w(m), cnt, tau_inf);
         if (kind == 2) {
-            if (threadIdx.x == 0) csm_traits<T>::store(lse_out + row * l_rs, (C)sp.lse);
+            if (threadIdx.x == 0) csm_traits<T>::store(lse_out + row * l_rs, csm_n<C>(sp.lse));
             return;
         }
         for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
             const bool on = !mr || mr[j * m_es];
-            C v = CSM_GET(j);
-            double val = !on ? sp.outside : (sp.uniform && !(v > -(C)CSM_INF) ? sp.outside : sp.inside);
-            csm_traits<T>::store(out + row * o_rs + j * o_es, (C)val);
+            double val = !on ? sp.outside : (sp.uniform && !(cache[j] > -(C)CSM_INF) ? sp.outside : sp.inside);
+            csm_traits<T>::store(out + row * o_rs + j * o_es, csm_n<C>(val));
         }
         return;
     }
-    const double L = csm_dd_log1p(s);
     if (kind == 2) {
-        if (threadIdx.x == 0) csm_traits<T>::store(lse_out + row * l_rs, (C)((double)m + L));
+        if (threadIdx.x == 0) csm_traits<T>::store(lse_out + row * l_rs, csm_n<C>(csm_w(m) + csm_dd_log1p(s)));
         return;
     }
-    const C c = kind == 0 ? (C)csm_dd_inv_1p(s) : (C)L;
-    for (i64 j = threadIdx.x; j < n; j += blockDim.x) { /* pass 3 */
-        C v = CSM_GET(j);
-        C r = kind == 0 ? csm_expdiff(v, m, tau, inv_tau) * c : csm_logp(v, m, c, inv_tau, tau != 1.0);
-        csm_traits<T>::store(out + row * o_rs + j * o_es, r);
+    const C c = kind == 0 ? csm_n<C>(csm_dd_inv_1p(s)) : csm_n<C>(csm_dd_log1p(s));
+    const bool scaled = tau != 1.0;
+    T *orow = out + row * o_rs;
+    for (i64 j = j_first; j < n; j += step) {
+        csm_piece<T> p;
+        p.get(cache, j, n);
+#pragma unroll
+        for (int t = 0; t < V; t++)
+            p.c[t] = kind == 0 ? csm_mul(csm_expdiff(p.c[t], m, tau, inv_tau), c) : csm_logp(p.c[t], m, c, inv_tau, scaled);
+        csm_store_piece(orow, o_es, j, n, vec, p.c);
     }
-#undef CSM_GET
 }
 
-/* ---- forward, few long rows: chunks of each row in their own blocks ----
- * stats: per (chunk, row) its max m, first index k, S' relative to m without k, any,
- * NaN; merge: one block per row sums the chunks' S' in double-double; finish: every
- * chunk writes its outputs. Workspace rows of CSM_SPLIT_STRIDE doubles per chunk. */
-#define CSM_SPLIT_STRIDE 7 /* m, k, s.hi, s.lo, any, nan, entries above -inf */
+/* ---- forward, rows longer than the cache (or few long rows): chunks in their own blocks ----
+ * stats: per (row, chunk) its max, the count of entries equal to it (ties), S below it,
+ * any, NaN, entries above -inf; merge: one block per row combines the chunks in
+ * double-double (S' = (ties at the row's max - 1) + the rest, the integer part exact);
+ * finish: every chunk writes its outputs. Grid (rows, chunks); chunk a multiple of V.
+ * The stats pass reads its chunk twice (max, then sum): the second read comes from L2. */
+#define CSM_SPLIT_STRIDE 7 /* m, ties, s.hi, s.lo, any, nan, entries above -inf */
 
 template <typename T>
 __global__ void csm_fwd_split_stats(const T *x, i64 x_rs, i64 x_es, const unsigned char *mask, i64 m_rs, i64 m_es,
-                                    double *ws, i64 nrows, i64 n, i64 chunk, double tau)
+                                    double *ws, i64 nrows, i64 n, i64 chunk, double tau, int vec)
 {
     typedef typename csm_traits<T>::C C;
+    enum { V = csm_chunk<T>::V };
     __shared__ csm_block_scratch red;
-    const i64 row = blockIdx.y, c = blockIdx.x, nchunks = gridDim.x;
+    const i64 row = blockIdx.x, c = blockIdx.y, nchunks = gridDim.y;
     const i64 j0 = c * chunk, j1 = j0 + chunk < n ? j0 + chunk : n;
     const double inv_tau = 1.0 / tau;
     const T *xr = x + row * x_rs;
     const unsigned char *mr = mask ? mask + row * m_rs : 0;
+    const i64 step = (i64)blockDim.x * V;
     C m = -(C)CSM_INF;
-    i64 k = (i64)0x7fffffffffffffffLL;
-    int any = 0, nan = 0;
-    double cnt = 0.0;
-    for (i64 j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
-        const bool on = !mr || mr[j * m_es];
-        C v = on ? csm_traits<T>::load(xr + j * x_es) : -(C)CSM_INF;
-        any |= on;
-        nan |= on && csm_isnan(v);
-        cnt += v > -(C)CSM_INF;
-        if (v > m) {
-            m = v;
-            k = j;
+    int any = 0, nan = 0, cnt = 0, ties = 0;
+#pragma unroll 4
+    for (i64 j = j0 + (i64)threadIdx.x * V; j < j1; j += step) {
+        C p[V];
+        any |= csm_load_piece(xr, x_es, mr, m_es, j, j1, vec, p) != 0;
+#pragma unroll
+        for (int t = 0; t < V; t++) {
+            m = csm_fmax(m, p[t]);
+            nan |= csm_isnan(p[t]);
+            cnt += csm_gt(p[t], -(C)CSM_INF);
         }
     }
-    const C mloc = m;
-    m = (C)csm_block_max((double)m, &red);
-    k = csm_block_min_i64(mloc == m ? k : (i64)0x7fffffffffffffffLL, &red);
-    any = csm_block_or(any, &red);
-    nan = csm_block_or(nan, &red);
-    cnt = csm_block_sum(csm_dd_make(cnt, 0.0), &red).hi;
+    m = csm_n<C>(csm_block_max(csm_w(m), &red));
+    csm_block_counts(cnt, nan, any, &red);
     csm_dd s = csm_dd_make(0.0, 0.0);
-    if (csm_finite((double)m)) {
-        csm_sum acc = {0.0, 0.0};
-        for (i64 j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
-            const bool on = !mr || mr[j * m_es];
-            C v = on ? csm_traits<T>::load(xr + j * x_es) : -(C)CSM_INF;
-            C ev = csm_expdiff(v, m, tau, inv_tau);
-            if (j != k) acc.add((double)ev);
+    if (csm_finite(csm_w(m))) {
+        csm_rowsum<C> acc;
+        acc.init();
+        for (i64 j = j0 + (i64)threadIdx.x * V; j < j1; j += step) {
+            C p[V];
+            csm_load_piece(xr, x_es, mr, m_es, j, j1, vec, p);
+#pragma unroll
+            for (int t = 0; t < V; t++) {
+                const bool tie = csm_eq(p[t], m);
+                ties += tie;
+                acc.add(tie ? (C)0 : csm_expdiff(p[t], m, tau, inv_tau));
+            }
         }
-        s = csm_block_sum(csm_dd_make(acc.s, -acc.c), &red);
+        int z0 = 0, z1 = 0;
+        csm_block_counts(ties, z0, z1, &red);
+        s = csm_block_sum(acc.local(), &red);
     }
     if (threadIdx.x == 0) {
         double *w = ws + (row * nchunks + c) * CSM_SPLIT_STRIDE;
-        w[0] = (double)m;
-        w[1] = (double)k;
+        w[0] = csm_w(m);
+        w[1] = ties;
         w[2] = s.hi;
         w[3] = s.lo;
         w[4] = any;
@@ -535,7 +774,7 @@ __global__ void csm_fwd_split_stats(const T *x, i64 x_rs, i64 x_es, const unsign
     }
 }
 
-/* one block per row: the chunks' stats merged into the row's, written over entry 0:
+/* one block per row: the chunks' stats merged into the row's, written over chunk 0:
    m, -, S'.hi, S'.lo, any, nan, count */
 __global__ void csm_fwd_split_merge(double *ws, i64 nrows, i64 nchunks, double tau)
 {
@@ -555,23 +794,27 @@ __global__ void csm_fwd_split_merge(double *ws, i64 nrows, i64 nchunks, double t
     any = csm_block_or(any, &red);
     nan = csm_block_or(nan, &red);
     cnt = csm_block_sum(csm_dd_make(cnt, 0.0), &red).hi;
-    /* the chunk holding the row's first max keeps its S'; the others join as (1 + S') f */
-    i64 first = (i64)0x7fffffffffffffffLL;
-    for (i64 c = threadIdx.x; c < nchunks; c += blockDim.x)
-        if (w[c * CSM_SPLIT_STRIDE] == m && c < first) first = c;
-    first = csm_block_min_i64(first, &red);
+    /* chunks whose max is the row's: S + ties as they are; the others scaled by
+       exp(m_c - m); the row's first max leaves by subtracting 1 from the ties' integer sum */
     csm_dd s = csm_dd_make(0.0, 0.0);
+    double ties = 0.0;
     const bool finite = csm_finite(m);
     if (finite) {
         for (i64 c = threadIdx.x; c < nchunks; c += blockDim.x) {
             const double *wc = w + c * CSM_SPLIT_STRIDE;
             if (!(wc[0] > -CSM_INF)) continue; /* nothing above -inf there */
             csm_dd sc = csm_dd_make(wc[2], wc[3]);
-            if (c != first) sc = csm_dd_mul(csm_dd_add(sc, csm_dd_make(1.0, 0.0)), csm_dd_expdiff(wc[0], m, tau));
+            if (wc[0] == m) {
+                ties += wc[1];
+            } else {
+                sc = csm_dd_mul(csm_dd_add_d(sc, wc[1]), csm_dd_expdiff(wc[0], m, tau));
+            }
             s = csm_dd_add(s, sc);
         }
     }
     s = csm_block_sum(s, &red);
+    ties = csm_block_sum(csm_dd_make(ties, 0.0), &red).hi;
+    s = csm_dd_add_d(s, ties - 1.0);
     __syncthreads(); /* every thread has read the chunks' entries */
     if (threadIdx.x == 0) {
         w[0] = m;
@@ -586,45 +829,50 @@ __global__ void csm_fwd_split_merge(double *ws, i64 nrows, i64 nchunks, double t
 template <typename T>
 __global__ void csm_fwd_split_finish(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, i64 o_es,
                                      const unsigned char *mask, i64 m_rs, i64 m_es, T *lse_out, i64 l_rs,
-                                     const double *ws, i64 nrows, i64 n, i64 chunk, double tau, int kind)
+                                     const double *ws, i64 nrows, i64 n, i64 chunk, double tau, int kind, int vec)
 {
     typedef typename csm_traits<T>::C C;
-    const i64 row = blockIdx.y, c = blockIdx.x, nchunks = gridDim.x;
+    enum { V = csm_chunk<T>::V };
+    const i64 row = blockIdx.x, c = blockIdx.y, nchunks = gridDim.y;
     const i64 j0 = c * chunk, j1 = j0 + chunk < n ? j0 + chunk : n;
     const bool tau_inf = !csm_finite(tau);
     const double inv_tau = 1.0 / tau;
     const double *w = ws + row * nchunks * CSM_SPLIT_STRIDE;
-    const C m = (C)w[0];
+    const C m = csm_n<C>(w[0]);
     const csm_dd s = csm_dd_make(w[2], w[3]);
     const int any = w[4] != 0.0, nan = w[5] != 0.0;
     const T *xr = x + row * x_rs;
     const unsigned char *mr = mask ? mask + row * m_rs : 0;
-    const bool special = !any || !csm_finite((double)m) || tau_inf || nan;
+    const bool special = !any || !csm_finite(csm_w(m)) || tau_inf || nan;
     if (special) {
-        csm_special sp = csm_special_values(kind, any, nan, (double)m, (i64)w[6], tau_inf);
+        csm_special sp = csm_special_values(kind, any, nan, csm_w(m), (i64)w[6], tau_inf);
         if (kind == 2) {
-            if (c == 0 && threadIdx.x == 0) csm_traits<T>::store(lse_out + row * l_rs, (C)sp.lse);
+            if (c == 0 && threadIdx.x == 0) csm_traits<T>::store(lse_out + row * l_rs, csm_n<C>(sp.lse));
             return;
         }
         for (i64 j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
             const bool on = !mr || mr[j * m_es];
             C v = csm_traits<T>::load(xr + j * x_es);
             double val = !on ? sp.outside : (sp.uniform && !(v > -(C)CSM_INF) ? sp.outside : sp.inside);
-            csm_traits<T>::store(out + row * o_rs + j * o_es, (C)val);
+            csm_traits<T>::store(out + row * o_rs + j * o_es, csm_n<C>(val));
         }
         return;
     }
-    const double L = csm_dd_log1p(s);
     if (kind == 2) {
-        if (c == 0 && threadIdx.x == 0) csm_traits<T>::store(lse_out + row * l_rs, (C)((double)m + L));
+        if (c == 0 && threadIdx.x == 0) csm_traits<T>::store(lse_out + row * l_rs, csm_n<C>(csm_w(m) + csm_dd_log1p(s)));
         return;
     }
-    const C f = kind == 0 ? (C)csm_dd_inv_1p(s) : (C)L;
-    for (i64 j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
-        const bool on = !mr || mr[j * m_es];
-        C v = on ? csm_traits<T>::load(xr + j * x_es) : -(C)CSM_INF;
-        C r = kind == 0 ? csm_expdiff(v, m, tau, inv_tau) * f : csm_logp(v, m, f, inv_tau, tau != 1.0);
-        csm_traits<T>::store(out + row * o_rs + j * o_es, r);
+    const C f = kind == 0 ? csm_n<C>(csm_dd_inv_1p(s)) : csm_n<C>(csm_dd_log1p(s));
+    const bool scaled = tau != 1.0;
+    T *orow = out + row * o_rs;
+#pragma unroll 4
+    for (i64 j = j0 + (i64)threadIdx.x * V; j < j1; j += (i64)blockDim.x * V) {
+        C p[V];
+        csm_load_piece(xr, x_es, mr, m_es, j, j1, vec, p);
+#pragma unroll
+        for (int t = 0; t < V; t++)
+            p[t] = kind == 0 ? csm_mul(csm_expdiff(p[t], m, tau, inv_tau), f) : csm_logp(p[t], m, f, inv_tau, scaled);
+        csm_store_piece(orow, o_es, j, j1, vec, p);
     }
 }
 
@@ -660,27 +908,27 @@ __global__ void csm_fwd_cols(const T *x, i64 x_gs, i64 x_rs, T *out, i64 o_gs, i
             continue;
         }
         if (!(v > -(C)CSM_INF)) continue; /* exp(-inf) = 0 */
-        if (r == -(C)CSM_INF || ((double)v - (double)r) * inv_tau > 60.0) { /* move the reference */
-            csm_dd f = r == -(C)CSM_INF ? csm_dd_make(0.0, 0.0) : csm_dd_expdiff((double)r, (double)v, tau);
+        if (r == -(C)CSM_INF || (csm_w(v) - (double)r) * inv_tau > 60.0) { /* move the reference */
+            csm_dd f = r == -(C)CSM_INF ? csm_dd_make(0.0, 0.0) : csm_dd_expdiff(csm_w(r), (double)v, tau);
             S = csm_dd_mul(csm_dd_add(S, csm_dd_make(acc.s, -acc.c)), f);
             acc.s = acc.c = 0.0;
-            emax = (C)((double)emax * f.hi);
+            emax = csm_n<C>(csm_w(emax) * f.hi);
             r = v;
         }
         C ev = csm_expdiff(v, r, tau, inv_tau);
-        if (v > m) { /* a new max: the old one's exp joins S, this one's waits */
-            acc.add((double)emax);
+        if (csm_gt(v, m)) { /* a new max: the old one's exp joins S, this one's waits */
+            acc.add(csm_w(emax));
             emax = ev;
             m = v;
         } else {
-            acc.add((double)ev);
+            acc.add(csm_w(ev));
         }
     }
     S = csm_dd_add(S, csm_dd_make(acc.s, -acc.c));
-    bool special = !any || !csm_finite((double)m) || tau_inf || nan;
+    bool special = !any || !csm_finite(csm_w(m)) || tau_inf || nan;
     csm_dd sp_ = csm_dd_make(0.0, 0.0);
     if (!special) {
-        csm_dd f = r == m ? csm_dd_make(1.0, 0.0) : csm_dd_expdiff((double)r, (double)m, tau);
+        csm_dd f = csm_eq(r, m) ? csm_dd_make(1.0, 0.0) : csm_dd_expdiff(csm_w(r), csm_w(m), tau);
         sp_ = csm_dd_mul(S, f); /* S' relative to the max */
         special = csm_isnan(sp_.hi);
     }
@@ -691,29 +939,29 @@ __global__ void csm_fwd_cols(const T *x, i64 x_gs, i64 x_rs, T *out, i64 o_gs, i
                 const bool on = !mc || mc[i * m_rs];
                 cnt += on && csm_traits<T>::load(xc + i * x_rs) > -(C)CSM_INF;
             }
-        csm_special sp = csm_special_values(kind, any, nan, (double)m, cnt, tau_inf);
+        csm_special sp = csm_special_values(kind, any, nan, csm_w(m), cnt, tau_inf);
         if (kind == 2) {
-            csm_traits<T>::store(lse_out + g * l_gs + col * l_cs, (C)sp.lse);
+            csm_traits<T>::store(lse_out + g * l_gs + col * l_cs, csm_n<C>(sp.lse));
             return;
         }
         for (i64 i = 0; i < n; i++) {
             const bool on = !mc || mc[i * m_rs];
             C v = csm_traits<T>::load(xc + i * x_rs);
             double val = !on ? sp.outside : (sp.uniform && !(v > -(C)CSM_INF) ? sp.outside : sp.inside);
-            csm_traits<T>::store(out + g * o_gs + col + i * o_rs, (C)val);
+            csm_traits<T>::store(out + g * o_gs + col + i * o_rs, csm_n<C>(val));
         }
         return;
     }
     const double L = csm_dd_log1p(sp_);
     if (kind == 2) {
-        csm_traits<T>::store(lse_out + g * l_gs + col * l_cs, (C)((double)m + L));
+        csm_traits<T>::store(lse_out + g * l_gs + col * l_cs, csm_n<C>(csm_w(m) + L));
         return;
     }
-    const C f = kind == 0 ? (C)csm_dd_inv_1p(sp_) : (C)L;
+    const C f = kind == 0 ? csm_n<C>(csm_dd_inv_1p(sp_)) : csm_n<C>(L);
     for (i64 i = 0; i < n; i++) {
         const bool on = !mc || mc[i * m_rs];
         C v = on ? csm_traits<T>::load(xc + i * x_rs) : -(C)CSM_INF;
-        C o = kind == 0 ? csm_expdiff(v, m, tau, inv_tau) * f : csm_logp(v, m, f, inv_tau, tau != 1.0);
+        C o = kind == 0 ? csm_mul(csm_expdiff(v, m, tau, inv_tau), f) : csm_logp(v, m, f, inv_tau, tau != 1.0);
         csm_traits<T>::store(out + g * o_gs + col + i * o_rs, o);
     }
 }
@@ -721,9 +969,9 @@ __global__ void csm_fwd_cols(const T *x, i64 x_gs, i64 x_rs, T *out, i64 o_gs, i
 /* ---- backward: dx = y (g - sum(g y)) / tau  or  (g - exp(y) sum(g)) / tau ---- */
 template <typename C> __device__ __forceinline__ C csm_bwd_value(int kind, C g, C y, csm_dd sum, double inv_tau)
 {
-    if (kind == 3) return (C)((double)y * (((double)g - sum.hi) - sum.lo) * inv_tau);
+    if (kind == 3) return csm_n<C>(csm_w(y) * ((csm_w(g) - sum.hi) - sum.lo) * inv_tau);
     C e = csm_exp2(y, (C)0);
-    return (C)((fma(-(double)e, sum.hi, (double)g) - (double)e * sum.lo) * inv_tau);
+    return csm_n<C>((fma(-csm_w(e), sum.hi, csm_w(g)) - csm_w(e) * sum.lo) * inv_tau);
 }
 
 template <typename T, int E>
@@ -747,7 +995,7 @@ __global__ void csm_bwd_warp(const T *g, i64 g_rs, i64 g_es, const T *y, i64 y_r
             gv[e] = csm_traits<T>::load(g + row * g_rs + j * g_es);
             yv[e] = csm_traits<T>::load(y + row * y_rs + j * y_es);
             live |= 1 << e;
-            acc.add(kind == 3 ? (double)gv[e] * (double)yv[e] : (double)gv[e]);
+            acc.add(kind == 3 ? csm_w(gv[e]) * csm_w(yv[e]) : csm_w(gv[e]));
         }
     }
     csm_dd s = csm_warp_sum(csm_dd_make(acc.s, -acc.c));
@@ -774,7 +1022,7 @@ __global__ void csm_bwd_block(const T *g, i64 g_rs, i64 g_es, const T *y, i64 y_
     for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
         if (mask && !mask[row * m_rs + j * m_es]) continue;
         C gj = csm_traits<T>::load(g + row * g_rs + j * g_es);
-        acc.add(kind == 3 ? (double)gj * (double)csm_traits<T>::load(y + row * y_rs + j * y_es) : (double)gj);
+        acc.add(kind == 3 ? csm_w(gj) * csm_loadw(y + row * y_rs + j * y_es) : csm_w(gj));
     }
     csm_dd s = csm_block_sum(csm_dd_make(acc.s, -acc.c), &red);
     for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
@@ -828,26 +1076,26 @@ __global__ void csm_xent_block(const T *x, i64 x_rs, i64 x_es, const T *q, i64 q
             Kl += 1.0;
             Wl += CSM_W(j);
         }
-        if (v > m) {
+        if (csm_gt(v, m)) {
             m = v;
             k = j;
         }
     }
     const C mloc = m;
-    m = (C)csm_block_max((double)m, &red);
-    k = csm_block_min_i64(mloc == m ? k : (i64)0x7fffffffffffffffLL, &red);
+    m = csm_n<C>(csm_block_max(csm_w(m), &red));
+    k = csm_block_min_i64(csm_eq(mloc, m) ? k : (i64)0x7fffffffffffffffLL, &red);
     any = csm_block_or(any, &red);
     nan = csm_block_or(nan, &red);
     K = csm_block_sum(csm_dd_make(Kl, 0.0), &red);
     W = csm_block_sum(csm_dd_make(Wl, 0.0), &red);
     const double eps_k = K.hi > 0 ? eps / K.hi : 0.0;
-    bool normal = any && csm_finite((double)m) && !tau_inf && !nan;
+    bool normal = any && csm_finite(csm_w(m)) && !tau_inf && !nan;
     double L = 0.0, cinv = 0.0;
     if (normal) {
         csm_sum acc = {0.0, 0.0};
         for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
             C ev = csm_expdiff((C)CSM_X(j), m, tau, inv_tau);
-            if (j != k) acc.add((double)ev);
+            if (j != k) acc.add(csm_w(ev));
         }
         csm_dd s = csm_block_sum(csm_dd_make(acc.s, -acc.c), &red);
         normal = !csm_isnan(s.hi);
@@ -856,15 +1104,15 @@ __global__ void csm_xent_block(const T *x, i64 x_rs, i64 x_es, const T *q, i64 q
     }
     /* -log p_j: normal rows L + (m - x_j) / tau; special rows from the semantics table */
     double uniform_lp = 0.0;
-    if (!normal && tau_inf && any && !nan && csm_finite((double)m)) {
+    if (!normal && tau_inf && any && !nan && csm_finite(csm_w(m))) {
         i64 cnt = 0;
         for (i64 j = threadIdx.x; j < n; j += blockDim.x) cnt += CSM_LIVE(j) && CSM_X(j) > -(C)CSM_INF;
         csm_dd c2 = csm_block_sum(csm_dd_make((double)cnt, 0.0), &red);
         uniform_lp = log(c2.hi);
     }
-    const bool uniform = !normal && tau_inf && any && !nan && csm_finite((double)m);
+    const bool uniform = !normal && tau_inf && any && !nan && csm_finite(csm_w(m));
 #define CSM_NEGLP(j, v)                                                                                                \
-    (normal ? L + ((double)m - (double)(v)) * inv_tau                                                                  \
+    (normal ? L + (csm_w(m) - csm_w(v)) * inv_tau                                                                  \
             : (uniform ? ((v) > -(C)CSM_INF ? uniform_lp : CSM_INF) : (any ? CSM_NAN : CSM_INF)))
     /* the loss and, for probabilities, A = sum w q' */
     double loss_l = 0.0, A_l = 0.0;
@@ -873,7 +1121,7 @@ __global__ void csm_xent_block(const T *x, i64 x_rs, i64 x_es, const T *q, i64 q
         C v = CSM_X(j);
         double wj = CSM_W(j), tj;
         if (q) {
-            tj = (1.0 - eps) * (double)csm_traits<T>::load(q + row * q_rs + j * q_es) + eps_k;
+            tj = (1.0 - eps) * csm_loadw(q + row * q_rs + j * q_es) + eps_k;
             A_l += wj * tj;
         } else {
             tj = (j == label ? 1.0 - eps : 0.0) + eps_k;
@@ -891,10 +1139,10 @@ __global__ void csm_xent_block(const T *x, i64 x_rs, i64 x_es, const T *q, i64 q
         if (CSM_LIVE(j)) {
             C v = CSM_X(j);
             double wj = CSM_W(j);
-            double bj = q ? wj * ((1.0 - eps) * (double)csm_traits<T>::load(q + row * q_rs + j * q_es) + eps_k)
+            double bj = q ? wj * ((1.0 - eps) * csm_loadw(q + row * q_rs + j * q_es) + eps_k)
                           : (j == label ? (1.0 - eps) * wj : 0.0) + eps_k * wj;
-            double p = normal ? (double)csm_expdiff(v, m, tau, inv_tau) * cinv : exp(-CSM_NEGLP(j, v));
-            r = (C)((p * Ad - bj) * fct);
+            double p = normal ? csm_w(csm_expdiff(v, m, tau, inv_tau)) * cinv : exp(-CSM_NEGLP(j, v));
+            r = csm_n<C>((p * Ad - bj) * fct);
         }
         csm_traits<T>::store(grad + row * gr_rs + j * gr_es, r);
     }
@@ -913,14 +1161,14 @@ __global__ void csm_jacobian(const T *s, const T *lp, T *J, i64 nrows, i64 n, do
     const i64 total = nrows * n * n;
     for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += (i64)gridDim.x * blockDim.x) {
         const i64 r = t / (n * n), ij = t - r * n * n, i = ij / n, j = ij - i * n;
-        const double sj = (double)csm_traits<T>::load(s + r * n + j);
+        const double sj = csm_loadw(s + r * n + j);
         double v;
         if (i == j) {
-            const double om = -expm1((double)csm_traits<T>::load(lp + r * n + i)); /* 1 - s_i, exactly */
+            const double om = -expm1(csm_loadw(lp + r * n + i)); /* 1 - s_i, exactly */
             v = log_kind ? om : sj * om;
         } else {
-            v = log_kind ? -sj : -(double)csm_traits<T>::load(s + r * n + i) * sj;
+            v = log_kind ? -sj : -csm_loadw(s + r * n + i) * sj;
         }
-        csm_traits<T>::store(J + t, (C)(v * inv_tau));
+        csm_traits<T>::store(J + t, csm_n<C>(v * inv_tau));
     }
 }

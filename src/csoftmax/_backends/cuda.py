@@ -31,6 +31,8 @@ from .. import _reference as R
 
 _CTYPE = {"float16": "csm_half", "float32": "float", "float64": "double"}
 _WARP_E = (1, 2, 4, 8, 16, 32)
+_CHUNK = {"float16": 8, "float32": 4, "float64": 2}  # entries per 16-byte chunk
+ROWS_MAX_N = 1024  # rows up to this long are held in registers (32 entries per lane at most)
 _KIND = {"softmax": 0, "log_softmax": 1, "logsumexp": 2, "softmax_backward": 3, "log_softmax_backward": 4}
 NULL = np.uint64(0)  # a null pointer argument (for optional operands)
 
@@ -38,12 +40,28 @@ NULL = np.uint64(0)  # a null pointer argument (for optional operands)
 def kernel_names(dtype_name: str) -> list[str]:
     """Every kernel instantiation the backend may launch for one storage dtype."""
     t = _CTYPE[dtype_name]
-    names = [f"csm_fwd_warp<{t}, {e}>" for e in _WARP_E]
-    names += [f"csm_fwd_block<{t}, 0>", f"csm_fwd_block<{t}, 1>"]
+    names = [f"csm_fwd_rows<{t}, {g}, {nc}>" for g, nc in _rows_shapes(dtype_name)]
+    names += [f"csm_fwd_block<{t}>"]
     names += [f"csm_fwd_split_stats<{t}>", f"csm_fwd_split_finish<{t}>", f"csm_fwd_cols<{t}>"]
     names += [f"csm_bwd_warp<{t}, {e}>" for e in _WARP_E] + [f"csm_bwd_block<{t}>"]
     names += [f"csm_xent_block<{t}>", f"csm_jacobian<{t}>"]
     return names
+
+
+def _rows_shapes(dtype_name):
+    """The (lanes per row G, chunks per lane NC) of csm_fwd_rows' instantiations."""
+    v = _CHUNK[dtype_name]
+    return [(g, 1) for g in (1, 2, 4, 8, 16)] + [(32, nc) for nc in (1, 2, 4, 8, 16) if nc * v <= 32]
+
+
+def _rows_shape(n, dtype_name):
+    """(G, NC) for rows of n <= ROWS_MAX_N entries: the fewest lanes that hold a row in
+    chunks of 16 bytes, then the fewest chunks per lane."""
+    v = _CHUNK[dtype_name]
+    chunks = -(-n // v)
+    if chunks <= 32:
+        return 1 << (chunks - 1).bit_length(), 1
+    return 32, 1 << (-(-chunks // 32) - 1).bit_length()
 
 
 def kernel_dirs() -> list:
@@ -68,13 +86,15 @@ def kernel_source() -> str:
 class _CupyDevice:
     """Arrays, launches and properties through CuPy."""
 
-    SMEM_CACHE_BYTES = 48 * 1024
+    SMEM_CACHE_BYTES = 96 * 1024  # two such blocks fit in a Hopper multiprocessor (228 KiB)
+    split_chunk = 8192  # entries per block of the split kernels
 
     def __init__(self):
         import cupy
 
         self.xp = cupy
         self._modules = {}
+        self._functions = {}  # (device id, kernel name): a loaded kernel
 
     def module(self, dtype_name):
         mod = self._modules.get(dtype_name)
@@ -86,8 +106,18 @@ class _CupyDevice:
         return mod
 
     def launch(self, dtype_name, name, grid, block, args, shared_mem=0):
-        fn = self.module(dtype_name).get_function(name)
+        key = (self.xp.cuda.Device().id, name)
+        fn = self._functions.get(key)
+        if fn is None:
+            fn = self.module(dtype_name).get_function(name)
+            if name.startswith("csm_fwd_block"):  # more dynamic shared memory than the default 48 KiB
+                fn.max_dynamic_shared_size_bytes = self.SMEM_CACHE_BYTES
+            self._functions[key] = fn
         fn(grid, block, tuple(args), shared_mem=shared_mem)
+
+    @staticmethod
+    def ptr(a):
+        return a.data.ptr
 
     @functools.cached_property
     def num_sms(self):
@@ -258,34 +288,47 @@ class Ops:
         common = [xs, i64(xv[0]), i64(xv[1]), out_arg, i64(o_rs), i64(o_es), mask_arg, i64(m_rs), i64(m_es), lse,
                   i64(l_rs)]
         tail = [i64(nrows), i64(n), f64(tau), np.int32(kind)]
-        if n <= 32 * _WARP_E[-1]:
-            e = next(e for e in _WARP_E if 32 * e >= n)
-            rows_per_block = 8
-            grid = ((nrows + rows_per_block - 1) // rows_per_block,)
-            self.dev.launch(dt, f"csm_fwd_warp<{_CTYPE[dt]}, {e}>", grid, (32 * rows_per_block,), common + tail)
-        elif n >= self.dev.split_min_n and nrows < 2 * self.dev.num_sms:
-            self._split_launch(kind, xs, common, nrows, n, xv, (mask_arg, m_rs, m_es), tau)
+        if n <= ROWS_MAX_N:
+            g, nc = _rows_shape(n, dt)
+            vec = self._vectorizable(xs, xv, n) and (kind == 2 or self._vectorizable(res, ov, n))
+            threads = 256
+            grid = ((nrows * g + threads - 1) // threads,)
+            self.dev.launch(dt, f"csm_fwd_rows<{_CTYPE[dt]}, {g}, {nc}>", grid, (threads,),
+                            common + tail + [np.int32(vec)])
         else:
             csize = 8 if dt == "float64" else 4
             cached = n * csize <= self.dev.SMEM_CACHE_BYTES
-            threads = 512 if n >= 8192 else 256
-            self.dev.launch(dt, f"csm_fwd_block<{_CTYPE[dt]}, {int(cached)}>", (nrows,), (threads,), common + tail,
-                            shared_mem=n * csize if cached else 0)
+            if cached and not (n >= self.dev.split_min_n and nrows < 2 * self.dev.num_sms):
+                vec = self._vectorizable(xs, xv, n) and (kind == 2 or self._vectorizable(res, ov, n))
+                threads = 512 if n >= 8192 else 256
+                self.dev.launch(dt, f"csm_fwd_block<{_CTYPE[dt]}>", (nrows,), (threads,), common + tail + [np.int32(vec)],
+                                shared_mem=n * csize)
+            else:
+                self._split_launch(kind, xs, res, common, nrows, n, xv, ov, (mask_arg, m_rs, m_es), tau)
 
-    def _split_launch(self, kind, xs, common, nrows, n, xv, maskv, tau):
+    def _split_launch(self, kind, xs, res, common, nrows, n, xv, ov, maskv, tau):
+        """Rows in chunks of their own blocks: enough chunks to keep every multiprocessor
+        busy, each a multiple of 8 entries (whole 16-byte pieces), at most 65535 per row."""
         xp, dt, i64, f64 = self.xp, xs.dtype.name, np.int64, np.float64
-        target = 4 * self.dev.num_sms
-        nchunks = max(2, min((n + 4095) // 4096, (target + nrows - 1) // nrows))
-        chunk = (n + nchunks - 1) // nchunks
-        nchunks = (n + chunk - 1) // chunk
+        want = max(-(-n // self.dev.split_chunk), -(-4 * self.dev.num_sms // nrows), 2)
+        nchunks = min(want, 65535, max(1, n // 8))
+        chunk = -(-(-(-n // nchunks)) // 8) * 8
+        nchunks = -(-n // chunk)
+        vec = self._vectorizable(xs, xv, n) and (kind == 2 or self._vectorizable(res, ov, n))
         ws = xp.empty(nrows * nchunks * 7, dtype=np.float64)
         mask_arg, m_rs, m_es = maskv
-        self.dev.launch(dt, f"csm_fwd_split_stats<{_CTYPE[dt]}>", (nchunks, nrows), (256,),
+        self.dev.launch(dt, f"csm_fwd_split_stats<{_CTYPE[dt]}>", (nrows, nchunks), (256,),
                         [xs, i64(xv[0]), i64(xv[1]), mask_arg, i64(m_rs), i64(m_es), ws, i64(nrows), i64(n),
-                         i64(chunk), f64(tau)])
+                         i64(chunk), f64(tau), np.int32(vec)])
         self.dev.launch(dt, "csm_fwd_split_merge", (nrows,), (256,), [ws, i64(nrows), i64(nchunks), f64(tau)])
-        self.dev.launch(dt, f"csm_fwd_split_finish<{_CTYPE[dt]}>", (nchunks, nrows), (256,),
-                        common + [ws, i64(nrows), i64(n), i64(chunk), f64(tau), np.int32(kind)])
+        self.dev.launch(dt, f"csm_fwd_split_finish<{_CTYPE[dt]}>", (nrows, nchunks), (256,),
+                        common + [ws, i64(nrows), i64(n), i64(chunk), f64(tau), np.int32(kind), np.int32(vec)])
+
+    def _vectorizable(self, a, view, n):
+        """Whether rows of a (row stride, entry stride = view) start on 16 bytes and are
+        contiguous, so whole 16-byte chunks can be loaded and stored."""
+        rs, es = view
+        return es == 1 and self.dev.ptr(a) % 16 == 0 and (rs * a.itemsize) % 16 == 0
 
     def _cols_launch(self, kind, xs, res, mask, axis, tau):
         """The column kernel, if x (and out) are contiguous along a dimension other than
