@@ -501,7 +501,7 @@ template <> struct csm_rowsum<double> {
  * sum over the entries below it + (ties - 1). Groups past the last row shadow it (they
  * read, never write), so every lane reaches every shuffle. */
 template <typename T, int G, int NC>
-__global__ void csm_fwd_rows(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, i64 o_es, const unsigned char *mask,
+__global__ void csm_fwd_rows __launch_bounds__(256)(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, i64 o_es, const unsigned char *mask,
                              i64 m_rs, i64 m_es, T *lse_out, i64 l_rs, i64 nrows, i64 n, double tau, int kind, int vec)
 {
     typedef typename csm_traits<T>::C C;
@@ -660,6 +660,10 @@ __global__ void csm_fwd_block(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, 
         p.put(cache, j, n);
     }
     m = csm_n<C>(csm_block_max(csm_w(m), &red));
+    int zero = 0;
+    csm_block_counts(nan, any, zero, &red);
+    const bool special = !any || nan || !csm_finite(csm_w(m)) || tau_inf;
+    const bool keep_exps = kind == 0 && !special; /* softmax: pass 3 only scales */
     csm_rowsum<C> acc;
     acc.init();
     for (i64 j = j_first; j < n; j += step) {
@@ -668,12 +672,15 @@ __global__ void csm_fwd_block(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, 
 #pragma unroll
         for (int t = 0; t < V; t++) {
             const bool tie = csm_eq(p.c[t], m);
+            const C ev = csm_expdiff(p.c[t], m, tau, inv_tau);
             ties += tie;
-            acc.add(tie ? (C)0 : csm_expdiff(p.c[t], m, tau, inv_tau));
+            acc.add(tie ? (C)0 : ev);
+            p.c[t] = ev;
         }
+        if (keep_exps) p.put(cache, j, n);
     }
-    csm_block_counts(ties, nan, any, &red);
-    const bool special = !any || nan || !csm_finite(csm_w(m)) || tau_inf;
+    int z0 = 0, z1 = 0;
+    csm_block_counts(ties, z0, z1, &red);
     const csm_dd s = csm_dd_add_d(csm_block_sum(acc.local(), &red), (double)(ties - 1));
     if (special) { /* the semantics table (masked entries are -inf in the cache) */
         int cnt = 0, z0 = 0, z1 = 0;
@@ -703,7 +710,7 @@ __global__ void csm_fwd_block(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, 
         p.get(cache, j, n);
 #pragma unroll
         for (int t = 0; t < V; t++)
-            p.c[t] = kind == 0 ? csm_mul(csm_expdiff(p.c[t], m, tau, inv_tau), c) : csm_logp(p.c[t], m, c, inv_tau, scaled);
+            p.c[t] = kind == 0 ? csm_mul(p.c[t], c) : csm_logp(p.c[t], m, c, inv_tau, scaled);
         csm_store_piece(orow, o_es, j, n, vec, p.c);
     }
 }
