@@ -1,14 +1,16 @@
 """Build of csoftmax's compiled core.
 
 One extension, csoftmax._ckernels: the Cython wrapper, the dispatcher, and the C kernels
-compiled once per instruction set. On x86-64 the same kernel source is compiled three
-times -- baseline (SSE2), AVX2+FMA and AVX-512 -- each with its own flags, and the best
-one the CPU runs is chosen at import. Elsewhere only the baseline build exists (the
-kernels use GCC/Clang vector extensions, so that is NEON on arm64).
+(src/backends/cpu/csm_kernels.c) compiled once per instruction set and dtype. On x86-64
+the kernel source is compiled six times -- baseline (SSE2), AVX2+FMA and AVX-512, each
+for float and double -- with its instruction set's flags, and the best build the CPU
+runs is chosen at import. Elsewhere only the baseline builds exist (the kernels use
+GCC/Clang vector extensions, so that is NEON on arm64).
 
 Flags: -O3 and -ffp-contract=off (the kernels' error-free transformations must not be
-fused behind their back); OpenMP where the compiler has it. Never -ffast-math: it breaks
-inf/NaN semantics.
+fused behind their back); OpenMP where the compiler has it; the project's own C sources
+with -Wall -Wextra -Wshadow (CSOFTMAX_WERROR=1 makes their warnings errors, as CI does;
+the Cython-generated file is left out). Never -ffast-math: it breaks inf/NaN semantics.
 
 The CUDA kernel source (src/backends/cuda/*.cu) and the headers it shares with the C core
 (src/backends/common/*.h) are copied into the package as csoftmax/_cuda_kernels/ so the
@@ -33,11 +35,14 @@ CUDA_DIR = HERE / "src" / "backends" / "cuda"
 
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 COMMON_FLAGS = ["-O3", "-ffp-contract=off"]
-# instruction-set builds compiled separately with their own flags
-ISA_SOURCES = {
-    "csm_isa_avx2.c": ["-mavx2", "-mfma"],
-    "csm_isa_avx512.c": ["-mavx512f", "-mavx512dq", "-mfma"],
-} if IS_X86_64 else {}
+# the project's own C sources: warn loudly (and fail on a warning when CI asks)
+WARNINGS = ["-Wall", "-Wextra", "-Wshadow"] + (["-Werror"] if os.environ.get("CSOFTMAX_WERROR") == "1" else [])
+# the kernel builds: (name, bytes per vector, compiler flags), lowest first
+ISAS = [("baseline", 16, [])] + (
+    [("avx2", 32, ["-mavx2", "-mfma"]), ("avx512", 64, ["-mavx512f", "-mavx512dq", "-mfma"])] if IS_X86_64 else []
+)
+KERNELS = CPU_DIR / "csm_kernels.c"
+DISPATCH = CPU_DIR / "csm_dispatch.c"
 
 
 def compiler_accepts(compiler, flags):
@@ -62,18 +67,25 @@ class BuildExt(build_ext):
             if openmp:
                 ext.extra_compile_args += ["-fopenmp"]
                 ext.extra_link_args += ["-fopenmp"]
-            # the per-ISA objects: same source, other flags
-            for name, flags in ISA_SOURCES.items():
-                objs = self.compiler.compile(
-                    [str(CPU_DIR / name)],
-                    output_dir=self.build_temp,
-                    include_dirs=ext.include_dirs,
-                    macros=ext.define_macros,
-                    extra_postargs=ext.extra_compile_args + flags,
-                    depends=ext.depends,
-                )
-                ext.extra_objects += objs
+            # the project's own C: the dispatcher, and the kernel builds -- one source, an
+            # object per (instruction set, dtype)
+            ext.extra_objects += self._compile(ext, DISPATCH, self.build_temp, [])
+            for isa, vector_bytes, flags in ISAS:
+                for real in ("F32", "F64"):
+                    macros = [("CSM_ISA", isa), ("CSM_VB", str(vector_bytes)), (f"CSM_REAL_{real}", "1")]
+                    ext.extra_objects += self._compile(ext, KERNELS, Path(self.build_temp) / f"{isa}-{real.lower()}",
+                                                       macros, flags)
         super().build_extensions()
+
+    def _compile(self, ext, source, output_dir, macros, flags=()):
+        return self.compiler.compile(
+            [str(source)],
+            output_dir=str(output_dir),
+            include_dirs=ext.include_dirs,
+            macros=ext.define_macros + macros,
+            extra_postargs=ext.extra_compile_args + WARNINGS + list(flags),
+            depends=ext.depends,
+        )
 
 
 class BuildPy(build_py):
@@ -90,11 +102,7 @@ class BuildPy(build_py):
 depends = sorted(str(p) for p in list(CPU_DIR.glob("*.h")) + list(COMMON_DIR.glob("*.h")))
 extension = Extension(
     "csoftmax._ckernels",
-    sources=[
-        "src/csoftmax/_ckernels.pyx",
-        str(CPU_DIR / "csm_dispatch.c"),
-        str(CPU_DIR / "csm_isa_baseline.c"),
-    ],
+    sources=["src/csoftmax/_ckernels.pyx"],  # the C sources: BuildExt
     include_dirs=[str(CPU_DIR), str(COMMON_DIR), numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
     + ([("CSM_BUILD_X86_ISAS", "1")] if IS_X86_64 else []),

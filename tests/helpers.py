@@ -1,6 +1,7 @@
 """Shared test machinery: the backends under test (taken from the registry, so a new
-backend widens every test), a generator of nasty arrays, memory layouts, tolerances and
-the float64 oracle (the reference backend on float64 copies of the inputs)."""
+backend widens every test), the ops by family (taken from the op table, so a new op
+widens every test of its family), one way to call an op on a backend, a generator of
+nasty arrays, memory layouts, tolerances and the float64 oracle."""
 from __future__ import annotations
 
 import itertools
@@ -8,11 +9,12 @@ import itertools
 import numpy as np
 
 import csoftmax
-from csoftmax import _registry
+from csoftmax import _ops, _registry
 
 FLOATS = ("float16", "float32", "float64")
+Family = _ops.Family
 
-# ---- backends ---------------------------------------------------------------------------
+# ---- backends and ops -------------------------------------------------------------------
 
 
 def available_backends():
@@ -29,6 +31,28 @@ def to_backend(name, a):
 
 def to_numpy(name, a):
     return None if a is None else np.asarray(backend_module(name).to_numpy(a))
+
+
+def ops_of(family):
+    """The names of the ops of a family, from the op table."""
+    return tuple(op.name for op in _ops.of_family(family))
+
+
+ARRAY_KWARGS = ("where", "out", "weight")
+
+
+def call(backend, op, *arrays, **kw):
+    """op on a backend, as a user of that backend's arrays calls it: the NumPy arrays among
+    the arguments (and where=, out=, weight=) converted to the backend's type, the results
+    converted back to NumPy (tuples element by element)."""
+    args = [to_backend(backend, a) if isinstance(a, np.ndarray) else a for a in arrays]
+    for k in ARRAY_KWARGS:
+        if isinstance(kw.get(k), np.ndarray):
+            kw[k] = to_backend(backend, kw[k])
+    res = getattr(csoftmax, op)(*args, backend=backend, **kw)
+    if isinstance(res, tuple):
+        return tuple(to_numpy(backend, r) for r in res)
+    return to_numpy(backend, res)
 
 
 # ---- arrays --------------------------------------------------------------------------------
@@ -210,12 +234,21 @@ def result_dtype(dtype):
     return dt if dt.kind == "f" else np.dtype(np.float64)
 
 
-def oracle(op, *arrays, **kwargs):
-    """The reference backend on float64 copies of the inputs (values as stored); integer
-    arrays stay integers for cross-entropy's labels."""
+def oracle_backend(backend=None):
+    """The implementation a backend's results are compared with: the reference backend;
+    for the reference backend itself, the C core (an independent implementation of the
+    same contract), where it is built."""
+    if backend != "reference":
+        return "reference"
+    return "c" if _registry.is_available("c") else "reference"
+
+
+def oracle(op, *arrays, against=None, **kwargs):
+    """The oracle backend (oracle_backend(against)) on float64 copies of the inputs (values
+    as stored); integer arrays stay integers for cross-entropy's labels."""
     conv = []
     for i, a in enumerate(arrays):
         a = np.asarray(a)
         keep = a.dtype.kind in "iu" and op == "softmax_cross_entropy" and i == 1
         conv.append(a if keep else np.asarray(a, dtype=np.float64))
-    return getattr(csoftmax, op)(*conv, backend="reference", **kwargs)
+    return getattr(csoftmax, op)(*conv, backend=oracle_backend(against), **kwargs)

@@ -1,4 +1,4 @@
-"""The accuracy contract (DESIGN.md section 4), measured in ulps of the output dtype
+"""The accuracy contract (docs/design.md, "Accuracy"), measured in ulps of the output dtype
 against the exact result for the input as stored.
 
 Oracles: mpmath (40 digits) for short rows and any temperature; for long rows (up to 1e6
@@ -20,8 +20,7 @@ import mpmath as mp
 import numpy as np
 import pytest
 
-import csoftmax
-from helpers import to_backend, to_numpy
+from helpers import call
 
 LD = np.longdouble
 LD_EXACT = np.finfo(LD).nmant >= 63  # 80-bit extended or better
@@ -100,10 +99,6 @@ def _row(kind, n, dtype, rng):
 KINDS = ("normal30", "dominant", "gaps50", "underflow", "close")
 
 
-def _compute(backend, op, x, **kw):
-    return to_numpy(backend, getattr(csoftmax, op)(to_backend(backend, x), backend=backend, **kw))
-
-
 # ---- the oracle itself ----------------------------------------------------------------------------
 @needs_ld
 @pytest.mark.parametrize("kind", KINDS)
@@ -131,7 +126,7 @@ def test_ulp_contract_long_rows(backend, op, dtype, kind, n):
     rng = np.random.default_rng(n + len(kind))
     x = _row(kind, n, dtype, rng)
     soft, logs = exact_ld(x)
-    got = _compute(backend, op, x)
+    got = call(backend, op, x)
     err = ulps(got, soft if op == "softmax" else logs, dtype)
     assert err.max() <= ULP_LIMIT, f"{op} {np.dtype(dtype).name} {kind} n={n}: {err.max():.2f} ulp at {err.argmax()}"
 
@@ -146,7 +141,7 @@ def test_ulp_contract_temperature(backend, op, dtype, kind, tau):
     x = _row(kind, 200, dtype, rng)
     soft, logs = exact_mp(x, tau)
     exact = soft if op == "softmax" else logs
-    got = _compute(backend, op, x, temperature=tau)
+    got = call(backend, op, x, temperature=tau)
     tiny = mp.mpf("1e-4900")  # below longdouble's range: 0 (the results there are 0 too)
     exact_arr = np.array([LD(mp.nstr(v, 30)) if abs(v) > tiny else LD(0) for v in exact], dtype=LD)
     err = ulps(got, exact_arr, dtype)
@@ -161,8 +156,8 @@ def test_exp_across_its_range(backend, dtype):
     lo = -105.0 if dtype == np.float32 else -750.0
     d = np.linspace(lo, 0.0, 4001).astype(dtype)
     x = np.stack([np.zeros_like(d), d], axis=1)
-    got = _compute(backend, "softmax", x)
-    got_log = _compute(backend, "log_softmax", x)
+    got = call(backend, "softmax", x)
+    got_log = call(backend, "log_softmax", x)
     e = np.exp(d.astype(LD))
     want = np.stack([1 / (1 + e), e / (1 + e)], axis=1)
     want_log = np.stack([-np.log1p(e), d.astype(LD) - np.log1p(e)], axis=1)
@@ -171,11 +166,11 @@ def test_exp_across_its_range(backend, dtype):
 
 
 def test_logsumexp_tail_precision(backend):
-    got = _compute(backend, "logsumexp", np.array([0.0, -40.0]))
+    got = call(backend, "logsumexp", np.array([0.0, -40.0]))
     assert got == pytest.approx(4.248354255291589e-18, rel=1e-15)
-    got = _compute(backend, "log_softmax", np.array([0.0, -40.0]))
+    got = call(backend, "log_softmax", np.array([0.0, -40.0]))
     assert got[0] == pytest.approx(-4.248354255291589e-18, rel=1e-15)
-    got32 = _compute(backend, "log_softmax", np.array([0.0, -20.0], dtype=np.float32))
+    got32 = call(backend, "log_softmax", np.array([0.0, -20.0], dtype=np.float32))
     assert got32[0] == pytest.approx(-2.0611536e-09, rel=1e-6)
 
 
@@ -192,7 +187,7 @@ def test_logsumexp_accuracy(backend, dtype):
         k = int(np.argmax(xd))
         e[k] = 0
         want = LD(m) + np.log1p(np.sum(e))
-        got = _compute(backend, "logsumexp", x)
+        got = call(backend, "logsumexp", x)
         assert ulps(got, want, dtype) <= 2.0, kind
 
 
@@ -201,7 +196,7 @@ def test_logsumexp_accuracy(backend, dtype):
 def test_softmax_sums_to_one(backend, dtype, n):
     rng = np.random.default_rng(n)
     x = (rng.standard_normal(n) * 30).astype(dtype)
-    s = _compute(backend, "softmax", x).astype(LD)
+    s = call(backend, "softmax", x).astype(LD)
     eps = np.finfo(dtype).eps
     assert abs(float(np.sum(s)) - 1.0) <= 4 * eps * max(1.0, math.log2(n))
 
@@ -211,8 +206,8 @@ def test_float16_is_rounded_from_the_float32_computation(backend):
     x = (rng.standard_normal((37, 50)) * 4).astype(np.float16)
     for op in ("softmax", "log_softmax", "logsumexp"):
         kw = {"axis": -1}
-        got = _compute(backend, op, x, **kw)
-        via32 = _compute(backend, op, x.astype(np.float32), **kw).astype(np.float16)
+        got = call(backend, op, x, **kw)
+        via32 = call(backend, op, x.astype(np.float32), **kw).astype(np.float16)
         assert got.dtype == np.float16
         np.testing.assert_array_equal(got, via32)
 
@@ -228,7 +223,7 @@ def test_not_less_accurate_than_the_peers(backend, op, dtype):
     x = (rng.standard_normal(4096) * 30).astype(dtype)
     soft, logs = exact_ld(x)
     exact = soft if op == "softmax" else logs
-    ours = ulps(_compute(backend, op, x), exact, dtype).max()
+    ours = ulps(call(backend, op, x), exact, dtype).max()
     peers = {"scipy": ulps(getattr(scipy_special, op)(x), exact, dtype).max()}
     try:
         import torch
@@ -251,7 +246,7 @@ def test_ulp_contract_along_a_leading_axis(backend, op, dtype, kind):
     rng = np.random.default_rng(17)
     cols = [_row(kind, 3000, dtype, rng) for _ in range(40)]
     x = np.stack(cols, axis=1)
-    got = _compute(backend, op, x, axis=0)
+    got = call(backend, op, x, axis=0)
     for j in range(x.shape[1]):
         soft, logs = exact_ld(x[:, j])
         err = ulps(got[:, j], soft if op == "softmax" else logs, dtype)

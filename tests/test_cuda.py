@@ -20,7 +20,7 @@ import pytest
 import csoftmax
 from csoftmax import _registry
 from csoftmax._backends import cuda
-from helpers import assert_matches, forward_atol, oracle
+from helpers import assert_matches, backend_module, forward_atol, oracle
 
 HAVE_GPU = _registry.is_available("cuda")
 needs_gpu = pytest.mark.skipif(
@@ -29,11 +29,19 @@ needs_gpu = pytest.mark.skipif(
 )
 
 
-def _emulated():
+EMULATED = "cuda-emulated"
+
+
+def _launches(fn, *args, **kw):
+    """(the result of csoftmax.fn(*args, backend="cuda-emulated", **kw), the kernels it
+    launched): the `cuda` backend's planning and kernels run by the host emulator."""
     emulator = pytest.importorskip("cuda_emu.emulator")
-    if emulator.compiler() is None:
+    if emulator.compiler() is None or EMULATED not in csoftmax.backends():
         pytest.skip("no C++ compiler for the CUDA emulator")
-    return emulator
+    dev = backend_module(EMULATED).ops.dev
+    dev.launches.clear()
+    res = getattr(csoftmax, fn)(*args, backend=EMULATED, **kw)
+    return res, list(dev.launches)
 
 
 # ---- compile ------------------------------------------------------------------------------------
@@ -59,7 +67,7 @@ def test_kernel_source_ships_with_the_package():
     src = cuda.kernel_source()
     for name in ("csm_fwd_rows", "csm_fwd_block", "csm_fwd_split_stats", "csm_fwd_cols", "csm_bwd_warp",
                  "csm_xent_block", "csm_jacobian"):
-        assert re.search(rf"void {name}\b", src), name
+        assert re.search(rf"__global__ void [^;{{]*\b{name}\(", src), name
 
 
 # ---- the planning reaches every kernel (emulator) ----------------------------------------------------
@@ -80,25 +88,17 @@ CASES = [
 
 @pytest.mark.parametrize("op,shape,axis,kernel", CASES)
 def test_planning_reaches_each_kernel(op, shape, axis, kernel):
-    emulator = _emulated()
-    mod = emulator.backend_module()
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape) * 5
     x.reshape(-1)[3] = -np.inf
-    axes = (axis % len(shape),)
-    if op == "logsumexp":
-        got = mod.logsumexp(x, axes, False, None, None, x.dtype)
-    else:
-        got = getattr(mod, op)(x, axes, 1.0, None, None, x.dtype)
-    assert kernel in mod.ops.dev.launches, mod.ops.dev.launches
+    got, launched = _launches(op, x, axis=axis)
+    assert kernel in launched, launched
     assert_matches(got, oracle(op, x, axis=axis), "float64", f"{op} {shape} via {kernel}")
 
 
 def test_block_kernel_for_each_dtype():
     """A block per row, the row cached in shared memory (float16 rows computed in float);
     special rows among ordinary ones."""
-    emulator = _emulated()
-    mod = emulator.backend_module()
     rng = np.random.default_rng(1)
     for dtype, kernel in (("float16", "csm_fwd_block<csm_half>"), ("float32", "csm_fwd_block<float>"),
                           ("float64", "csm_fwd_block<double>")):
@@ -106,16 +106,14 @@ def test_block_kernel_for_each_dtype():
         x[1, 5] = np.nan
         x[2, :] = -np.inf
         for op in ("softmax", "log_softmax"):
-            got = getattr(mod, op)(x, (1,), 0.5, None, None, x.dtype)
-            assert kernel in mod.ops.dev.launches, mod.ops.dev.launches
+            got, launched = _launches(op, x, temperature=0.5)
+            assert kernel in launched, launched
             assert_matches(got, oracle(op, x, temperature=0.5), dtype, f"{op} {dtype} via {kernel}")
 
 
 def test_split_kernels_with_chunks_of_every_kind():
     """Rows longer than the cache: chunks holding the max, chunks below it, a chunk of
     only -inf, a tie of the max across chunks, and a partial last chunk."""
-    emulator = _emulated()
-    mod = emulator.backend_module()
     rng = np.random.default_rng(5)
     for dtype in ("float32", "float64"):
         x = (rng.standard_normal((3, 5003)) * 4).astype(dtype)
@@ -123,29 +121,30 @@ def test_split_kernels_with_chunks_of_every_kind():
         x[1, 10] = x[1, 4000] = 30.0  # the max twice, in different chunks
         x[2, :] = rng.standard_normal(5003).astype(dtype) * 1e-3
         for op in ("softmax", "log_softmax", "logsumexp"):
-            if op == "logsumexp":
-                got = mod.logsumexp(x, (1,), False, None, None, x.dtype)
-            else:
-                got = getattr(mod, op)(x, (1,), 1.0, None, None, x.dtype)
-            assert f"csm_fwd_split_finish<{cuda._CTYPE[dtype]}>" in mod.ops.dev.launches
+            got, launched = _launches(op, x, axis=1)
+            assert f"csm_fwd_split_finish<{cuda._CTYPE[dtype]}>" in launched, launched
             assert_matches(got, oracle(op, x, axis=1), dtype, f"{op} {dtype} split",
                            atol=forward_atol(op, x, dtype))
 
 
 def test_backward_and_xent_and_jacobian_kernels():
-    emulator = _emulated()
-    mod = emulator.backend_module()
     rng = np.random.default_rng(2)
     for n, kernel in ((50, "csm_bwd_warp<double, 2>"), (3000, "csm_bwd_block<double>")):
         x, g = rng.standard_normal((3, n)), rng.standard_normal((3, n))
-        y = oracle("softmax", x)
-        got = mod.softmax_backward(g, y, (1,), 1.0, None, None, x.dtype)
-        assert kernel in mod.ops.dev.launches
+        y = np.asarray(oracle("softmax", x))
+        got, launched = _launches("softmax_backward", g, y)
+        assert kernel in launched, launched
         assert_matches(got, oracle("softmax_backward", g, y), "float64", kernel, rtol=1e-13, atol=1e-15)
     x = rng.standard_normal((4, 7))
-    J = mod.softmax_jacobian(x, 1, 1.0, x.dtype)
-    assert "csm_jacobian<double>" in mod.ops.dev.launches
+    J, launched = _launches("softmax_jacobian", x)
+    assert "csm_jacobian<double>" in launched, launched
     assert_matches(J, oracle("softmax_jacobian", x), "float64", "jacobian", atol=1e-16)
+    labels = rng.integers(0, 7, size=4)
+    (loss, grad), launched = _launches("softmax_cross_entropy", x, labels, return_grad=True)
+    assert "csm_xent_block<double>" in launched, launched
+    want_loss, want_grad = oracle("softmax_cross_entropy", x, labels, return_grad=True)
+    assert_matches(loss, want_loss, "float64", "cross-entropy loss", rtol=1e-14, atol=1e-15)
+    assert_matches(grad, want_grad, "float64", "cross-entropy gradient", rtol=1e-13, atol=1e-15)
 
 
 # ---- on a GPU ------------------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """The equivalence matrix: every backend x op x dtype x shape x axis x layout x special
-values, each compared with the reference backend on float64 copies of the inputs.
+values, each compared with an oracle on float64 copies of the inputs -- the reference
+backend, and for the reference backend itself the C core (helpers.oracle_backend), so
+that every row compares two independent implementations.
 
 Arrays come from helpers.nasty_arrays (odd tails around every vector width, 0-d, empty,
 NaN, +-inf, all -inf rows, ties, values near the dtype's limits, subnormals); layouts from
 helpers.with_layout (C, Fortran, strided, negative strides, read-only, byte-swapped,
-misaligned). Backends come from the registry, so a new backend joins the matrix by being
-registered and available.
+misaligned). Backends come from the registry and ops from the op table (by family), so
+a new backend or op joins the matrix by being registered or listed.
 """
 from __future__ import annotations
 
@@ -15,15 +17,19 @@ import numpy as np
 import pytest
 
 import csoftmax
+import helpers
 from helpers import (
     LAYOUTS,
     SHAPES,
     VALUE_KINDS,
+    Family,
     assert_matches,
-    forward_atol,
     axes_for,
+    call,
+    forward_atol,
     nasty_arrays,
     oracle,
+    ops_of,
     reduced_axes,
     result_dtype,
     to_backend,
@@ -32,7 +38,11 @@ from helpers import (
     with_layout,
 )
 
-FORWARD = ("softmax", "log_softmax", "logsumexp")
+FORWARD = ops_of(Family.FORWARD)
+ELEMENTWISE = tuple(op for op in FORWARD if op != "logsumexp")  # results of x's shape
+BACKWARD = {op.name: op.forward for op in csoftmax._ops.of_family(Family.BACKWARD)}
+JACOBIAN = ops_of(Family.JACOBIAN)
+CROSS_ENTROPY = ops_of(Family.CROSS_ENTROPY)
 DTYPES = ("float16", "float32", "float64", "int64")
 FLOAT_DTYPES = ("float16", "float32", "float64")
 
@@ -43,21 +53,11 @@ def _rng(*key):
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
-def _oracle(key, op, *arrays, **kw):
+def _oracle(key, op, *arrays, against=None, **kw):
+    key = (key, helpers.oracle_backend(against))
     if key not in _oracle_cache:
-        _oracle_cache[key] = np.asarray(oracle(op, *arrays, **kw))
+        _oracle_cache[key] = np.asarray(oracle(op, *arrays, against=against, **kw))
     return _oracle_cache[key]
-
-
-def _call(backend, op, *arrays, **kw):
-    args = [to_backend(backend, a) if isinstance(a, np.ndarray) else a for a in arrays]
-    for k in ("where", "out", "weight"):
-        if isinstance(kw.get(k), np.ndarray):
-            kw[k] = to_backend(backend, kw[k])
-    res = getattr(csoftmax, op)(*args, backend=backend, **kw)
-    if isinstance(res, tuple):
-        return tuple(to_numpy(backend, r) for r in res)
-    return to_numpy(backend, res)
 
 
 def _kinds(dtype):
@@ -72,8 +72,8 @@ def test_forward_values(backend, op, dtype):
     rdt = result_dtype(dtype)
     for label, x in nasty_arrays(dtype, rng, kinds=_kinds(dtype)):
         for axis in axes_for(x.ndim):
-            want = _oracle(("v", op, dtype, label, axis), op, x, axis=axis)
-            got = _call(backend, op, x, axis=axis)
+            want = _oracle(("v", op, dtype, label, axis), op, x, axis=axis, against=backend)
+            got = call(backend, op, x, axis=axis)
             assert_matches(got, want, rdt, f"{op} {dtype} {label} axis={axis}", atol=forward_atol(op, x, rdt))
 
 
@@ -92,8 +92,8 @@ def test_forward_layouts(backend, op, dtype, layout):
             x = values(shape, kind, dtype, rng).astype(dtype, copy=False)
             xl = with_layout(x, layout)
             for axis in axes_for(x.ndim):
-                want = oracle(op, x, axis=axis)
-                got = _call(backend, op, xl, axis=axis)
+                want = oracle(op, x, axis=axis, against=backend)
+                got = call(backend, op, xl, axis=axis)
                 assert_matches(got, want, rdt, f"{op} {dtype} {layout} {shape}/{kind} axis={axis}",
                                atol=forward_atol(op, x, rdt))
 
@@ -133,8 +133,8 @@ def test_forward_where(backend, op, dtype):
                 for mlabel, mask in _masks(shape, axes, rng):
                     for layout in ("C", "negative"):
                         xl = with_layout(x, layout)
-                        want = oracle(op, x, axis=axis, where=mask)
-                        got = _call(backend, op, xl, axis=axis, where=mask)
+                        want = oracle(op, x, axis=axis, where=mask, against=backend)
+                        got = call(backend, op, xl, axis=axis, where=mask)
                         assert_matches(got, want, rdt, f"{op} {dtype} {shape}/{kind} axis={axis} where={mlabel} {layout}",
                                        atol=forward_atol(op, x, rdt))
 
@@ -142,20 +142,20 @@ def test_forward_where(backend, op, dtype):
 # ---- forward ops: temperature --------------------------------------------------------------------
 @pytest.mark.parametrize("tau", [0.25, 0.7, 3.0, 1e-3, 1e3, np.inf])
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("op", ("softmax", "log_softmax"))
+@pytest.mark.parametrize("op", ELEMENTWISE)
 def test_forward_temperature(backend, op, dtype, tau):
     rng = _rng("tau", op, dtype, tau)
     for shape in [(), (5,), (17,), (6, 33), (40, 9), (3, 4, 16)]:
         for kind in ("normal", "wide", "ninf", "nan_pinf", "ties", "big"):
             x = values(shape, kind, dtype, rng).astype(dtype, copy=False)
             for axis in axes_for(len(shape)):
-                want = oracle(op, x, axis=axis, temperature=tau)
-                got = _call(backend, op, x, axis=axis, temperature=tau)
+                want = oracle(op, x, axis=axis, temperature=tau, against=backend)
+                got = call(backend, op, x, axis=axis, temperature=tau)
                 assert_matches(got, want, dtype, f"{op} {dtype} {shape}/{kind} axis={axis} tau={tau}")
                 if len(shape) == 2 and kind in ("normal", "ninf"):
                     mask = rng.random(shape) < 0.5
-                    want = oracle(op, x, axis=axis, temperature=tau, where=mask)
-                    got = _call(backend, op, x, axis=axis, temperature=tau, where=mask)
+                    want = oracle(op, x, axis=axis, temperature=tau, where=mask, against=backend)
+                    got = call(backend, op, x, axis=axis, temperature=tau, where=mask)
                     assert_matches(got, want, dtype, f"{op} {dtype} {shape}/{kind} axis={axis} tau={tau} masked")
 
 
@@ -168,7 +168,7 @@ def test_forward_out(backend, op, dtype):
     for shape in [(), (7,), (3, 17), (20, 9), (2, 3, 16)]:
         x = values(shape, "normal", dtype, rng).astype(dtype, copy=False)
         for axis in axes_for(len(shape)):
-            want = oracle(op, x, axis=axis)
+            want = oracle(op, x, axis=axis, against=backend)
             if op == "logsumexp":
                 axes = reduced_axes(axis, len(shape))
                 for keepdims in (False, True):
@@ -179,7 +179,7 @@ def test_forward_out(backend, op, dtype):
                         res = getattr(csoftmax, op)(to_backend(backend, x), axis=axis, keepdims=keepdims, out=out,
                                                     backend=backend)
                         assert res is out
-                        w = oracle(op, x, axis=axis, keepdims=keepdims)
+                        w = oracle(op, x, axis=axis, keepdims=keepdims, against=backend)
                         assert_matches(to_numpy(backend, out), w, rdt, f"{op} out {shape} axis={axis} keepdims={keepdims}",
                                        atol=forward_atol(op, x, rdt))
                 continue
@@ -197,19 +197,17 @@ def test_forward_out(backend, op, dtype):
                     assert_matches(to_numpy(backend, xb), want, rdt, f"{op} {dtype} in place {layout} {shape} axis={axis}")
 
 
-def test_out_overlapping_input(backend):
+@pytest.mark.parametrize("op", ELEMENTWISE)
+def test_out_overlapping_input(backend, op):
     """out= that shares memory with x without being x: computed aside, then copied."""
     x = np.linspace(-3, 3, 40).reshape(4, 10)
-    want = oracle("softmax", x[:, :8], axis=-1)
+    want = oracle(op, x[:, :8], axis=-1, against=backend)
     buf = to_backend(backend, x.copy())
-    got = csoftmax.softmax(buf[:, :8], axis=-1, out=buf[:, 2:], backend=backend)
-    assert_matches(to_numpy(backend, got), want, "float64", "overlapping out")
+    got = getattr(csoftmax, op)(buf[:, :8], axis=-1, out=buf[:, 2:], backend=backend)
+    assert_matches(to_numpy(backend, got), want, "float64", f"{op}: overlapping out")
 
 
 # ---- backward ops ------------------------------------------------------------------------------------
-BACKWARD = {"softmax_backward": "softmax", "log_softmax_backward": "log_softmax"}
-
-
 def _backward_inputs(fwd, shape, dtype, axis, rng, kind):
     """(grad_output, output): kinds of logits, or of gradients -- a NaN, a +inf, or huge
     ones of one sign whose sums leave the dtype's range (float32: not float64's)."""
@@ -247,8 +245,8 @@ def test_backward_matrix(backend, op, dtype):
                 g, y = _backward_inputs(fwd, shape, dtype, axis, rng, kind)
                 for tau in (1.0, 0.5, np.inf):
                     for layout in ("C", "F", "negative", "swapped"):
-                        want = oracle(op, g, y, axis=axis, temperature=tau)
-                        got = _call(backend, op, with_layout(g, layout), with_layout(y, layout), axis=axis,
+                        want = oracle(op, g, y, axis=axis, temperature=tau, against=backend)
+                        got = call(backend, op, with_layout(g, layout), with_layout(y, layout), axis=axis,
                                     temperature=tau)
                         rtol, atol = _backward_tol(g, y, dtype, op)
                         assert_matches(got, want, dtype, f"{op} {dtype} {shape}/{kind} axis={axis} tau={tau} {layout}",
@@ -256,8 +254,8 @@ def test_backward_matrix(backend, op, dtype):
                 if len(shape) >= 1:
                     axes = reduced_axes(axis, len(shape))
                     for mlabel, mask in _masks(shape, axes, rng):
-                        want = oracle(op, g, y, axis=axis, where=mask)
-                        got = _call(backend, op, g, y, axis=axis, where=mask)
+                        want = oracle(op, g, y, axis=axis, where=mask, against=backend)
+                        got = call(backend, op, g, y, axis=axis, where=mask)
                         rtol, atol = _backward_tol(g, y, dtype, op)
                         assert_matches(got, want, dtype, f"{op} {dtype} {shape}/{kind} axis={axis} where={mlabel}",
                                        rtol=rtol, atol=atol)
@@ -271,7 +269,7 @@ def test_backward_in_place(backend, op):
     x = rng.standard_normal((6, 13))
     y = np.asarray(oracle(BACKWARD[op], x))
     g = rng.standard_normal((6, 13))
-    want = oracle(op, g, y)
+    want = oracle(op, g, y, against=backend)
     for target in ("grad_output", "output"):
         gb, yb = to_backend(backend, g.copy()), to_backend(backend, y.copy())
         out = gb if target == "grad_output" else yb
@@ -282,7 +280,7 @@ def test_backward_in_place(backend, op):
 
 # ---- Jacobians -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("op", ("softmax_jacobian", "log_softmax_jacobian"))
+@pytest.mark.parametrize("op", JACOBIAN)
 def test_jacobian_matrix(backend, op, dtype):
     rng = _rng("jac", op, dtype)
     rdt = result_dtype(dtype)
@@ -291,8 +289,8 @@ def test_jacobian_matrix(backend, op, dtype):
             x = values(shape, kind, dtype, rng).astype(dtype, copy=False)
             for axis in range(-len(shape), len(shape)):
                 for tau in (1.0, 2.5, np.inf):
-                    want = oracle(op, x, axis=axis, temperature=tau)
-                    got = _call(backend, op, with_layout(x, "negative"), axis=axis, temperature=tau)
+                    want = oracle(op, x, axis=axis, temperature=tau, against=backend)
+                    got = call(backend, op, with_layout(x, "negative"), axis=axis, temperature=tau)
                     assert_matches(got, want, rdt, f"{op} {dtype} {shape}/{kind} axis={axis} tau={tau}",
                                    atol={"float16": 1e-3, "float32": 1e-7, "float64": 1e-15}[rdt.name])
 
@@ -315,7 +313,8 @@ def _xent_cases(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_cross_entropy_matrix(backend, dtype):
+@pytest.mark.parametrize("op", CROSS_ENTROPY)
+def test_cross_entropy_matrix(backend, op, dtype):
     rng = _rng("xent", dtype)
     rtol = {"float16": 3e-3, "float32": 1e-5, "float64": 1e-13}[dtype]
     for label, x, axis, target in _xent_cases(dtype, rng):
@@ -331,18 +330,19 @@ def test_cross_entropy_matrix(backend, dtype):
             {"temperature": 2.0},
             {"temperature": np.inf, "reduction": "sum"},
         ):
-            want_loss, want_grad = oracle("softmax_cross_entropy", x, target, axis=axis, return_grad=True, **kw)
-            got_loss, got_grad = _call(backend, "softmax_cross_entropy", x, target, axis=axis, return_grad=True, **kw)
+            want_loss, want_grad = oracle(op, x, target, axis=axis, return_grad=True, **kw, against=backend)
+            got_loss, got_grad = call(backend, op, x, target, axis=axis, return_grad=True, **kw)
             wl = np.abs(np.asarray(want_loss, dtype=np.float64))
             scale = 1.0 + float(np.max(wl[np.isfinite(wl)], initial=0.0))
             assert_matches(got_loss, want_loss, dtype, f"loss {dtype} {label} {kw}", rtol=rtol, atol=rtol * scale)
             assert_matches(got_grad, want_grad, dtype, f"grad {dtype} {label} {kw}", rtol=rtol, atol=rtol)
-            only_loss = _call(backend, "softmax_cross_entropy", x, target, axis=axis, **kw)
+            only_loss = call(backend, op, x, target, axis=axis, **kw)
             assert_matches(only_loss, want_loss, dtype, f"loss only {dtype} {label} {kw}", rtol=rtol, atol=rtol * scale)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_cross_entropy_where(backend, dtype):
+@pytest.mark.parametrize("op", CROSS_ENTROPY)
+def test_cross_entropy_where(backend, op, dtype):
     rng = _rng("xent-where", dtype)
     rtol = {"float16": 3e-3, "float32": 1e-5, "float64": 1e-13}[dtype]
     x = values((6, 9), "normal", dtype, rng).astype(dtype, copy=False)
@@ -353,8 +353,8 @@ def test_cross_entropy_where(backend, dtype):
     probs = rng.random((6, 9)).astype(dtype, copy=False)
     for target in (labels, probs):
         for kw in ({}, {"label_smoothing": 0.2}, {"weight": rng.random(9) + 0.1, "reduction": "none"}):
-            want = oracle("softmax_cross_entropy", x, target, where=mask, return_grad=True, **kw)
-            got = _call(backend, "softmax_cross_entropy", x, target, where=mask, return_grad=True, **kw)
+            want = oracle(op, x, target, where=mask, return_grad=True, **kw, against=backend)
+            got = call(backend, op, x, target, where=mask, return_grad=True, **kw)
             assert_matches(got[0], want[0], dtype, f"loss where {kw}", rtol=rtol, atol=rtol)
             assert_matches(got[1], want[1], dtype, f"grad where {kw}", rtol=rtol, atol=rtol)
             assert np.all(got[1][~mask] == 0)
@@ -362,7 +362,7 @@ def test_cross_entropy_where(backend, dtype):
 
 @pytest.mark.parametrize("tau", [1.0, 0.5, np.inf])
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("op", ("softmax", "log_softmax"))
+@pytest.mark.parametrize("op", ELEMENTWISE)
 def test_forward_in_place_nasty(backend, op, dtype, tau):
     """In place (out is x) with special values: every kernel must still read what it
     needs of x before it overwrites it."""
@@ -371,7 +371,7 @@ def test_forward_in_place_nasty(backend, op, dtype, tau):
     for label, x in nasty_arrays(dtype, rng, shapes=shapes):
         for axis in axes_for(x.ndim):
             for layout in ("C", "F", "negative"):
-                want = oracle(op, x, axis=axis, temperature=tau)
+                want = oracle(op, x, axis=axis, temperature=tau, against=backend)
                 xb = to_backend(backend, with_layout(x.copy(), layout))
                 res = getattr(csoftmax, op)(xb, axis=axis, temperature=tau, out=xb, backend=backend)
                 assert res is xb

@@ -9,22 +9,24 @@ import numpy as np
 import pytest
 
 import csoftmax
-from csoftmax import _api, _registry
-from helpers import assert_matches, nasty_arrays, oracle, with_layout
+from csoftmax import _ops, _registry
+from helpers import Family, assert_matches, nasty_arrays, ops_of, oracle, with_layout
 
 pytestmark = pytest.mark.skipif(
     not _registry.is_available("c"), reason="the fast entry belongs to the `c` backend, not built here"
 )
 
-FORWARD = ("softmax", "log_softmax", "logsumexp")
-BACKWARD = {"softmax_backward": "softmax", "log_softmax_backward": "log_softmax"}
+FORWARD = ops_of(Family.FORWARD)
+BACKWARD = {op.name: op.forward for op in _ops.of_family(Family.BACKWARD)}
 
 
-def _core():
-    csoftmax.softmax(np.zeros(2))  # resolve dispatch for NumPy arrays once
-    mod = _api._fast_backend("softmax")
-    assert mod is not None, "plain dispatch of a NumPy array does not reach the c backend"
-    return mod
+def _entry(op):
+    """The fast entry plain dispatch of op on a NumPy array uses (after one call resolved it)."""
+    args = (np.zeros(2),) if op in FORWARD else (np.zeros(2), np.full(2, 0.5))
+    getattr(csoftmax, op)(*args)
+    fast = _registry.fast_entry(np.ndarray, op)
+    assert fast is not None, f"plain dispatch of {op} on a NumPy array reaches no fast entry"
+    return fast
 
 
 X = np.arange(24, dtype=np.float64).reshape(4, 6) / 5.0
@@ -106,9 +108,9 @@ def _args(x, okind):
 @pytest.mark.parametrize("case", TAKEN + DECLINED, ids=[c[0] for c in TAKEN + DECLINED])
 def test_which_calls_the_entry_takes(case):
     name, x, axis, tau, okind = case
-    core = _core()
+    fast = _entry("softmax")
     x, out = _args(x.copy() if x.ndim else x, okind)
-    r = core.fast_forward(0, x, axis, tau, out)  # 0: softmax
+    r = fast(x, axis, tau, out)
     taken = any(name == c[0] for c in TAKEN)
     assert (r is not None) == taken, f"{name}: {'declined' if taken else 'taken'}"
     if out is not None and taken:
@@ -116,14 +118,18 @@ def test_which_calls_the_entry_takes(case):
 
 
 def test_backward_entry_takes_out_equal_to_either_input():
-    core = _core()
+    fast = _entry("softmax_backward")
     g = np.linspace(-1, 1, 24).reshape(4, 6)
     y = np.asarray(oracle("softmax", X))
     for out in (g, y, np.empty_like(g)):
-        assert core.fast_backward(3, g.copy() if out is not g else g, y.copy() if out is not y else y, -1, 1.0,
-                                  out) is out
-    assert core.fast_backward(3, g, y[:, ::-1], -1, 1.0, y) is None  # overlaps y, is not it
-    assert core.fast_backward(3, g, y.astype(np.float32), -1, 1.0, None) is None  # mixed dtypes
+        assert fast(g.copy() if out is not g else g, y.copy() if out is not y else y, -1, 1.0, out) is out
+    assert fast(g, y[:, ::-1], -1, 1.0, y) is None  # overlaps y, is not it
+    assert fast(g, y.astype(np.float32), -1, 1.0, None) is None  # mixed dtypes
+
+
+@pytest.mark.parametrize("op", FORWARD + tuple(BACKWARD))
+def test_every_forward_and_backward_op_has_a_fast_entry(op):
+    assert _entry(op) is not None
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import csoftmax
-from helpers import assert_matches, oracle, to_backend, to_numpy
+from helpers import assert_matches, call, oracle, to_backend, to_numpy
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
@@ -64,7 +64,7 @@ def test_long_rows(backend, op, dtype, threads):
                 if op == "logsumexp" and tau != 1.0:
                     continue
                 want = _oracle((op, dtype, label, tau), op, x, axis=-1, **kw)
-                got = to_numpy(backend, getattr(csoftmax, op)(to_backend(backend, x), axis=-1, backend=backend, **kw))
+                got = call(backend, op, x, axis=-1, **kw)
                 assert_matches(got, want, dtype, f"{op} {dtype} {label} tau={tau} threads={threads}")
 
 
@@ -80,8 +80,7 @@ def test_long_rows_masked(backend, op, dtype):
     mask[1, 8] = False
     with threadpoolctl.threadpool_limits(2, user_api="openmp"):
         want = oracle(op, x, axis=-1, where=mask)
-        got = to_numpy(backend, getattr(csoftmax, op)(to_backend(backend, x), axis=-1, where=to_backend(backend, mask),
-                                                      backend=backend))
+        got = call(backend, op, x, axis=-1, where=mask)
     assert_matches(got, want, dtype, f"{op} {dtype} masked long rows")
 
 
@@ -121,13 +120,12 @@ def test_columns_along_a_leading_axis(backend, op, dtype):
         for tau in ((1.0, 0.2, 5.0) if op != "logsumexp" else (1.0,)):
             kw = {} if op == "logsumexp" else {"temperature": tau}
             want = oracle(op, x, axis=0, **kw)
-            got = to_numpy(backend, getattr(csoftmax, op)(to_backend(backend, x), axis=0, backend=backend, **kw))
+            got = call(backend, op, x, axis=0, **kw)
             assert_matches(got, want, dtype, f"{op} {dtype} width={width} tau={tau}")
         mask = rng.random((n, width)) < 0.7
         mask[:, 7] = False
         want = oracle(op, x, axis=0, where=mask)
-        got = to_numpy(backend, getattr(csoftmax, op)(to_backend(backend, x), axis=0, where=to_backend(backend, mask),
-                                                      backend=backend))
+        got = call(backend, op, x, axis=0, where=mask)
         assert_matches(got, want, dtype, f"{op} {dtype} width={width} masked")
         if op != "logsumexp":
             xb = to_backend(backend, x.copy())
@@ -156,15 +154,13 @@ def test_backward_columns_along_a_leading_axis(backend, op, dtype):
         rtol = {"float32": 4e-6, "float64": 1e-14}[dtype]
         for tau in (1.0, 0.25, 3.0):
             want = oracle(op, g, y, axis=0, temperature=tau)
-            got = to_numpy(backend, getattr(csoftmax, op)(to_backend(backend, g), to_backend(backend, y), axis=0,
-                                                          temperature=tau, backend=backend))
+            got = call(backend, op, g, y, axis=0, temperature=tau)
             assert_matches(got, want, dtype, f"{op} {dtype} width={width} tau={tau}", rtol=rtol,
                            atol=rtol * scale / tau)
         mask = rng.random((n, width)) < 0.7
         mask[:, 7] = False
         want = oracle(op, g, y, axis=0, where=mask)
-        got = to_numpy(backend, getattr(csoftmax, op)(to_backend(backend, g), to_backend(backend, y), axis=0,
-                                                      where=to_backend(backend, mask), backend=backend))
+        got = call(backend, op, g, y, axis=0, where=mask)
         assert_matches(got, want, dtype, f"{op} {dtype} width={width} masked", rtol=rtol, atol=rtol * scale)
         assert np.all(got[~mask] == 0), f"{op}: masked entries must be exactly 0"
         want = oracle(op, g, y, axis=0)

@@ -33,3 +33,19 @@ def test_training_loop(text, capsys):
     exec(compile(blocks[0], "README training loop", "exec"), {})
     out = capsys.readouterr().out
     assert out.strip() == "loss 0.083, accuracy 0.971"
+
+
+def test_new_backend_example(text, capsys):
+    """The backends section's block: a backend for a type of one's own, registered and used."""
+    import csoftmax
+
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "register_backend(csoftmax.Backend(" in b]
+    assert len(blocks) == 1
+    try:
+        exec(compile(blocks[0], "README backends example", "exec"), {})
+        assert capsys.readouterr().out.strip() == "tagged [0.26894142 0.73105858]"
+        comment = blocks[0].strip().splitlines()[-1]
+        assert comment == "# tagged [0.26894142 0.73105858]", comment
+    finally:
+        if "tagged" in csoftmax.backends():
+            csoftmax.unregister_backend("tagged")

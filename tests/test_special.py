@@ -145,8 +145,6 @@ def test_deliberate_differences():
     e = np.zeros((0, 3))
     assert cs.softmax(e, axis=0).shape == (0, 3)
     assert cs.log_softmax(e, axis=0).shape == (0, 3)
-    with pytest.raises(ValueError):
-        ss.softmax(e, axis=0)
     _same(cs.logsumexp(e, axis=0), ss.logsumexp(e, axis=0))
 
 

@@ -1,8 +1,11 @@
-"""Derive the polynomial coefficients of the vectorised exp in src/backends/cpu/csm_exp.h.
+"""Derive the polynomial coefficients of csoftmax's exp, in src/backends/common/csm_expconst.h
+(shared by the C core's vector exp and the CUDA kernels).
 
 exp(r) is written 1 + r + r^2 * P(r) on |r| <= ln(2)/2 (plus a margin for the folded-in
 correction term). P is fitted to (e^r - 1 - r) / r^2 with a minimax (Remez) iteration on
-the relative error of the whole expression, in mpmath. Run it to regenerate the constants:
+the relative error of the whole expression, in mpmath. Run it to regenerate the constants;
+it prints the two macros as the header stores them (highest degree first, for Horner's
+rule):
 
     python tools/gen_exp_coeffs.py
 """
@@ -56,8 +59,8 @@ def remez(deg, iters=8):
     return c, maxerr
 
 
-for name, deg, ctype, fmt in (("float", 5, "f", "{:.9e}f"), ("double", 10, "", "{:.17e}")):
+for name, macro, deg, fmt in (("float", "F32", 5, "{:.9e}f"), ("double", "F64", 10, "{:.17e}")):
     c, e = remez(deg)
-    print(f"/* {name}: exp(r) = 1 + r + r^2 * (c2 + c3 r + ...), max rel. error of P {mp.nstr(e, 3)} */")
-    for j, cj in enumerate(c):
-        print(f"    {fmt.format(float(cj))},   /* c{j + 2} */")
+    print(f"/* {name}: P of degree {deg} (c{deg + 2} .. c2, highest first), max rel. error of P {mp.nstr(e, 2)} */")
+    print(f"#define CSM_EXP_{macro}_POLY " + ", ".join(fmt.format(float(cj)) for cj in reversed(c)))
+    print(f"#define CSM_EXP_{macro}_NPOLY {deg + 1}")

@@ -22,13 +22,15 @@ from ._api import (
     softmax_jacobian,
 )
 from ._config import show_config
-from ._registry import OPS, Backend, backends, register_backend, use_backend
+from ._ops import OPS
+from ._registry import Backend, backends, register_backend, unregister_backend, use_backend
 
 __all__ = list(OPS) + [
     "backends",
     "get_backend",
     "use_backend",
     "register_backend",
+    "unregister_backend",
     "Backend",
     "OPS",
     "show_config",

@@ -1,11 +1,12 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The Cython wrapper of the C core (src/backends/cpu): NumPy arrays in, a csm_task out.
 
-Everything here is trusted input: csoftmax._backends.c has checked types, shapes, dtypes,
-byte order, alignment and writability, and broadcast the mask. This module only copies
-pointers, shapes and strides into the task struct and runs it with the GIL released.
-Reduced dimensions of per-row operands (ROW, LABEL) arrive with keepdims shapes; their
-strides there are set to 0.
+run() takes trusted input: csoftmax._backends.c has checked types, shapes, dtypes, byte
+order, alignment and writability. It only copies pointers, shapes and strides into the
+task struct (a mask that broadcasts gets stride 0 where it does) and runs it with the
+GIL released. Reduced dimensions of per-row operands (ROW, LABEL) arrive with keepdims
+shapes; their strides there are set to 0. fast_forward()/fast_backward() are the fast
+entry of plain calls: they check what they take themselves and decline the rest.
 """
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uint64_t
@@ -24,13 +25,14 @@ cdef extern from "csm_core.h" nogil:
         CSM_ROW
         CSM_LABEL
         CSM_NOPERANDS
-    enum:
+    enum:  # csm_kinds.h
         CSM_SOFTMAX
         CSM_LOG_SOFTMAX
         CSM_LOGSUMEXP
         CSM_SOFTMAX_BWD
         CSM_LOG_SOFTMAX_BWD
         CSM_XENT
+        CSM_NKINDS
     enum:
         CSM_F16
         CSM_F32
@@ -41,6 +43,7 @@ cdef extern from "csm_core.h" nogil:
     enum:
         CSM_NISA
 
+    # the sizes here are CSM_MAXDIM and CSM_NOPERANDS (csm_dispatch.c asserts them)
     ctypedef struct csm_task:
         int kind
         int dtype
@@ -55,7 +58,6 @@ cdef extern from "csm_core.h" nogil:
         double smoothing
         int64_t ignore_index
         double grad_scale
-        int nthreads
 
     int csm_run(const csm_task *task)
     void csm_init()
@@ -67,12 +69,12 @@ cdef extern from "csm_core.h" nogil:
     int csm_openmp_enabled()
 
 
-SOFTMAX = CSM_SOFTMAX
-LOG_SOFTMAX = CSM_LOG_SOFTMAX
-LOGSUMEXP = CSM_LOGSUMEXP
-SOFTMAX_BWD = CSM_SOFTMAX_BWD
-LOG_SOFTMAX_BWD = CSM_LOG_SOFTMAX_BWD
-XENT = CSM_XENT
+def kind_codes():
+    """The kernel kinds as the compiled core numbers them (csm_kinds.h): name -> code;
+    tests/test_ops.py checks csoftmax._ops.Kind against it."""
+    return {"SOFTMAX": CSM_SOFTMAX, "LOG_SOFTMAX": CSM_LOG_SOFTMAX, "LOGSUMEXP": CSM_LOGSUMEXP,
+            "SOFTMAX_BWD": CSM_SOFTMAX_BWD, "LOG_SOFTMAX_BWD": CSM_LOG_SOFTMAX_BWD, "XENT": CSM_XENT}
+
 
 csm_init()
 
@@ -113,13 +115,13 @@ cdef inline void _put_broadcast(csm_task *t, int op, cnp.ndarray a):
             t.strides[op][d] = st[d - off]
 
 
-def run(int kind, cnp.ndarray x, object y, object out, object mask, object row, object label,
-        uint64_t reduce, double temperature=1.0, object weight=None, double smoothing=0.0,
-        int64_t ignore_index=-100, double grad_scale=1.0, int nthreads=0):
-    """Run one task of the C core. x, y, out share a shape and a float dtype; mask is
-    uint8/bool and broadcasts to that shape; row and label have the keepdims shape;
-    reduce is a bit mask of the softmax axes; weight is a contiguous float64 array or
-    None."""
+def run(int kind, cnp.ndarray x, *, object y=None, object out=None, object mask=None, object row=None,
+        object label=None, uint64_t reduce=0, double temperature=1.0, object weight=None, double smoothing=0.0,
+        int64_t ignore_index=-100, double grad_scale=1.0):
+    """Run one task of the C core (kind: a csm_kinds.h code). x, y, out share a shape and a
+    float dtype; mask is uint8/bool and broadcasts to that shape; row and label have the
+    keepdims shape; reduce is a bit mask of the softmax axes; weight is a contiguous
+    float64 array or None."""
     cdef csm_task t
     cdef int d, status
     cdef cnp.ndarray arr
@@ -134,7 +136,6 @@ def run(int kind, cnp.ndarray x, object y, object out, object mask, object row, 
     t.smoothing = smoothing
     t.ignore_index = ignore_index
     t.grad_scale = grad_scale
-    t.nthreads = nthreads
     for d in range(t.ndim):
         t.shape[d] = shape[d]
     for d in range(CSM_NOPERANDS):
@@ -216,7 +217,6 @@ cdef inline void _fast_task(csm_task *t, int kind, cnp.ndarray x, uint64_t reduc
     t.smoothing = 0.0
     t.ignore_index = -100
     t.grad_scale = 1.0
-    t.nthreads = 0
     for d in range(CSM_NOPERANDS):
         t.data[d] = NULL
     for d in range(t.ndim):

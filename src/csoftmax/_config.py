@@ -9,10 +9,10 @@ from . import _registry
 
 def _c_core_lines():
     try:
-        from . import _ckernels as ck
+        from ._backends import c  # the adapter applies CSOFTMAX_ISA when it loads the core
     except ImportError as exc:
         return [f"  not importable: {exc}"]
-    from ._backends import c  # applies CSOFTMAX_ISA
+    ck = c.ck
 
     names = ck.isa_names()
     lines = [

@@ -7,16 +7,18 @@ baseline of the benchmarks. Every function here takes float64 arrays (the backen
 in csoftmax._backends.reference upcasts), already-validated arguments, and returns new
 arrays; none of it allocates less than it could, on purpose.
 
-Accuracy follows DESIGN.md section 4, using the same ideas as the C core, spelled with
-whole-array operations:
+Accuracy follows the contract of docs/design.md ("Accuracy"), with the same ideas as the
+C core, spelled with whole-array operations:
   * x - max is computed with its rounding error (two_diff) and the error is folded in as
     exp(dh) * (1 + dl); with a temperature the quotient carries its remainder likewise;
   * S' = sum of exp over the entries below the max, plus (ties - 1): the max entry itself
     is left out, so log1p(S') keeps its precision when S' is tiny; sums are pairwise with
     every rounding error carried (accurate_sum), so the namespace's summation order
     (NumPy's is naive along a strided axis) does not matter;
-  * log_softmax = ((x - max) / tau - log1p(S'), log_softmax's max entry = -log1p(S').
-Special values follow the table of DESIGN.md section 3.
+  * log_softmax = (x - max) / tau - log1p(S'), so log_softmax's max entry is -log1p(S').
+Special values follow the table of docs/design.md ("Special values"). The functions of
+the forward and backward ops carry the ops' names (csoftmax._backends.reference calls
+them by name).
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def namespace(x):
         raise TypeError(f"csoftmax cannot take arrays of type {type(x).__qualname__}: {exc}") from None
 
 
-def _two_diff(xp, a, b):
+def _two_diff(a, b):
     """s + e == a - b exactly."""
     s = a - b
     bb = s - a
@@ -52,7 +54,7 @@ def _two_diff(xp, a, b):
     return s, e
 
 
-def _two_prod(xp, a, b):
+def _two_prod(a, b):
     """p + e == a * b exactly (Veltkamp-Dekker; no fused multiply-add in the standard)."""
     p = a * b
     ca, cb = _VELTKAMP * a, _VELTKAMP * b
@@ -99,11 +101,11 @@ def _finite_or_zero(xp, v):
 
 def _scaled_diff(xp, x, m, tau):
     """(x - m) / tau as dh + dl, accurate to ~1 ulp of float64 in absolute terms."""
-    dh, dl = _two_diff(xp, x, m)
+    dh, dl = _two_diff(x, m)
     dl = _finite_or_zero(xp, dl)
     if tau != 1.0:
         q = dh / tau
-        p, pe = _two_prod(xp, q, xp.asarray(tau, dtype=q.dtype))
+        p, pe = _two_prod(q, xp.asarray(tau, dtype=q.dtype))
         rem = (dh - p) - pe
         dl = _finite_or_zero(xp, (rem + dl) / tau)
         # x - m overflowed although (x - m) / tau may not: x/tau - m/tau has no cancellation then

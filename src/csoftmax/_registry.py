@@ -8,8 +8,10 @@ array x:
     explicit backend= > the innermost use_backend(...) > the first registered, available
     backend that accepts type(x) and implements the op > "reference"
 
-The automatic choice is resolved once per (type, op) and cached; registering a backend
-clears the cache.
+The automatic choice is resolved once per (type, op) and cached, and so, once the
+backend's module is loaded, are the module and its fast entry for plain calls
+(fast_entry); registering or unregistering a backend clears the caches. What a loaded
+module must provide is csoftmax._protocol's.
 """
 from __future__ import annotations
 
@@ -19,16 +21,8 @@ import dataclasses
 import threading
 from typing import Any, Callable, Iterator
 
-OPS = (
-    "softmax",
-    "log_softmax",
-    "logsumexp",
-    "softmax_backward",
-    "log_softmax_backward",
-    "softmax_jacobian",
-    "log_softmax_jacobian",
-    "softmax_cross_entropy",
-)
+from . import _ops, _protocol
+from ._ops import BY_NAME, OPS
 
 
 def _always() -> bool:
@@ -42,9 +36,9 @@ class Backend:
     name: what backend= and use_backend() take.
     accepts: ``accepts(x) -> bool``, true for arrays this backend computes on; it must not
         import anything (look at ``type(x).__module__`` and the class name).
-    loader: returns the module (or object) implementing the ops as attributes; called once,
-        on first use.
-    ops: the op names it implements (a subset of csoftmax._registry.OPS).
+    loader: returns the module (or object) implementing csoftmax._protocol's interface for
+        its ops; called once, on first use.
+    ops: the op names it implements (a subset of csoftmax.OPS).
     available: ``available() -> bool``, whether it can run here (compiled extension
         present, library importable, device present); called lazily and cached.
     description: one line for show_config().
@@ -53,7 +47,7 @@ class Backend:
     name: str
     accepts: Callable[[Any], bool]
     loader: Callable[[], Any]
-    ops: tuple = OPS
+    ops: tuple[str, ...] = OPS
     available: Callable[[], bool] = _always
     description: str = ""
 
@@ -66,6 +60,8 @@ _backends: dict[str, Backend] = {}
 _modules: dict[str, Any] = {}
 _availability: dict[str, bool] = {}
 _auto_cache: dict[tuple[type, str], Backend] = {}
+# plain dispatch of (type, op) once its backend is loaded: (backend, module, fast entry)
+_loaded_cache: dict[tuple[type, str], tuple[Backend, Any, Any]] = {}
 _override: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("csoftmax_backend", default=())
 
 
@@ -90,9 +86,23 @@ def register_backend(backend: Backend, *, before: str | None = None, replace: bo
             items.insert(at, (backend.name, backend))
         _backends.clear()
         _backends.update(items)
-        _modules.pop(backend.name, None)
-        _availability.pop(backend.name, None)
-        _auto_cache.clear()
+        _forget(backend.name)
+
+
+def unregister_backend(name: str) -> Backend:
+    """Remove a registered backend (returns its record); ValueError if there is none."""
+    with _lock:
+        rec = backend_record(name)
+        del _backends[name]
+        _forget(name)
+    return rec
+
+
+def _forget(name: str) -> None:
+    _modules.pop(name, None)
+    _availability.pop(name, None)
+    _auto_cache.clear()
+    _loaded_cache.clear()
 
 
 def backends() -> tuple[str, ...]:
@@ -121,7 +131,8 @@ def is_available(name: str) -> bool:
 
 
 def load(name: str):
-    """The module implementing a backend's ops (imported on first use)."""
+    """The module implementing a backend's ops (imported on first use, and checked
+    against the protocol then)."""
     mod = _modules.get(name)
     if mod is None:
         b = backend_record(name)
@@ -131,6 +142,9 @@ def load(name: str):
             mod = _modules.get(name)
             if mod is None:
                 mod = b.loader()
+                lacks = _protocol.missing(mod, tuple(BY_NAME[o] for o in b.ops))
+                if lacks:
+                    raise TypeError(f"backend {name!r}: its module lacks {', '.join(lacks)} (see csoftmax._protocol)")
                 _modules[name] = mod
     return mod
 
@@ -179,12 +193,30 @@ def resolve(x: Any, op: str, backend: str | None = None) -> Backend:
     return b
 
 
-def override_active() -> bool:
-    return bool(_override.get())
+def dispatch(x: Any, op: str, backend: str | None = None) -> tuple[Backend, Any]:
+    """The backend that computes op on x, and its module (loaded here if need be)."""
+    auto = backend is None and not _override.get()
+    if auto:
+        hit = _loaded_cache.get((type(x), op))
+        if hit is not None:
+            return hit[0], hit[1]
+    b = resolve(x, op, backend)
+    mod = load(b.name)
+    if auto:
+        fast = getattr(mod, "fast_entry", None)
+        _loaded_cache[(type(x), op)] = (b, mod, fast(BY_NAME[op], type(x)) if fast is not None else None)
+    return b, mod
+
+
+def fast_entry(cls: type, op: str) -> Callable[..., Any] | None:
+    """The fast entry of the backend that plain dispatch gives (cls, op) -- once a call has
+    loaded it, and unless use_backend() is in force; None otherwise."""
+    if _override.get():
+        return None
+    hit = _loaded_cache.get((cls, op))
+    return None if hit is None else hit[2]
 
 
 def get_backend(x: Any, op: str = "softmax") -> Backend:
     """The backend a call of ``op`` on ``x`` would use (honouring use_backend)."""
-    if op not in OPS:
-        raise ValueError(f"unknown op {op!r}; ops: {', '.join(OPS)}")
-    return resolve(x, op)
+    return resolve(x, _ops.op(op).name)

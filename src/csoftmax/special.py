@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from . import _api
+from . import _checks as C
 from ._reference import namespace
 
 __all__ = ["softmax", "log_softmax", "logsumexp"]
@@ -27,11 +28,11 @@ __all__ = ["softmax", "log_softmax", "logsumexp"]
 def _as_input(x):
     if isinstance(x, np.ndarray):
         return x
-    return _api._as_array(x)
+    return C.as_array(x)
 
 
 def _is_complex(xp, a) -> bool:
-    return _api._category(xp, a.dtype) == "complex"
+    return C.category(xp, a.dtype) == "complex"
 
 
 def _unwrap0(v):
@@ -41,16 +42,12 @@ def _unwrap0(v):
     return v
 
 
-def _axes(axis, ndim):
-    return _api._normalize_axes(axis, ndim)
-
-
 def softmax(x, axis=None):
     """scipy.special.softmax: exp(x) / sum(exp(x)) over axis (default: all axes)."""
     x = _as_input(x)
     xp = namespace(x)
     if _is_complex(xp, x):
-        axes = _axes(axis, x.ndim)
+        axes = C.normalize_axes(axis, x.ndim)
         if 0 in [x.shape[a] for a in axes]:
             return x
         e = xp.exp(x - xp.max(x, axis=axes, keepdims=True))  # scipy's formula
@@ -64,7 +61,7 @@ def log_softmax(x, axis=None):
     elsewhere, as scipy's."""
     x = _as_input(x)
     xp = namespace(x)
-    axes = _axes(axis, x.ndim)
+    axes = C.normalize_axes(axis, x.ndim)
     if _is_complex(xp, x):
         if 0 in [x.shape[a] for a in axes]:
             return x
@@ -74,7 +71,7 @@ def log_softmax(x, axis=None):
         with np.errstate(divide="ignore", invalid="ignore"):
             return _unwrap0(tmp - xp.log(xp.sum(xp.exp(tmp), axis=axes, keepdims=True)))
     out = _api.log_softmax(x, axis=axis)
-    if x.ndim and x.size and _api._category(xp, x.dtype) == "float":
+    if x.ndim and x.size and C.category(xp, x.dtype) == "float":
         top = xp.max(x)  # NaN if any NaN; +inf if a +inf and no NaN anywhere
         if not (top < math.inf):  # some slice may hold +inf: follow scipy there
             pinf = x == math.inf
@@ -120,7 +117,7 @@ def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False):
 def _logsumexp_general(xp, a, axis, b, keepdims, return_sign):
     """scipy's algorithm (scipy/special/_logsumexp.py) for weights, signs and complex input."""
     if b is not None:
-        b = _api._same_kind_array(a, b, "b")
+        b = C.same_kind_array(a, b, "b")
     if a.ndim == 0:
         a = xp.reshape(a, (1,))
     if b is not None:
@@ -128,11 +125,11 @@ def _logsumexp_general(xp, a, axis, b, keepdims, return_sign):
         dt = xp.result_type(a.dtype, b.dtype)
     else:
         dt = a.dtype
-    if _api._category(xp, dt) in ("int", "bool"):
+    if C.category(xp, dt) in ("int", "bool"):
         dt = xp.float64
     a = xp.astype(a, dt)
     b = None if b is None else xp.astype(b, dt)
-    axes = _axes(axis, a.ndim)
+    axes = C.normalize_axes(axis, a.ndim)
     complex_ = _is_complex(xp, a)
     with np.errstate(all="ignore"):
         if 0 in [a.shape[i] for i in axes] or math.prod(a.shape) == 0:

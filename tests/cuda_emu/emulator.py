@@ -108,8 +108,8 @@ class EmulatedDevice:
     xp = np
     SMEM_CACHE_BYTES = 16 * 1024
     num_sms = 2
-    split_min_n = 2048
-    split_chunk = 4096
+    SPLIT_MIN_N = 2048
+    SPLIT_CHUNK = 4096
 
     def __init__(self):
         self.lib = library()
@@ -140,4 +140,4 @@ class EmulatedDevice:
 
 
 def backend_module():
-    return cuda.OpsModule(cuda.Ops(EmulatedDevice()))
+    return cuda.CudaBackend(cuda.Ops(EmulatedDevice()))

@@ -1,7 +1,6 @@
 /*
  * csm_dd.h - scalar double-double arithmetic for the per-row bookkeeping, shared by the C
- * core and the CUDA kernels (which define CSM_DD_FN as a device qualifier, and
- * CSM_DD_INF / CSM_DD_NAN, before including it). Plain C, valid C++ and CUDA.
+ * core and the CUDA kernels (csm_portable.h: plain C, valid C++ and CUDA).
  *
  * A row's sum S' = sum_{j != argmax} exp(x_j - max) is carried as an unevaluated pair
  * hi + lo. Pieces of one row (threads, blocks, chunks) are merged with
@@ -11,28 +10,23 @@
 #ifndef CSM_DD_H
 #define CSM_DD_H
 
-#ifndef CSM_DD_FN
-#include <math.h>
-#define CSM_DD_FN static inline
-#define CSM_DD_INF ((double)INFINITY)
-#define CSM_DD_NAN ((double)NAN)
-#endif
+#include "csm_portable.h"
 
 /* finite: neither inf nor NaN */
-CSM_DD_FN int csm_finite(double v) { return v - v == 0.0; }
+CSM_FN int csm_finite(double v) { return v - v == 0.0; }
 
 typedef struct {
     double hi, lo;
 } csm_dd;
 
-CSM_DD_FN csm_dd csm_dd_make(double hi, double lo)
+CSM_FN csm_dd csm_dd_make(double hi, double lo)
 {
     csm_dd r = {hi, lo};
     return r;
 }
 
 /* s + e == a + b exactly */
-CSM_DD_FN csm_dd csm_two_sum(double a, double b)
+CSM_FN csm_dd csm_two_sum(double a, double b)
 {
     double s = a + b;
     double bb = s - a;
@@ -41,20 +35,20 @@ CSM_DD_FN csm_dd csm_two_sum(double a, double b)
 }
 
 /* requires |a| >= |b| (or a == 0) */
-CSM_DD_FN csm_dd csm_fast_two_sum(double a, double b)
+CSM_FN csm_dd csm_fast_two_sum(double a, double b)
 {
     double s = a + b;
     return csm_dd_make(s, b - (s - a));
 }
 
 /* p + e == a * b exactly (barring underflow) */
-CSM_DD_FN csm_dd csm_two_prod(double a, double b)
+CSM_FN csm_dd csm_two_prod(double a, double b)
 {
     double p = a * b;
     return csm_dd_make(p, fma(a, b, -p));
 }
 
-CSM_DD_FN csm_dd csm_dd_add(csm_dd a, csm_dd b)
+CSM_FN csm_dd csm_dd_add(csm_dd a, csm_dd b)
 {
     csm_dd s = csm_two_sum(a.hi, b.hi);
     if (!csm_finite(s.hi)) return csm_dd_make(s.hi, 0.0); /* an infinite sum stays infinite, not NaN */
@@ -65,7 +59,7 @@ CSM_DD_FN csm_dd csm_dd_add(csm_dd a, csm_dd b)
     return csm_fast_two_sum(s.hi, s.lo);
 }
 
-CSM_DD_FN csm_dd csm_dd_add_d(csm_dd a, double b)
+CSM_FN csm_dd csm_dd_add_d(csm_dd a, double b)
 {
     csm_dd s = csm_two_sum(a.hi, b);
     if (!csm_finite(s.hi)) return csm_dd_make(s.hi, 0.0);
@@ -73,14 +67,14 @@ CSM_DD_FN csm_dd csm_dd_add_d(csm_dd a, double b)
     return csm_fast_two_sum(s.hi, s.lo);
 }
 
-CSM_DD_FN csm_dd csm_dd_mul(csm_dd a, csm_dd b)
+CSM_FN csm_dd csm_dd_mul(csm_dd a, csm_dd b)
 {
     csm_dd p = csm_two_prod(a.hi, b.hi);
     p.lo += a.hi * b.lo + a.lo * b.hi;
     return csm_fast_two_sum(p.hi, p.lo);
 }
 
-CSM_DD_FN csm_dd csm_dd_mul_d(csm_dd a, double b)
+CSM_FN csm_dd csm_dd_mul_d(csm_dd a, double b)
 {
     csm_dd p = csm_two_prod(a.hi, b);
     p.lo += a.lo * b;
@@ -88,7 +82,7 @@ CSM_DD_FN csm_dd csm_dd_mul_d(csm_dd a, double b)
 }
 
 /* a / b for b > 0 finite */
-CSM_DD_FN csm_dd csm_dd_div_d(csm_dd a, double b)
+CSM_FN csm_dd csm_dd_div_d(csm_dd a, double b)
 {
     double q = a.hi / b;
     if (!csm_finite(q)) return csm_dd_make(q, 0.0); /* overflow (or inf/NaN in): no low part */
@@ -98,11 +92,11 @@ CSM_DD_FN csm_dd csm_dd_div_d(csm_dd a, double b)
 
 /* exp(a) to about 1e-30 relative; the caller's arguments are <= ~0 and finite, but
    -inf, NaN, underflow and overflow are handled. */
-CSM_DD_FN csm_dd csm_dd_exp(csm_dd a)
+CSM_FN csm_dd csm_dd_exp(csm_dd a)
 {
     if (a.hi != a.hi) return csm_dd_make(a.hi, 0.0);
     if (a.hi < -746.0) return csm_dd_make(0.0, 0.0);
-    if (a.hi > 710.0) return csm_dd_make(CSM_DD_INF, 0.0);
+    if (a.hi > 710.0) return csm_dd_make(CSM_INF, 0.0);
     /* ln 2 in three parts; the first two have 32 significant bits, so k * part is exact */
     const double ln2_1 = 0x1.62e42fee00000p-1;   /* ln 2 truncated to 32 bits */
     const double ln2_2 = 0x1.a39ef35600000p-33;  /* the next 32 bits */
@@ -129,7 +123,7 @@ CSM_DD_FN csm_dd csm_dd_exp(csm_dd a)
 }
 
 /* exp((a - b) / tau) in double-double, for a <= b; tau > 0 finite */
-CSM_DD_FN csm_dd csm_dd_expdiff(double a, double b, double tau)
+CSM_FN csm_dd csm_dd_expdiff(double a, double b, double tau)
 {
     csm_dd d = csm_two_sum(a, -b);
     if (!csm_finite(d.hi)) return csm_dd_make(0.0, 0.0); /* a - b overflowed: far below */
@@ -138,13 +132,13 @@ CSM_DD_FN csm_dd csm_dd_expdiff(double a, double b, double tau)
 }
 
 /* log1p(a) for a >= 0 */
-CSM_DD_FN double csm_dd_log1p(csm_dd a)
+CSM_FN double csm_dd_log1p(csm_dd a)
 {
     return log1p(a.hi) + a.lo / (1.0 + a.hi);
 }
 
 /* 1 / (1 + a) for a >= 0 */
-CSM_DD_FN double csm_dd_inv_1p(csm_dd a)
+CSM_FN double csm_dd_inv_1p(csm_dd a)
 {
     csm_dd s = csm_dd_add_d(a, 1.0);
     double q = 1.0 / s.hi;

@@ -5,7 +5,7 @@
  * the per-thread buffers themselves.
  */
 
-CSM_INLINE REAL CSM_SFX(csm_ld)(const char *p, int dtype)
+CSM_INLINE REAL csm_ld(const char *p, int dtype)
 {
 #if REAL_IS_F32
     if (dtype == CSM_F16) {
@@ -20,7 +20,7 @@ CSM_INLINE REAL CSM_SFX(csm_ld)(const char *p, int dtype)
     return v;
 }
 
-CSM_INLINE void CSM_SFX(csm_st)(char *p, int dtype, REAL v)
+CSM_INLINE void csm_st(char *p, int dtype, REAL v)
 {
 #if REAL_IS_F32
     if (dtype == CSM_F16) {
@@ -33,31 +33,31 @@ CSM_INLINE void CSM_SFX(csm_st)(char *p, int dtype, REAL v)
     memcpy(p, &v, sizeof v);
 }
 
-static void CSM_SFX(csm_gather)(REAL *dst, const char *src, const csm_layout *L, int op, int dtype)
+static void csm_gather(REAL *dst, const char *src, const csm_layout *L, int op, int dtype)
 {
     if (L->nred == 1) {
         csm_intp s = L->rstride[op][0];
-        for (csm_intp j = 0; j < L->n; j++) dst[j] = CSM_SFX(csm_ld)(src + j * s, dtype);
+        for (csm_intp j = 0; j < L->n; j++) dst[j] = csm_ld(src + j * s, dtype);
         return;
     }
     csm_rediter it;
     memset(&it, 0, sizeof it);
-    for (csm_intp j = 0; j < L->n; j++, csm_rediter_next(&it, L, op)) dst[j] = CSM_SFX(csm_ld)(src + it.off, dtype);
+    for (csm_intp j = 0; j < L->n; j++, csm_rediter_next(&it, L, op)) dst[j] = csm_ld(src + it.off, dtype);
 }
 
-static void CSM_SFX(csm_scatter)(char *dst, const REAL *src, const csm_layout *L, int op, int dtype)
+static void csm_scatter(char *dst, const REAL *src, const csm_layout *L, int op, int dtype)
 {
     if (L->nred == 1) {
         csm_intp s = L->rstride[op][0];
-        for (csm_intp j = 0; j < L->n; j++) CSM_SFX(csm_st)(dst + j * s, dtype, src[j]);
+        for (csm_intp j = 0; j < L->n; j++) csm_st(dst + j * s, dtype, src[j]);
         return;
     }
     csm_rediter it;
     memset(&it, 0, sizeof it);
-    for (csm_intp j = 0; j < L->n; j++, csm_rediter_next(&it, L, op)) CSM_SFX(csm_st)(dst + it.off, dtype, src[j]);
+    for (csm_intp j = 0; j < L->n; j++, csm_rediter_next(&it, L, op)) csm_st(dst + it.off, dtype, src[j]);
 }
 
-static void CSM_SFX(csm_gather_mask)(uint8_t *dst, const char *src, const csm_layout *L)
+static void csm_gather_mask(uint8_t *dst, const char *src, const csm_layout *L)
 {
     csm_rediter it;
     memset(&it, 0, sizeof it);
@@ -68,9 +68,9 @@ static void CSM_SFX(csm_gather_mask)(uint8_t *dst, const char *src, const csm_la
 typedef struct {
     REAL *x, *y, *out, *buf;
     uint8_t *mask;
-} CSM_SFX(csm_scratch);
+} csm_scratch;
 
-static int CSM_SFX(csm_scratch_alloc)(CSM_SFX(csm_scratch) *sc, const csm_task *t, csm_intp n)
+static int csm_scratch_alloc(csm_scratch *sc, const csm_task *t, csm_intp n)
 {
     size_t cnt = (size_t)(n > 0 ? n : 1);
     const int xent = t->kind == CSM_XENT, need_buf = xent || t->kind == CSM_SOFTMAX;
@@ -84,7 +84,7 @@ static int CSM_SFX(csm_scratch_alloc)(CSM_SFX(csm_scratch) *sc, const csm_task *
            (sc->mask || !t->data[CSM_MASK]);
 }
 
-static void CSM_SFX(csm_scratch_free)(CSM_SFX(csm_scratch) *sc)
+static void csm_scratch_free(csm_scratch *sc)
 {
     free(sc->x);
     free(sc->y);

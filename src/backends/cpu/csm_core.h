@@ -2,8 +2,8 @@
  * csm_core.h - the C core's interface: one task struct describes a call, csm_run
  * executes it on the instruction set chosen at import.
  *
- * The Python layer (src/csoftmax/_api.py, through _ckernels.pyx) validates everything
- * and describes the call as raw arrays: a shape, per-operand byte strides (0 where an
+ * The Python layer (csoftmax/_api.py and _checks.py, through _backends/c.py and
+ * _ckernels.pyx) validates everything and describes the call as raw arrays: a shape, per-operand byte strides (0 where an
  * operand is broadcast or is per-row), and the set of reduced dimensions. The core
  * trusts that description: it checks nothing the Python layer has already checked.
  *
@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "csm_kinds.h" /* enum csm_kind, shared with the CUDA kernels */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -31,19 +33,9 @@ typedef ptrdiff_t csm_intp;
 
 enum csm_operand { CSM_X = 0, CSM_Y, CSM_OUT, CSM_MASK, CSM_ROW, CSM_LABEL, CSM_NOPERANDS };
 
-enum csm_kind {
-    CSM_SOFTMAX = 0,
-    CSM_LOG_SOFTMAX,
-    CSM_LOGSUMEXP,
-    CSM_SOFTMAX_BWD,
-    CSM_LOG_SOFTMAX_BWD,
-    CSM_XENT,
-    CSM_NKINDS
-};
-
 enum csm_dtype { CSM_F16 = 0, CSM_F32, CSM_F64 };
 
-enum csm_status { CSM_OK = 0, CSM_ENOMEM = -1, CSM_EINVAL = -2 };
+enum csm_status { CSM_OK = 0, CSM_ENOMEM = -1 };
 
 typedef struct csm_task {
     int kind;
@@ -61,8 +53,6 @@ typedef struct csm_task {
     double smoothing;           /* label smoothing in [0, 1] */
     int64_t ignore_index;
     double grad_scale; /* reduction scale applied to the gradient */
-
-    int nthreads; /* upper bound on threads; <= 0: OpenMP's default */
 } csm_task;
 
 /* run a task; returns CSM_OK or a negative csm_status */
@@ -71,7 +61,8 @@ int csm_run(const csm_task *task);
 /* instruction sets, lowest first */
 enum csm_isa { CSM_ISA_BASELINE = 0, CSM_ISA_AVX2, CSM_ISA_AVX512, CSM_NISA };
 
-/* choose the instruction set: the best the CPU supports, capped by CSOFTMAX_ISA */
+/* choose the instruction set: the best the CPU supports (the Python layer may then
+   lower it, from CSOFTMAX_ISA, with csm_set_isa) */
 void csm_init(void);
 /* select an instruction set at run time (tests); returns 0, or -1 if unsupported */
 int csm_set_isa(int isa);

@@ -1,24 +1,23 @@
 /*
  * csm_dispatch.c - the core's entry point: choose the instruction-set build once (the
  * best this CPU runs; the Python layer may cap it from CSOFTMAX_ISA), normalise a task's
- * layout, pick a thread count, and hand the task to the build for its dtype.
+ * layout, and hand the task to the kernel build for its instruction set and dtype.
+ * Also the thread rule the kernel builds share.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "csm_internal.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
-static const csm_isa_table *csm_tables[CSM_NISA] = {
-    &csm_table_baseline,
+/* csoftmax/_ckernels.pyx declares csm_task with these array sizes */
+_Static_assert(CSM_MAXDIM == 64 && CSM_NOPERANDS == 6, "update csm_task's declaration in _ckernels.pyx");
+
+/* the kernel builds, by instruction set: {float32 and float16 storage, float64} */
+static const csm_run_fn csm_builds[CSM_NISA][2] = {
+    {csm_run_baseline_f32, csm_run_baseline_f64},
 #if defined(CSM_BUILD_X86_ISAS)
-    &csm_table_avx2,
-    &csm_table_avx512,
-#else
-    NULL,
-    NULL,
+    {csm_run_avx2_f32, csm_run_avx2_f64},
+    {csm_run_avx512_f32, csm_run_avx512_f64},
 #endif
 };
 
@@ -28,7 +27,7 @@ static int csm_isa_current = CSM_ISA_BASELINE;
 
 int csm_isa_supported(int isa)
 {
-    if (isa < 0 || isa >= CSM_NISA || !csm_tables[isa]) return 0;
+    if (isa < 0 || isa >= CSM_NISA || !csm_builds[isa][0]) return 0;
 #if defined(CSM_BUILD_X86_ISAS)
     __builtin_cpu_init();
     if (isa == CSM_ISA_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -76,11 +75,10 @@ int csm_openmp_enabled(void)
 #endif
 }
 
-int csm_pick_threads(const csm_task *t, csm_intp units, csm_intp work)
+int csm_pick_threads(csm_intp units, csm_intp work)
 {
 #ifdef _OPENMP
-    csm_intp max = omp_get_max_threads();
-    if (t->nthreads > 0 && t->nthreads < max) max = t->nthreads;
+    const csm_intp max = omp_get_max_threads();
     if (max <= 1 || units < 2) return 1;
     csm_intp by_work = units * (work > 0 ? work : 1) / CSM_PAR_MIN_WORK;
     csm_intp nth = max;
@@ -88,7 +86,6 @@ int csm_pick_threads(const csm_task *t, csm_intp units, csm_intp work)
     if (nth > by_work) nth = by_work;
     return nth < 1 ? 1 : (int)nth;
 #else
-    (void)t;
     (void)units;
     (void)work;
     return 1;
@@ -212,6 +209,5 @@ int csm_run(const csm_task *t)
     csm_layout L;
     int err = csm_layout_build(t, &L);
     if (err) return err;
-    const csm_isa_table *tab = csm_tables[csm_isa_current];
-    return t->dtype == CSM_F64 ? tab->run_f64(t, &L) : tab->run_f32(t, &L);
+    return csm_builds[csm_isa_current][t->dtype == CSM_F64](t, &L);
 }

@@ -1,20 +1,20 @@
 /*
- * csm_exp.h - the vectorised exp of the C core (generic over REAL; include between
- * csm_real_begin.h and csm_real_end.h).
+ * csm_exp.h - the vectorised exp of the C core (generic over REAL; see csm_real.h).
  *
- * csm_vexp2(dh, dl) = exp(dh + dl), where dl is a small correction (the rounding error of
- * x - max, or of (x - max) / tau). Folding dl into the reduced argument costs one add and
- * is what makes softmax accurate to a few ulp: exp amplifies an absolute error in its
- * argument into the same relative error in the result.
+ * csm_vexp_t(dh, dl, range) = exp(dh + dl), where dl is a small correction (the rounding
+ * error of x - max, or of (x - max) / tau). Folding dl into the reduced argument costs
+ * one add and is what makes softmax accurate to a few ulp: exp amplifies an absolute
+ * error in its argument into the same relative error in the result.
  *
  * Method: k = round(d / ln2), r = d - k ln2 (Cody-Waite, exact first step), exp(r) =
  * 1 + r + r^2 P(r) with P a minimax polynomial (common/csm_expconst.h, shared with the
  * CUDA kernels), scaled by 2^k built in the exponent bits. Arguments are clamped to
- * [lo, hi] beyond which the result is 0 or inf, so -inf -> 0, +inf -> inf, and NaN propagates (the clamps are max/min
- * instructions that return their second operand, the argument, where it is NaN).
- * Subnormal results and overflow take a second scaling step so that the only rounding is
- * the final, correct one. Error: < 1 ulp (tests/test_accuracy.py measures it through
- * softmax against mpmath and an extended-precision oracle).
+ * [lo, hi] beyond which the result is 0 or inf, so -inf -> 0, +inf -> inf, and NaN
+ * propagates (the clamps are max/min instructions that return their second operand, the
+ * argument, where it is NaN). Subnormal results and overflow take a second scaling step
+ * so that the only rounding is the final, correct one. Error: < 1 ulp
+ * (tests/test_accuracy.py measures it through softmax against mpmath and an
+ * extended-precision oracle; docs/design.md, "Accuracy").
  */
 
 #if REAL_IS_F32
@@ -28,8 +28,7 @@
 #define EXP_KMAX 127
 #define EXP_NPOLY CSM_EXP_F32_NPOLY
 #define EXP_BOUND 87.0 /* exp(-87) is still normal, with room for the correction term */
-static const float CSM_SFX(csm_exp_poly)[EXP_NPOLY] = {CSM_EXP_F32_POLY};
-#define EXP_SPLIT 4097.0f /* 2^12 + 1: Veltkamp split */
+static const float csm_exp_poly[EXP_NPOLY] = {CSM_EXP_F32_POLY};
 #else
 #define EXP_LO CSM_EXP_F64_LO
 #define EXP_HI CSM_EXP_F64_HI
@@ -41,18 +40,17 @@ static const float CSM_SFX(csm_exp_poly)[EXP_NPOLY] = {CSM_EXP_F32_POLY};
 #define EXP_KMAX 1023
 #define EXP_NPOLY CSM_EXP_F64_NPOLY
 #define EXP_BOUND 708.0
-static const double CSM_SFX(csm_exp_poly)[EXP_NPOLY] = {CSM_EXP_F64_POLY};
-#define EXP_SPLIT 134217729.0 /* 2^27 + 1 */
+static const double csm_exp_poly[EXP_NPOLY] = {CSM_EXP_F64_POLY};
 #endif
 
 /* 2^k for integer lanes k in the normal exponent range */
-static inline VR CSM_SFX(csm_vpow2i)(VI k)
+static inline VR csm_vpow2i(VI k)
 {
     return (VR)((k + R_EXP_BIAS) << R_MANT_BITS);
 }
 
 /* how far below the max a row may reach for the CSM_EXP_BOUNDED variant */
-static const double CSM_SFX(csm_exp_bound) = EXP_BOUND;
+static const double csm_exp_bound = EXP_BOUND;
 
 /*
  * exp(dh + dl), by the range the caller can promise (a constant at every call site):
@@ -63,7 +61,7 @@ static const double CSM_SFX(csm_exp_bound) = EXP_BOUND;
  *                    scan has seen within that distance)
  */
 
-CSM_INLINE VR CSM_SFX(csm_vexp_t)(VR dh, VR dl, const int range)
+CSM_INLINE VR csm_vexp_t(VR dh, VR dl, const int range)
 {
     VR x = dh;
     if (range != CSM_EXP_BOUNDED) {
@@ -77,58 +75,30 @@ CSM_INLINE VR CSM_SFX(csm_vexp_t)(VR dh, VR dl, const int range)
     VR kf = t - VSPLAT(EXP_MAGIC);
     VR r = VFMA(kf, VSPLAT(-EXP_LN2_HI), x) + VFMA(kf, VSPLAT(-EXP_LN2_LO), dl);
 
-    VR p = VSPLAT(CSM_SFX(csm_exp_poly)[0]);
-    for (int i = 1; i < EXP_NPOLY; i++) p = VFMA(p, r, VSPLAT(CSM_SFX(csm_exp_poly)[i]));
+    VR p = VSPLAT(csm_exp_poly[0]);
+    for (int i = 1; i < EXP_NPOLY; i++) p = VFMA(p, r, VSPLAT(csm_exp_poly[i]));
     VR e = VSPLAT(1) + VFMA(p, r * r, r);
 
     VI k = (VI)t - (VI)VSPLAT(EXP_MAGIC);
-    if (range == CSM_EXP_BOUNDED) return e * CSM_SFX(csm_vpow2i)(k);
+    if (range == CSM_EXP_BOUNDED) return e * csm_vpow2i(k);
     VI outside = k < EXP_KMIN;
     if (range == CSM_EXP_ANY) outside |= k > EXP_KMAX;
-    if (__builtin_expect(!VANY(outside), 1)) return e * CSM_SFX(csm_vpow2i)(k);
+    if (__builtin_expect(!VANY(outside), 1)) return e * csm_vpow2i(k);
     /* subnormal result or overflow: two exact factors, so only the last product rounds */
     VI k1 = k >> 1;
     VI k2 = k - k1;
-    return (e * CSM_SFX(csm_vpow2i)(k1)) * CSM_SFX(csm_vpow2i)(k2);
-}
-
-/* exp(dh + dl) for any arguments */
-static inline VR CSM_SFX(csm_vexp2)(VR dh, VR dl)
-{
-    return CSM_SFX(csm_vexp_t)(dh, dl, CSM_EXP_ANY);
+    return (e * csm_vpow2i(k1)) * csm_vpow2i(k2);
 }
 
 /* exp(dh + dl) for dh <= 0 (or NaN, -inf): the softmax case, x - max */
-CSM_INLINE VR CSM_SFX(csm_vexp2_neg)(VR dh, VR dl)
+CSM_INLINE VR csm_vexp_neg(VR dh, VR dl)
 {
-    return CSM_SFX(csm_vexp_t)(dh, dl, CSM_EXP_NONPOS);
+    return csm_vexp_t(dh, dl, CSM_EXP_NONPOS);
 }
 
-static inline VR CSM_SFX(csm_vexp)(VR x)
+static inline VR csm_vexp(VR x)
 {
-    return CSM_SFX(csm_vexp_t)(x, VSPLAT(0), CSM_EXP_ANY);
-}
-
-/* p + e == a * b exactly, lane-wise (FMA where available, Veltkamp-Dekker otherwise) */
-static inline void CSM_SFX(csm_vtwo_prod)(VR a, VR b, VR *p, VR *e)
-{
-    *p = a * b;
-#if CSM_HAVE_FMA
-    *e = VFMA(a, b, -*p);
-#else
-    VR ca = VSPLAT(EXP_SPLIT) * a, cb = VSPLAT(EXP_SPLIT) * b;
-    VR ah = ca - (ca - a), bh = cb - (cb - b);
-    VR al = a - ah, bl = b - bh;
-    *e = ((ah * bh - *p) + ah * bl + al * bh) + al * bl;
-#endif
-}
-
-/* s + e == a - b exactly, lane-wise (TwoSum; no magnitude precondition) */
-static inline void CSM_SFX(csm_vtwo_diff)(VR a, VR b, VR *s, VR *e)
-{
-    *s = a - b;
-    VR bb = *s - a;
-    *e = (a - (*s - bb)) - (b + bb);
+    return csm_vexp_t(x, VSPLAT(0), CSM_EXP_ANY);
 }
 
 #undef EXP_LO
@@ -141,4 +111,3 @@ static inline void CSM_SFX(csm_vtwo_diff)(VR a, VR b, VR *s, VR *e)
 #undef EXP_KMAX
 #undef EXP_NPOLY
 #undef EXP_BOUND
-#undef EXP_SPLIT

@@ -1,6 +1,6 @@
 /*
- * csm_grad.h - per-row kernels of the derivatives, generic over REAL (include after
- * csm_rows.h): the two backward passes and the fused softmax cross-entropy.
+ * csm_grad.h - the row kernels of the derivatives (generic over REAL; see csm_real.h):
+ * the two backward passes and the fused softmax cross-entropy.
  *
  *   softmax_backward      dx = y * (g - sum(g * y)) / tau
  *   log_softmax_backward  dx = (g - exp(y) * sum(g)) / tau
@@ -22,13 +22,13 @@
  */
 
 /* ---- backward passes ---- */
-CSM_INLINE void CSM_SFX(csm_bwd_sum_vec)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, csm_intp cnt,
-                                         const int full, const int has_mask, CSM_SFX(csm_vacc) *acc)
+CSM_INLINE void csm_bwd_sum_vec(int kind, const REAL *g, const REAL *y, const uint8_t *mask, csm_intp cnt,
+                                         const int full, const int has_mask, csm_vacc *acc)
 {
-    VR v = CSM_SFX(csm_load)(g, full ? VL : cnt, 0);
-    if (kind == CSM_SOFTMAX_BWD) v *= CSM_SFX(csm_load)(y, full ? VL : cnt, 0);
-    if (has_mask) v = VSEL(CSM_SFX(csm_load_mask)(mask, full ? VL : cnt), v, VSPLAT(0));
-    CSM_SFX(csm_acc_add_any)(acc, v);
+    VR v = csm_load(g, full ? VL : cnt, 0);
+    if (kind == CSM_SOFTMAX_BWD) v *= csm_load(y, full ? VL : cnt, 0);
+    if (has_mask) v = VSEL(csm_load_mask(mask, full ? VL : cnt), v, VSPLAT(0)); /* 0 * inf would be NaN */
+    csm_acc_add_any(acc, v);
 }
 
 /*
@@ -36,21 +36,21 @@ CSM_INLINE void CSM_SFX(csm_bwd_sum_vec)(int kind, const REAL *g, const REAL *y,
  * s_hi + s_lo in REAL, so that g - s stays accurate where g and s nearly cancel: g - s_hi
  * is exact there (Sterbenz), and exp(y) s_hi leaves g through one fused rounding.
  */
-CSM_INLINE VR CSM_SFX(csm_bwd_value)(int kind, VR gv, VR yv, VR s_hi, VR s_lo, VR inv_tau)
+CSM_INLINE VR csm_bwd_value(int kind, VR gv, VR yv, VR s_hi, VR s_lo, VR inv_tau)
 {
     if (kind == CSM_SOFTMAX_BWD) return yv * ((gv - s_hi) - s_lo) * inv_tau;
-    VR e = CSM_SFX(csm_vexp)(yv);
+    VR e = csm_vexp(yv);
     return (VFMA(-e, s_hi, gv) - e * s_lo) * inv_tau;
 }
 
-CSM_INLINE void CSM_SFX(csm_bwd_out_vec)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
+CSM_INLINE void csm_bwd_out_vec(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
                                          csm_intp cnt, const int full, const int nt, const int has_mask, VR s_hi,
                                          VR s_lo, VR inv_tau)
 {
-    VR gv = CSM_SFX(csm_load)(g, full ? VL : cnt, 0), yv = CSM_SFX(csm_load)(y, full ? VL : cnt, 0);
-    VR o = CSM_SFX(csm_bwd_value)(kind, gv, yv, s_hi, s_lo, inv_tau);
-    if (has_mask) o = VSEL(CSM_SFX(csm_load_mask)(mask, full ? VL : cnt), o, VSPLAT(0));
-    CSM_SFX(csm_put)(out, o, cnt, full, nt);
+    VR gv = csm_load(g, full ? VL : cnt, 0), yv = csm_load(y, full ? VL : cnt, 0);
+    VR o = csm_bwd_value(kind, gv, yv, s_hi, s_lo, inv_tau);
+    if (has_mask) o = VSEL(csm_load_mask(mask, full ? VL : cnt), o, VSPLAT(0));
+    csm_put(out, o, cnt, full, nt);
 }
 
 /*
@@ -59,7 +59,7 @@ CSM_INLINE void CSM_SFX(csm_bwd_out_vec)(int kind, const REAL *g, const REAL *y,
  * Returns 0 where the pair cannot carry the sum: a float row whose sum lies beyond float's
  * range (each g finite, their sum not); such a row takes csm_bwd_in_double.
  */
-static inline int CSM_SFX(csm_bwd_split)(csm_dd sum, REAL *s_hi, REAL *s_lo)
+static inline int csm_bwd_split(csm_dd sum, REAL *s_hi, REAL *s_lo)
 {
     const double sum_d = sum.hi + sum.lo;
     *s_hi = (REAL)sum_d;
@@ -68,71 +68,71 @@ static inline int CSM_SFX(csm_bwd_split)(csm_dd sum, REAL *s_hi, REAL *s_lo)
 }
 
 /* one dx in double, for the rare sums csm_bwd_split refuses */
-static inline REAL CSM_SFX(csm_bwd_in_double)(int kind, REAL g, REAL y, double sum, double inv_tau)
+static inline REAL csm_bwd_in_double(int kind, REAL g, REAL y, double sum, double inv_tau)
 {
     const double v = kind == CSM_SOFTMAX_BWD ? (double)y * ((double)g - sum) : (double)g - exp((double)y) * sum;
     return (REAL)(v * inv_tau);
 }
 
 /* pass 1: sum(g * y) (softmax) or sum(g) (log_softmax) over the unmasked entries */
-CSM_INLINE csm_dd CSM_SFX(csm_bwd_sum_t)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, csm_intp n,
+CSM_INLINE csm_dd csm_bwd_sum_t(int kind, const REAL *g, const REAL *y, const uint8_t *mask, csm_intp n,
                                          const int has_mask)
 {
-    CSM_SFX(csm_vacc) a0 = {{0}, {0}}, a1 = {{0}, {0}};
+    csm_vacc a0 = {{0}, {0}}, a1 = {{0}, {0}};
     csm_intp i = 0;
     for (; i + 2 * VL <= n; i += 2 * VL) {
-        CSM_SFX(csm_bwd_sum_vec)(kind, g + i, y + i, has_mask ? mask + i : NULL, VL, 1, has_mask, &a0);
-        CSM_SFX(csm_bwd_sum_vec)(kind, g + i + VL, y + i + VL, has_mask ? mask + i + VL : NULL, VL, 1, has_mask, &a1);
+        csm_bwd_sum_vec(kind, g + i, y + i, has_mask ? mask + i : NULL, VL, 1, has_mask, &a0);
+        csm_bwd_sum_vec(kind, g + i + VL, y + i + VL, has_mask ? mask + i + VL : NULL, VL, 1, has_mask, &a1);
     }
     for (; i + VL <= n; i += VL)
-        CSM_SFX(csm_bwd_sum_vec)(kind, g + i, y + i, has_mask ? mask + i : NULL, VL, 1, has_mask, &a0);
-    if (i < n) CSM_SFX(csm_bwd_sum_vec)(kind, g + i, y + i, has_mask ? mask + i : NULL, n - i, 0, has_mask, &a1);
-    return CSM_SFX(csm_acc_total2)(&a0, &a1);
+        csm_bwd_sum_vec(kind, g + i, y + i, has_mask ? mask + i : NULL, VL, 1, has_mask, &a0);
+    if (i < n) csm_bwd_sum_vec(kind, g + i, y + i, has_mask ? mask + i : NULL, n - i, 0, has_mask, &a1);
+    return csm_acc_total2(&a0, &a1);
 }
 
-static csm_dd CSM_SFX(csm_bwd_sum)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, csm_intp n)
+static csm_dd csm_bwd_sum(int kind, const REAL *g, const REAL *y, const uint8_t *mask, csm_intp n)
 {
-    return mask ? CSM_SFX(csm_bwd_sum_t)(kind, g, y, mask, n, 1) : CSM_SFX(csm_bwd_sum_t)(kind, g, y, NULL, n, 0);
+#define CSM_BWD_SUM(M) csm_bwd_sum_t(kind, g, y, (M) ? mask : NULL, n, M)
+    return CSM_FLAGS1(mask != NULL, CSM_BWD_SUM);
+#undef CSM_BWD_SUM
 }
 
 /* pass 2: dx over [0, n), given the row's sum */
-CSM_INLINE void CSM_SFX(csm_bwd_out_t)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
+CSM_INLINE void csm_bwd_out_t(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
                                        csm_intp n, csm_dd sum, double inv_tau, int stream, const int has_mask)
 {
     REAL hi, lo;
-    if (!CSM_SFX(csm_bwd_split)(sum, &hi, &lo)) {
+    if (!csm_bwd_split(sum, &hi, &lo)) {
         const double sum_d = sum.hi + sum.lo;
         for (csm_intp i = 0; i < n; i++) /* element-wise, so in place is safe */
-            out[i] = mask && !mask[i] ? (REAL)0 : CSM_SFX(csm_bwd_in_double)(kind, g[i], y[i], sum_d, inv_tau);
+            out[i] = mask && !mask[i] ? (REAL)0 : csm_bwd_in_double(kind, g[i], y[i], sum_d, inv_tau);
         return;
     }
     const VR s_hi = VSPLAT(hi), s_lo = VSPLAT(lo), inv = VSPLAT((REAL)inv_tau);
 #define CSM_BWD_BODY(i, cnt, full, nt)                                                                                 \
-    CSM_SFX(csm_bwd_out_vec)(kind, g + (i), y + (i), has_mask ? mask + (i) : NULL, out + (i), cnt, full, nt, has_mask, \
+    csm_bwd_out_vec(kind, g + (i), y + (i), has_mask ? mask + (i) : NULL, out + (i), cnt, full, nt, has_mask, \
                              s_hi, s_lo, inv)
     CSM_FINISH_LOOP(n, out, stream, CSM_BWD_BODY);
 #undef CSM_BWD_BODY
 }
 
-static void CSM_SFX(csm_bwd_out)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out, csm_intp n,
+static void csm_bwd_out(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out, csm_intp n,
                                  csm_dd sum, const csm_temp *tp, int stream)
 {
-    if (mask)
-        CSM_SFX(csm_bwd_out_t)(kind, g, y, mask, out, n, sum, tp->inv_tau, stream, 1);
-    else
-        CSM_SFX(csm_bwd_out_t)(kind, g, y, NULL, out, n, sum, tp->inv_tau, stream, 0);
+#define CSM_BWD_OUT(M) csm_bwd_out_t(kind, g, y, (M) ? mask : NULL, out, n, sum, tp->inv_tau, stream, M)
+    CSM_FLAGS1(mask != NULL, CSM_BWD_OUT);
+#undef CSM_BWD_OUT
 }
 
-static void CSM_SFX(csm_row_backward)(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
+static void csm_row_backward(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
                                       csm_intp n, const csm_temp *tp, int stream)
 {
-    CSM_SFX(csm_bwd_out)(kind, g, y, mask, out, n, CSM_SFX(csm_bwd_sum)(kind, g, y, mask, n), tp, stream);
+    csm_bwd_out(kind, g, y, mask, out, n, csm_bwd_sum(kind, g, y, mask, n), tp, stream);
 }
 
 /* ---- cross-entropy ---- */
 /* B_j: the part of the gradient that is not p_j A (the weighted target) */
-static inline double CSM_SFX(csm_xent_b)(const csm_xent_params *xp, const REAL *q, int64_t label, double eps_k,
-                                         csm_intp j)
+static inline double csm_xent_b(const csm_xent_params *xp, const REAL *q, int64_t label, double eps_k, csm_intp j)
 {
     const double wj = csm_xent_weight(xp, j);
     if (q) return wj * ((1.0 - xp->eps) * (double)q[j] + eps_k);
@@ -140,39 +140,62 @@ static inline double CSM_SFX(csm_xent_b)(const csm_xent_params *xp, const REAL *
 }
 
 /*
- * Loss and gradient from a row of log-probabilities already computed (the rows the
- * vector path does not take: NaN, infinite max, fully masked, tau = +inf). grad may be
- * NULL. Returns the loss.
+ * Where one row's -log p_j and p_j come from. Ordinary rows (logp NULL): -log p_j =
+ * L + (m - x_j) / tau with L = log1p(S'), and p_j = e_j c with e_j = exp((x_j - m) / tau)
+ * (stored by the expsum pass) and c = 1 / (1 + S'). Special rows (NaN, infinite max,
+ * fully masked, tau = +inf): from their log_softmax, written out by csm_special_row.
  */
-static double CSM_SFX(csm_xent_from_logp)(const REAL *logp, const uint8_t *mask, const REAL *q, int64_t label,
-                                          REAL *grad, csm_intp n, const csm_xent_params *xp, const csm_temp *tp)
+typedef struct {
+    const REAL *logp;
+    const REAL *x, *e;
+    double m, L, c, inv_tau;
+} csm_xent_src;
+
+CSM_INLINE double csm_xent_neglogp(const csm_xent_src *s, csm_intp j)
+{
+    return s->logp ? -(double)s->logp[j] : s->L + (s->m - (double)s->x[j]) * s->inv_tau;
+}
+
+CSM_INLINE double csm_xent_p(const csm_xent_src *s, csm_intp j)
+{
+    return s->logp ? exp((double)s->logp[j]) : (double)s->e[j] * s->c;
+}
+
+/* the loss of one row, and its gradient into grad unless NULL (grad may be src->e) */
+static double csm_xent_finish(const csm_xent_src *src, const uint8_t *mask, const REAL *q, int64_t label, REAL *grad,
+                              csm_intp n, const csm_xent_params *xp, const csm_temp *tp)
 {
     csm_intp K = 0;
-    double W = 0.0;
-    for (csm_intp j = 0; j < n; j++)
-        if (!mask || mask[j]) {
-            K++;
-            W += csm_xent_weight(xp, j);
-        }
-    double loss = 0.0, A = 0.0;
+    double W = 0.0, loss = 0.0, A = 0.0;
+    if (xp->eps != 0.0 || q || grad)
+        for (csm_intp j = 0; j < n; j++)
+            if (!mask || mask[j]) {
+                K++;
+                W += csm_xent_weight(xp, j);
+            }
     const double eps_k = K ? xp->eps / (double)K : 0.0;
-    for (csm_intp j = 0; j < n; j++) {
-        if (mask && !mask[j]) continue;
-        double wj = csm_xent_weight(xp, j), lp = (double)logp[j], tj;
-        if (q) {
-            tj = (1.0 - xp->eps) * (double)q[j] + eps_k;
+    if (q) {
+        for (csm_intp j = 0; j < n; j++) {
+            if (mask && !mask[j]) continue;
+            const double wj = csm_xent_weight(xp, j), tj = (1.0 - xp->eps) * (double)q[j] + eps_k;
             A += wj * tj;
-        } else {
-            tj = (j == label ? 1.0 - xp->eps : 0.0) + eps_k;
+            if (tj != 0.0) loss += wj * tj * csm_xent_neglogp(src, j); /* 0 * log 0 = 0 */
         }
-        if (tj != 0.0) loss -= wj * tj * lp; /* 0 * log 0 = 0 */
+    } else {
+        const double wy = csm_xent_weight(xp, label);
+        loss = (1.0 - xp->eps) * wy * csm_xent_neglogp(src, label);
+        if (xp->eps != 0.0) {
+            double sm = 0.0;
+            for (csm_intp j = 0; j < n; j++)
+                if (!mask || mask[j]) sm += csm_xent_weight(xp, j) * csm_xent_neglogp(src, j);
+            loss += eps_k * sm;
+        }
+        A = (1.0 - xp->eps) * wy + eps_k * W;
     }
-    if (!q) A = (1.0 - xp->eps) * csm_xent_weight(xp, label) + eps_k * W;
     if (grad) {
         const double f = xp->scale * tp->inv_tau;
         for (csm_intp j = 0; j < n; j++)
-            grad[j] = mask && !mask[j] ? 0
-                                       : (REAL)((exp((double)logp[j]) * A - CSM_SFX(csm_xent_b)(xp, q, label, eps_k, j)) * f);
+            grad[j] = mask && !mask[j] ? 0 : (REAL)((csm_xent_p(src, j) * A - csm_xent_b(xp, q, label, eps_k, j)) * f);
     }
     return loss;
 }
@@ -181,110 +204,28 @@ static double CSM_SFX(csm_xent_from_logp)(const REAL *logp, const uint8_t *mask,
  * One row of cross-entropy. x: logits; q: probability targets or NULL (then `label`);
  * grad: the gradient row or NULL; buf: a row of scratch (special rows only).
  */
-static double CSM_SFX(csm_row_xent)(const REAL *x, const REAL *q, int64_t label, const uint8_t *mask, REAL *grad,
-                                    REAL *buf, csm_intp n, const csm_xent_params *xp, const csm_temp *tp)
+static double csm_row_xent(const REAL *x, const REAL *q, int64_t label, const uint8_t *mask, REAL *grad, REAL *buf,
+                           csm_intp n, const csm_xent_params *xp, const csm_temp *tp)
 {
     if (!q && label == xp->ignore_index) {
         if (grad) memset(grad, 0, (size_t)n * sizeof(REAL));
         return 0.0;
     }
-    CSM_SFX(csm_stats) st;
-    CSM_SFX(csm_row_scan)(x, mask, n, &st);
-    if (CSM_SFX(csm_row_is_special)(&st, tp)) {
-        CSM_SFX(csm_special_row)(CSM_LOG_SOFTMAX, x, 1, mask, 1, buf, 1, n, &st, tp->tau_inf);
-        return CSM_SFX(csm_xent_from_logp)(buf, mask, q, label, grad, n, xp, tp);
-    }
-    st.k = CSM_SFX(csm_row_find)(x, mask, n, st.m);
-    st.s = CSM_SFX(csm_row_expsum)(x, mask, grad, n, &st, tp); /* grad holds exp(z_j - z_max) */
-    const double L = csm_dd_log1p(st.s), c = csm_dd_inv_1p(st.s), m = (double)st.m;
-
-    /* -logp_j = L + (m - x_j) / tau, both terms >= 0 */
-#define CSM_NEG_LOGP(j) (L + (m - (double)x[j]) * tp->inv_tau)
-    csm_intp K = 0;
-    double W = 0.0, loss = 0.0, A = 0.0;
-    const int need_sums = xp->eps != 0.0 || q != NULL;
-    if (need_sums || grad) {
-        for (csm_intp j = 0; j < n; j++)
-            if (!mask || mask[j]) {
-                K++;
-                W += csm_xent_weight(xp, j);
-            }
-    }
-    const double eps_k = K ? xp->eps / (double)K : 0.0;
-    if (q) {
-        for (csm_intp j = 0; j < n; j++) {
-            if (mask && !mask[j]) continue;
-            double wj = csm_xent_weight(xp, j), tj = (1.0 - xp->eps) * (double)q[j] + eps_k;
-            A += wj * tj;
-            if (tj != 0.0) loss += wj * tj * CSM_NEG_LOGP(j);
-        }
+    csm_stats st;
+    csm_row_scan(x, mask, n, &st);
+    csm_xent_src src = {0};
+    if (csm_row_is_special(&st, tp)) {
+        csm_special_row(CSM_LOG_SOFTMAX, x, 1, mask, 1, buf, 1, n, &st, tp->tau_inf);
+        src.logp = buf;
     } else {
-        const double wy = csm_xent_weight(xp, label);
-        loss = (1.0 - xp->eps) * wy * CSM_NEG_LOGP(label);
-        if (xp->eps != 0.0) {
-            double sm = 0.0;
-            for (csm_intp j = 0; j < n; j++)
-                if (!mask || mask[j]) sm += csm_xent_weight(xp, j) * CSM_NEG_LOGP(j);
-            loss += eps_k * sm;
-        }
-        A = (1.0 - xp->eps) * wy + eps_k * W;
+        st.k = csm_row_find(x, mask, n, st.m);
+        st.s = csm_row_expsum(x, mask, grad, n, &st, tp); /* grad holds exp((x_j - m) / tau) */
+        src.x = x;
+        src.e = grad;
+        src.m = (double)st.m;
+        src.L = csm_dd_log1p(st.s);
+        src.c = csm_dd_inv_1p(st.s);
+        src.inv_tau = tp->inv_tau;
     }
-#undef CSM_NEG_LOGP
-    if (grad) {
-        const double f = xp->scale * tp->inv_tau, cA = c * A;
-        for (csm_intp j = 0; j < n; j++)
-            grad[j] = mask && !mask[j] ? 0
-                                       : (REAL)(((double)grad[j] * cA - CSM_SFX(csm_xent_b)(xp, q, label, eps_k, j)) * f);
-    }
-    return loss;
-}
-
-/*
- * One row of a derivative kind, given each operand's pointer to the row's first element
- * (see csm_forward_row). Returns the row's loss (CSM_XENT).
- */
-static double CSM_SFX(csm_other_row)(const csm_task *t, const csm_layout *L, char *const *p, const csm_temp *tp,
-                                     int direct, int stream, CSM_SFX(csm_scratch) *sc)
-{
-    const csm_intp n = L->n;
-    const uint8_t *mask = (const uint8_t *)p[CSM_MASK];
-    if (mask && L->nred == 1 && L->rstride[CSM_MASK][0] == 0) {
-        if (!mask[0]) { /* the whole row is masked out: a zero gradient, no loss */
-            if (p[CSM_OUT]) {
-                if (direct)
-                    memset(p[CSM_OUT], 0, (size_t)n * sizeof(REAL));
-                else
-                    for (csm_intp j = 0; j < n; j++) sc->x[j] = 0;
-                if (!direct) CSM_SFX(csm_scatter)(p[CSM_OUT], sc->x, L, CSM_OUT, t->dtype);
-            }
-            return 0.0;
-        }
-        mask = NULL; /* all of the row takes part */
-    }
-    if (!direct && mask) {
-        CSM_SFX(csm_gather_mask)(sc->mask, (const char *)mask, L);
-        mask = sc->mask;
-    }
-    const REAL *x = (const REAL *)p[CSM_X], *y = (const REAL *)p[CSM_Y];
-    REAL *out = (REAL *)p[CSM_OUT];
-    if (!direct) {
-        CSM_SFX(csm_gather)(sc->x, p[CSM_X], L, CSM_X, t->dtype);
-        x = sc->x;
-        if (p[CSM_Y]) {
-            CSM_SFX(csm_gather)(sc->y, p[CSM_Y], L, CSM_Y, t->dtype);
-            y = sc->y;
-        }
-        if (out) out = t->kind == CSM_XENT ? sc->out : sc->x;
-    }
-    double v = 0.0;
-    if (t->kind == CSM_XENT) {
-        csm_xent_params xp = {t->class_weight, t->smoothing, t->ignore_index, t->grad_scale};
-        int64_t label = 0;
-        if (p[CSM_LABEL]) memcpy(&label, p[CSM_LABEL], sizeof label);
-        v = CSM_SFX(csm_row_xent)(x, y, label, mask, out, sc->buf, n, &xp, tp);
-    } else {
-        CSM_SFX(csm_row_backward)(t->kind, x, y, mask, out, n, tp, direct && stream);
-    }
-    if (!direct && out) CSM_SFX(csm_scatter)(p[CSM_OUT], out, L, CSM_OUT, t->dtype);
-    return v;
+    return csm_xent_finish(&src, mask, q, label, grad, n, xp, tp);
 }

@@ -1,7 +1,8 @@
 /*
- * csm_internal.h - what the dispatcher and the instruction-set builds of the core share:
- * the normalised layout of a task, the temperature parameters, the per-ISA entry table,
- * and float16 conversions.
+ * csm_internal.h - what the dispatcher (csm_dispatch.c) and the kernel builds
+ * (csm_kernels.c) share: the normalised layout of a task and its iterators, the
+ * temperature parameters, the entry points of the builds, the flag specialisations,
+ * cross-entropy's parameters, the thread rule and per-row value stores.
  */
 #ifndef CSM_INTERNAL_H
 #define CSM_INTERNAL_H
@@ -12,8 +13,23 @@
 
 #include "csm_core.h"
 #include "csm_half.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define CSM_INLINE static inline __attribute__((always_inline))
+
+/*
+ * Flag specialisations. The hot loops are always-inline bodies whose flags (mask or not,
+ * tau or not, store or not) are compile-time constants; CSM_FLAGS2(a, b, F) expands to
+ * F(A, B) for the four constant pairs, choosing by the runtime values a and b, so that F,
+ * a function-like macro, names the call once. The result is an expression (of F's type).
+ */
+#define CSM_FLAGS1(a, F) ((a) ? F(1) : F(0))
+#define CSM_FLAGS2(a, b, F) ((a) ? ((b) ? F(1, 1) : F(1, 0)) : ((b) ? F(0, 1) : F(0, 0)))
+#define CSM_FLAGS3(a, b, c, F)                                                                                         \
+    ((a) ? ((b) ? ((c) ? F(1, 1, 1) : F(1, 1, 0)) : ((c) ? F(1, 0, 1) : F(1, 0, 0)))                                   \
+         : ((b) ? ((c) ? F(0, 1, 1) : F(0, 1, 0)) : ((c) ? F(0, 0, 1) : F(0, 0, 0))))
 
 /*
  * A task reduced to "rows": the outer dimensions enumerate independent rows, the reduced
@@ -81,18 +97,18 @@ static inline csm_temp csm_temp_make(double tau)
     return tp;
 }
 
-/* one instruction-set build of the core */
+/* the entry of one kernel build: csm_run_<isa>_f32 (float32 and float16 storage) and
+   csm_run_<isa>_f64, one for each instruction set compiled (csm_kernels.c) */
 typedef int (*csm_run_fn)(const csm_task *, const csm_layout *);
-typedef struct csm_isa_table {
-    csm_run_fn run_f32; /* float32 and float16 storage */
-    csm_run_fn run_f64;
-} csm_isa_table;
-
-extern const csm_isa_table csm_table_baseline;
+#define CSM_DECLARE_BUILD(isa)                                                                                         \
+    int csm_run_##isa##_f32(const csm_task *, const csm_layout *);                                                     \
+    int csm_run_##isa##_f64(const csm_task *, const csm_layout *);
+CSM_DECLARE_BUILD(baseline)
 #if defined(CSM_BUILD_X86_ISAS)
-extern const csm_isa_table csm_table_avx2;
-extern const csm_isa_table csm_table_avx512;
+CSM_DECLARE_BUILD(avx2)
+CSM_DECLARE_BUILD(avx512)
 #endif
+#undef CSM_DECLARE_BUILD
 
 /* walks the elements of one row of an operand that spans several axes */
 typedef struct {
@@ -127,8 +143,20 @@ static inline double csm_xent_weight(const csm_xent_params *xp, csm_intp j)
 /* ---- threads ---- */
 #define CSM_PAR_MIN_WORK ((csm_intp)1 << 13) /* elements per thread below which threads cost more than they save */
 
+/* this thread's number and the team's size (0 and 1 outside a parallel region) */
+static inline void csm_thread_id(int *tid, int *nt)
+{
+#ifdef _OPENMP
+    *tid = omp_get_thread_num();
+    *nt = omp_get_num_threads();
+#else
+    *tid = 0;
+    *nt = 1;
+#endif
+}
+
 /* threads for `units` independent pieces of `work` elements each */
-int csm_pick_threads(const csm_task *task, csm_intp units, csm_intp work);
+int csm_pick_threads(csm_intp units, csm_intp work);
 
 /* one per-row value (logsumexp, loss) into its storage dtype */
 static inline void csm_store_rowval(char *p, int dtype, double v)

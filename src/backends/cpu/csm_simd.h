@@ -3,10 +3,11 @@
  *
  * The kernels are written once against the GCC/Clang vector extensions; the width of a
  * vector (CSM_VB bytes: 16 for the baseline SSE2/NEON build, 32 for AVX2+FMA, 64 for
- * AVX-512) is fixed by the translation unit that includes this header, so the same
- * source becomes three machine-code variants that csm_dispatch.c chooses from at import.
- * Only the operations the vector extensions lack are spelled per instruction set here:
- * fused multiply-add, "any lane set" and the exact product.
+ * AVX-512) is fixed when csm_kernels.c is compiled, so the same source becomes three
+ * machine-code variants (each for float and double) that csm_dispatch.c chooses from at
+ * import. Only the operations the vector extensions lack, or spell slowly, are written
+ * per instruction set here: fused multiply-add, max/min with a known NaN rule, mask bytes
+ * to lane masks, float <-> double conversion, non-temporal stores, "any lane set".
  *
  * Compiled with -ffp-contract=off: a*b+c is never fused behind our back, so the
  * error-free transformations (two_sum, two_prod) stay exact. Never -ffast-math.

@@ -13,21 +13,22 @@
  * Kahan-compensated double (float64); the max entry is left out of the sum S', so
  * log_softmax's max entry is -log1p(S'); pieces of a row merge in double-double
  * (csm_dd.h, the C core's). Special rows (NaN, infinite max, fully masked, tau = +inf)
- * get the values of DESIGN.md section 3. The two headers come from src/backends/common.
+ * get the values of the semantics table (csm_special.h, the C core's). The shared
+ * headers come from src/backends/common; docs/design.md, "The CUDA kernels".
  *
- * Kernels, by row length (the launcher in cuda.py chooses):
- *   csm_fwd_warp<T, E>      a warp per row, E entries per lane in registers (n <= 32 E)
- *   csm_fwd_block<T, C>     a block per row; C: the row cached in shared memory
- *   csm_fwd_split_*<T>      few long rows: per-chunk statistics, a merge per row in
- *                           double-double, then the chunks write their outputs
+ * Kernels (the planner in cuda.py chooses by layout and row length):
+ *   csm_fwd_rows<T, G, NC>  G lanes per row (32 / G rows per warp), NC 16-byte chunks
+ *                           per lane, the row in registers (n <= G NC V)
+ *   csm_fwd_block<T>        a block per row, the row cached in shared memory
+ *   csm_fwd_split_*<T>      longer rows, or few long ones: per-chunk statistics, a merge
+ *                           per row in double-double, then the chunks write their outputs
  *   csm_fwd_cols<T>         a strided softmax axis whose neighbour is contiguous: a
  *                           thread per column, loads coalesced across the columns
  *   csm_bwd_warp<T, E>, csm_bwd_block<T>   the two backward passes, fused
  *   csm_xent_block<T>       cross-entropy: loss and gradient in one kernel
  *   csm_jacobian<T>         J[r, i, j] from softmax and log_softmax rows
  * Rows are addressed by a row stride and an entry stride (elements; 64-bit), so any
- * layout whose rows are evenly spaced runs without a copy. Kinds: 0 softmax,
- * 1 log_softmax, 2 logsumexp, 3 softmax_backward, 4 log_softmax_backward.
+ * layout whose rows are evenly spaced runs without a copy. `kind` is a csm_kinds.h code.
  */
 #ifdef CSM_EMULATE
 /* the host emulator provides the CUDA vocabulary */
@@ -44,12 +45,12 @@ struct csm_half {
 #define CSM_INF __longlong_as_double(0x7ff0000000000000LL)
 #define CSM_NAN __longlong_as_double(0x7ff8000000000000LL)
 
-/* the double-double arithmetic and the exp constants of the C core, as device code */
-#define CSM_DD_FN __device__ inline
-#define CSM_DD_INF CSM_INF
-#define CSM_DD_NAN CSM_NAN
+/* the shared headers of the C core (src/backends/common), as device code */
+#define CSM_FN __device__ inline
 #include "csm_dd.h"
 #include "csm_expconst.h"
+#include "csm_kinds.h"
+#include "csm_special.h"
 
 /* ---- storage <-> compute types ---- */
 template <typename T> struct csm_traits;
@@ -172,41 +173,61 @@ template <typename C> __device__ __forceinline__ void csm_two_diff(C a, C b, C &
     e = csm_sub(csm_sub(a, csm_sub(s, bb)), csm_add(b, bb));
 }
 
-/* ---- the exp of the C core: exp(dh + dl), dh may be +-inf or NaN ---- */
-__device__ __forceinline__ float csm_exp2(float dh, float dl)
+/* ---- the exp of the C core: exp(dh + dl), dh may be +-inf or NaN ----
+ * One body over the constants of each compute type (csm_expconst.h): the float version's
+ * final scaling is csm_mul, IEEE even under -ftz, since its result may be subnormal. */
+template <typename C> struct csm_expk;
+#define CSM_EXPK_CONSTANTS(C, P)                                                                                       \
+    static constexpr C LO = CSM_EXP_##P##_LO, HI = CSM_EXP_##P##_HI, LOG2E = CSM_EXP_##P##_LOG2E;                     \
+    static constexpr C MAGIC = CSM_EXP_##P##_MAGIC, LN2_HI = CSM_EXP_##P##_LN2_HI, LN2_LO = CSM_EXP_##P##_LN2_LO;
+template <> struct csm_expk<float> {
+    typedef int I;
+    CSM_EXPK_CONSTANTS(float, F32)
+    enum { KMIN = -126, KMAX = 127, BIAS = 127, MANT = 23 };
+    static __device__ __forceinline__ float fma(float a, float b, float c) { return fmaf(a, b, c); }
+    static __device__ __forceinline__ I bits(float v) { return __float_as_int(v); }
+    static __device__ __forceinline__ float pow2(I k) { return __int_as_float((k + BIAS) << MANT); }
+};
+template <> struct csm_expk<double> {
+    typedef i64 I;
+    CSM_EXPK_CONSTANTS(double, F64)
+    enum { KMIN = -1022, KMAX = 1023, BIAS = 1023, MANT = 52 };
+    static __device__ __forceinline__ double fma(double a, double b, double c) { return ::fma(a, b, c); }
+    static __device__ __forceinline__ I bits(double v) { return __double_as_longlong(v); }
+    static __device__ __forceinline__ double pow2(I k) { return __longlong_as_double((k + BIAS) << MANT); }
+};
+#undef CSM_EXPK_CONSTANTS
+/* P(r) by Horner's rule */
+__device__ __forceinline__ float csm_exp_poly(float r)
 {
-    const float poly[CSM_EXP_F32_NPOLY] = {CSM_EXP_F32_POLY};
-    float x = dh < CSM_EXP_F32_LO ? CSM_EXP_F32_LO : (dh > CSM_EXP_F32_HI ? CSM_EXP_F32_HI : dh);
-    if (x != dh) dl = 0.0f;
-    if (dh != dh) return dh;
-    float t = fmaf(x, CSM_EXP_F32_LOG2E, CSM_EXP_F32_MAGIC);
-    float kf = t - CSM_EXP_F32_MAGIC;
-    float r = fmaf(kf, -CSM_EXP_F32_LN2_HI, x) + fmaf(kf, -CSM_EXP_F32_LN2_LO, dl);
-    float p = poly[0];
-    for (int i = 1; i < CSM_EXP_F32_NPOLY; i++) p = fmaf(p, r, poly[i]);
-    float e = 1.0f + fmaf(p, r * r, r);
-    int k = __float_as_int(t) - __float_as_int(CSM_EXP_F32_MAGIC);
-    if (k >= -126 && k <= 127) return csm_mul(e, __int_as_float((k + 127) << 23));
-    int k1 = k >> 1, k2 = k - k1; /* the result may be subnormal */
-    return csm_mul(csm_mul(e, __int_as_float((k1 + 127) << 23)), __int_as_float((k2 + 127) << 23));
+    const float c[CSM_EXP_F32_NPOLY] = {CSM_EXP_F32_POLY};
+    float p = c[0];
+    for (int i = 1; i < CSM_EXP_F32_NPOLY; i++) p = fmaf(p, r, c[i]);
+    return p;
+}
+__device__ __forceinline__ double csm_exp_poly(double r)
+{
+    const double c[CSM_EXP_F64_NPOLY] = {CSM_EXP_F64_POLY};
+    double p = c[0];
+    for (int i = 1; i < CSM_EXP_F64_NPOLY; i++) p = fma(p, r, c[i]);
+    return p;
 }
 
-__device__ __forceinline__ double csm_exp2(double dh, double dl)
+template <typename C> __device__ __forceinline__ C csm_exp_dd(C dh, C dl)
 {
-    const double poly[CSM_EXP_F64_NPOLY] = {CSM_EXP_F64_POLY};
-    double x = dh < CSM_EXP_F64_LO ? CSM_EXP_F64_LO : (dh > CSM_EXP_F64_HI ? CSM_EXP_F64_HI : dh);
-    if (x != dh) dl = 0.0;
+    typedef csm_expk<C> K;
+    typedef typename K::I I;
+    C x = dh < K::LO ? K::LO : (dh > K::HI ? K::HI : dh);
+    if (x != dh) dl = (C)0;
     if (dh != dh) return dh;
-    double t = fma(x, CSM_EXP_F64_LOG2E, CSM_EXP_F64_MAGIC);
-    double kf = t - CSM_EXP_F64_MAGIC;
-    double r = fma(kf, -CSM_EXP_F64_LN2_HI, x) + fma(kf, -CSM_EXP_F64_LN2_LO, dl);
-    double p = poly[0];
-    for (int i = 1; i < CSM_EXP_F64_NPOLY; i++) p = fma(p, r, poly[i]);
-    double e = 1.0 + fma(p, r * r, r);
-    i64 k = __double_as_longlong(t) - __double_as_longlong(CSM_EXP_F64_MAGIC);
-    if (k >= -1022 && k <= 1023) return e * __longlong_as_double((k + 1023) << 52);
-    i64 k1 = k >> 1, k2 = k - k1;
-    return (e * __longlong_as_double((k1 + 1023) << 52)) * __longlong_as_double((k2 + 1023) << 52);
+    C t = K::fma(x, K::LOG2E, K::MAGIC);
+    C kf = t - K::MAGIC;
+    C r = K::fma(kf, -K::LN2_HI, x) + K::fma(kf, -K::LN2_LO, dl);
+    C e = (C)1 + K::fma(csm_exp_poly(r), r * r, r);
+    I k = K::bits(t) - K::bits(K::MAGIC);
+    if (k >= K::KMIN && k <= K::KMAX) return csm_mul(e, K::pow2(k));
+    I k1 = k >> 1, k2 = k - k1; /* the result may be subnormal */
+    return csm_mul(csm_mul(e, K::pow2(k1)), K::pow2(k2));
 }
 
 /* (x - ref) / tau as dh + dl, accurate to ~1 ulp of C in absolute terms */
@@ -243,7 +264,7 @@ template <typename C> __device__ __forceinline__ C csm_expdiff(C x, C ref, doubl
 {
     C dh, dl;
     csm_diff(x, ref, tau, inv_tau, dh, dl);
-    return csm_exp2(dh, dl);
+    return csm_exp_dd(dh, dl);
 }
 
 /* (x - m) / tau - lse, the log_softmax of one entry (same-sign parts: no error term) */
@@ -258,6 +279,17 @@ template <typename C> __device__ __forceinline__ C csm_logp(C x, C m, C lse, dou
     return csm_sub(d, lse);
 }
 
+/* a finished forward value: softmax e * f, where v holds e = exp((x - m) / tau) and f =
+   1 / (1 + S'); log_softmax (x - m) / tau - f, where v holds x and f = log1p(S') */
+template <typename C> __device__ __forceinline__ C csm_finish(int kind, C v, C m, C f, double inv_tau, bool scaled)
+{
+    return kind == CSM_SOFTMAX ? csm_mul(v, f) : csm_logp(v, m, f, inv_tau, scaled);
+}
+template <typename C> __device__ __forceinline__ C csm_finish_factor(int kind, csm_dd s)
+{
+    return kind == CSM_SOFTMAX ? csm_n<C>(csm_dd_inv_1p(s)) : csm_n<C>(csm_dd_log1p(s));
+}
+
 /* ---- the per-thread sum: double for float rows; Kahan-compensated for double rows ---- */
 struct csm_sum {
     double s, c; /* value s - c */
@@ -269,115 +301,88 @@ struct csm_sum {
     }
 };
 
-/* ---- warp and block reductions ---- */
-__device__ __forceinline__ double csm_warp_max(double v)
+/* ---- reductions ----
+ * csm_butterfly<G>(v, op): op over the G lanes of an aligned group (every lane of the
+ * warp takes part), every lane gets the result. csm_block_reduce: the same over a block
+ * (blockDim.x a multiple of 32, <= 1024), through one slot per warp. */
+struct csm_op_max {
+    template <typename V> __device__ __forceinline__ V operator()(V a, V b) const { return csm_fmax(a, b); }
+};
+struct csm_op_sum {
+    template <typename V> __device__ __forceinline__ V operator()(V a, V b) const { return a + b; }
+    __device__ __forceinline__ csm_dd operator()(csm_dd a, csm_dd b) const { return csm_dd_add(a, b); }
+};
+struct csm_op_or {
+    __device__ __forceinline__ int operator()(int a, int b) const { return a | b; }
+};
+
+template <typename V> __device__ __forceinline__ V csm_shfl_xor(V v, int o) { return __shfl_xor_sync(0xffffffffu, v, o); }
+__device__ __forceinline__ csm_dd csm_shfl_xor(csm_dd v, int o)
 {
-    for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
+    return csm_dd_make(__shfl_xor_sync(0xffffffffu, v.hi, o), __shfl_xor_sync(0xffffffffu, v.lo, o));
 }
-__device__ __forceinline__ i64 csm_warp_min_i64(i64 v)
+
+template <int G, typename V, typename Op> __device__ __forceinline__ V csm_butterfly(V v, Op op)
 {
-    for (int o = 16; o > 0; o >>= 1) {
-        i64 w = __shfl_xor_sync(0xffffffffu, v, o);
-        v = w < v ? w : v;
-    }
-    return v;
-}
-__device__ __forceinline__ int csm_warp_or(int v)
-{
-    for (int o = 16; o > 0; o >>= 1) v |= __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ csm_dd csm_warp_sum(csm_dd v)
-{
-    for (int o = 16; o > 0; o >>= 1) {
-        csm_dd w = csm_dd_make(__shfl_xor_sync(0xffffffffu, v.hi, o), __shfl_xor_sync(0xffffffffu, v.lo, o));
-        v = csm_dd_add(v, w);
-    }
-    return v;
-}
-__device__ __forceinline__ double csm_warp_sum_d(double v)
-{
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+#pragma unroll
+    for (int o = G / 2; o > 0; o >>= 1) v = op(v, csm_shfl_xor(v, o));
     return v;
 }
 
-/* block-wide reductions (blockDim.x a multiple of 32, <= 1024); every thread gets the result */
-struct csm_block_scratch {
-    double d[32], e[32];
-    i64 i[32];
+union csm_block_scratch {
+    double d[32];
+    int i[32];
+    i64 l[32];
+    csm_dd dd[32];
 };
-__device__ double csm_block_max(double v, csm_block_scratch *sh)
+__device__ __forceinline__ double *csm_slots(csm_block_scratch *sh, double) { return sh->d; }
+__device__ __forceinline__ int *csm_slots(csm_block_scratch *sh, int) { return sh->i; }
+__device__ __forceinline__ i64 *csm_slots(csm_block_scratch *sh, i64) { return sh->l; }
+__device__ __forceinline__ csm_dd *csm_slots(csm_block_scratch *sh, csm_dd) { return sh->dd; }
+
+template <typename V, typename Op> __device__ V csm_block_reduce(V v, Op op, V identity, csm_block_scratch *sh)
 {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = csm_warp_max(v);
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    V *slot = csm_slots(sh, v);
+    v = csm_butterfly<32>(v, op);
     __syncthreads();
-    if (lane == 0) sh->d[w] = v;
+    if (lane == 0) slot[w] = v;
     __syncthreads();
-    v = lane < nw ? sh->d[lane] : -CSM_INF;
-    return csm_warp_max(v);
+    v = lane < nw ? slot[lane] : identity;
+    return csm_butterfly<32>(v, op);
 }
-__device__ i64 csm_block_min_i64(i64 v, csm_block_scratch *sh)
+__device__ __forceinline__ double csm_block_max(double v, csm_block_scratch *sh)
 {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = csm_warp_min_i64(v);
-    __syncthreads();
-    if (lane == 0) sh->i[w] = v;
-    __syncthreads();
-    v = lane < nw ? sh->i[lane] : (i64)0x7fffffffffffffffLL;
-    return csm_warp_min_i64(v);
+    return csm_block_reduce(v, csm_op_max(), -CSM_INF, sh);
 }
-__device__ int csm_block_or(int v, csm_block_scratch *sh)
+__device__ __forceinline__ int csm_block_or(int v, csm_block_scratch *sh) { return csm_block_reduce(v, csm_op_or(), 0, sh); }
+__device__ __forceinline__ csm_dd csm_block_sum(csm_dd v, csm_block_scratch *sh)
 {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = csm_warp_or(v);
-    __syncthreads();
-    if (lane == 0) sh->i[w] = v;
-    __syncthreads();
-    v = lane < nw ? (int)sh->i[lane] : 0;
-    return csm_warp_or(v);
+    return csm_block_reduce(v, csm_op_sum(), csm_dd_make(0.0, 0.0), sh);
 }
-__device__ csm_dd csm_block_sum(csm_dd v, csm_block_scratch *sh)
+/* block sums of counts, exactly: one count, or two or three packed into one 64-bit sum
+   (each below 2^21 here) */
+__device__ __forceinline__ int csm_block_count(int a, csm_block_scratch *sh)
 {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = csm_warp_sum(v);
-    __syncthreads();
-    if (lane == 0) {
-        sh->d[w] = v.hi;
-        sh->e[w] = v.lo;
-    }
-    __syncthreads();
-    v = lane < nw ? csm_dd_make(sh->d[lane], sh->e[lane]) : csm_dd_make(0.0, 0.0);
-    return csm_warp_sum(v);
+    return csm_block_reduce(a, csm_op_sum(), 0, sh);
+}
+__device__ __forceinline__ void csm_block_counts(int &a, int &b, int &c, csm_block_scratch *sh)
+{
+    const i64 packed = csm_block_reduce((i64)a | ((i64)b << 21) | ((i64)c << 42), csm_op_sum(), (i64)0, sh);
+    a = (int)(packed & 0x1fffff);
+    b = (int)((packed >> 21) & 0x1fffff);
+    c = (int)(packed >> 42);
+}
+__device__ __forceinline__ void csm_block_counts(int &a, int &b, csm_block_scratch *sh)
+{
+    int c = 0;
+    csm_block_counts(a, b, c, sh);
 }
 
-/* ---- the semantics table for rows the main path does not take ----
- * inside: the value of the unmasked entries; outside: of masked entries (and of -inf
- * entries of a uniform tau = +inf row); lse: the row's logsumexp. */
-struct csm_special {
-    double inside, outside, lse;
-    bool uniform; /* tau = +inf: -inf entries get `outside` */
-};
-__device__ __forceinline__ csm_special csm_special_values(int kind, int any, int nan, double m, i64 cnt, bool tau_inf)
+/* the values of a special row's entry, in the compute type (csm_special.h) */
+template <typename C> __device__ __forceinline__ C csm_special_entry(const csm_special &sp, bool on, C v)
 {
-    csm_special s;
-    s.outside = kind == 0 ? 0.0 : -CSM_INF;
-    s.uniform = false;
-    if (!any) {
-        s.inside = s.outside;
-        s.lse = -CSM_INF;
-    } else if (nan) {
-        s.inside = CSM_NAN;
-        s.lse = CSM_NAN;
-    } else if (!csm_finite(m) || !tau_inf) {
-        s.inside = CSM_NAN;
-        s.lse = csm_finite(m) ? CSM_NAN : m;
-    } else {
-        s.inside = kind == 0 ? 1.0 / (double)cnt : -log((double)cnt);
-        s.lse = CSM_NAN;
-        s.uniform = true;
-    }
-    return s;
+    return csm_n<C>(csm_special_value(sp, on, csm_w(v)));
 }
 
 /* ---- 16-byte chunks: V = 16 / sizeof(T) consecutive entries, one vector access ---- */
@@ -453,28 +458,6 @@ __device__ __forceinline__ void csm_store_piece(T *orow, i64 o_es, i64 j, i64 en
     }
 }
 
-/* reductions over a group of G lanes (G a power of two, groups aligned in the warp; every
-   lane of the warp takes part) */
-template <int G, typename V> __device__ __forceinline__ V csm_group_sum(V v)
-{
-#pragma unroll
-    for (int o = G / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-template <int G, typename C> __device__ __forceinline__ C csm_group_max(C v)
-{
-#pragma unroll
-    for (int o = G / 2; o > 0; o >>= 1) v = csm_fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-template <int G> __device__ __forceinline__ csm_dd csm_group_sum_dd(csm_dd v)
-{
-#pragma unroll
-    for (int o = G / 2; o > 0; o >>= 1)
-        v = csm_dd_add(v, csm_dd_make(__shfl_xor_sync(0xffffffffu, v.hi, o), __shfl_xor_sync(0xffffffffu, v.lo, o)));
-    return v;
-}
-
 /* the per-lane sum of exps: plain double for float rows (29 spare bits), compensated for
    double rows; group-reduced to S' as double-double */
 template <typename C> struct csm_rowsum;
@@ -483,14 +466,14 @@ template <> struct csm_rowsum<float> {
     __device__ __forceinline__ void init() { s = 0.0; }
     __device__ __forceinline__ void add(float e) { s += csm_w(e); }
     __device__ __forceinline__ csm_dd local() const { return csm_dd_make(s, 0.0); }
-    template <int G> __device__ __forceinline__ csm_dd total() { return csm_dd_make(csm_group_sum<G>(s), 0.0); }
+    template <int G> __device__ __forceinline__ csm_dd total() { return csm_dd_make(csm_butterfly<G>(s, csm_op_sum()), 0.0); }
 };
 template <> struct csm_rowsum<double> {
     csm_sum k;
     __device__ __forceinline__ void init() { k.s = k.c = 0.0; }
     __device__ __forceinline__ void add(double e) { k.add(e); }
     __device__ __forceinline__ csm_dd local() const { return csm_dd_make(k.s, -k.c); }
-    template <int G> __device__ __forceinline__ csm_dd total() { return csm_group_sum_dd<G>(csm_dd_make(k.s, -k.c)); }
+    template <int G> __device__ __forceinline__ csm_dd total() { return csm_butterfly<G>(local(), csm_op_sum()); }
 };
 
 /* ---- forward: G lanes per row (32 / G rows per warp), the row in registers ----
@@ -501,8 +484,9 @@ template <> struct csm_rowsum<double> {
  * sum over the entries below it + (ties - 1). Groups past the last row shadow it (they
  * read, never write), so every lane reaches every shuffle. */
 template <typename T, int G, int NC>
-__global__ void csm_fwd_rows __launch_bounds__(256)(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, i64 o_es, const unsigned char *mask,
-                             i64 m_rs, i64 m_es, T *lse_out, i64 l_rs, i64 nrows, i64 n, double tau, int kind, int vec)
+__global__ void __launch_bounds__(256)
+    csm_fwd_rows(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, i64 o_es, const unsigned char *mask, i64 m_rs,
+                 i64 m_es, T *lse_out, i64 l_rs, i64 nrows, i64 n, double tau, int kind, int vec)
 {
     typedef typename csm_traits<T>::C C;
     enum { V = csm_chunk<T>::V, E = NC * csm_chunk<T>::V };
@@ -526,12 +510,13 @@ __global__ void csm_fwd_rows __launch_bounds__(256)(const T *x, i64 x_rs, i64 x_
         m = csm_fmax(m, v[e]);
         nan |= csm_isnan(v[e]);
     }
-    m = csm_group_max<G>(m);
+    m = csm_butterfly<G>(m, csm_op_max());
     int ties = 0;
 #pragma unroll
     for (int e = 0; e < E; e++) ties += csm_eq(v[e], m);
     /* ties (11 bits), lanes holding a NaN, lanes holding a live entry: one reduction */
-    const unsigned packed = csm_group_sum<G>((unsigned)ties | ((unsigned)nan << 16) | ((unsigned)(live != 0) << 24));
+    const unsigned packed =
+        csm_butterfly<G>((unsigned)ties | ((unsigned)nan << 16) | ((unsigned)(live != 0) << 24), csm_op_sum());
     ties = packed & 0xffff;
     nan = (packed >> 16) & 0xff;
     const int any = packed >> 24;
@@ -544,20 +529,20 @@ __global__ void csm_fwd_rows __launch_bounds__(256)(const T *x, i64 x_rs, i64 x_
         for (int e = 0; e < E; e++) {
             const C ev = csm_expdiff(v[e], m, tau, inv_tau); /* masked and padding: exp(-inf) = 0 */
             acc.add(csm_eq(v[e], m) ? (C)0 : ev);
-            if (kind == 0 && !special) v[e] = ev; /* softmax keeps the exps */
+            if (kind == CSM_SOFTMAX && !special) v[e] = ev; /* softmax keeps the exps */
         }
         s = acc.template total<G>();
         s = csm_dd_add_d(s, (double)(ties - 1));
     }
-    if (csm_warp_or(special)) { /* rare: the semantics table; counts need every lane */
+    if (csm_butterfly<32>((int)special, csm_op_or())) { /* rare: the semantics table; counts need every lane */
         int cnt = 0;
 #pragma unroll
         for (int e = 0; e < E; e++) cnt += ((live >> e) & 1) && csm_gt(v[e], -(C)CSM_INF);
-        cnt = csm_group_sum<G>(cnt);
+        cnt = csm_butterfly<G>(cnt, csm_op_sum());
         if (special) {
             if (!active) return;
-            csm_special sp = csm_special_values(kind, any, nan, csm_w(m), cnt, tau_inf);
-            if (kind == 2) {
+            const csm_special sp = csm_special_values(kind, any, nan, csm_w(m), cnt, tau_inf);
+            if (kind == CSM_LOGSUMEXP) {
                 if (lane == 0) csm_traits<T>::store(lse_out + row * l_rs, csm_n<C>(sp.lse));
                 return;
             }
@@ -568,22 +553,20 @@ __global__ void csm_fwd_rows __launch_bounds__(256)(const T *x, i64 x_rs, i64 x_
                     const i64 j = ((i64)c * G + lane) * V + t;
                     const int e = c * V + t;
                     if (j >= n) continue;
-                    const bool on = (live >> e) & 1;
-                    double val = !on ? sp.outside : (sp.uniform && !(v[e] > -(C)CSM_INF) ? sp.outside : sp.inside);
-                    csm_traits<T>::store(out + row * o_rs + j * o_es, csm_n<C>(val));
+                    csm_traits<T>::store(out + row * o_rs + j * o_es, csm_special_entry(sp, (live >> e) & 1, v[e]));
                 }
             return;
         }
     }
     if (!active) return;
-    if (kind == 2) {
+    if (kind == CSM_LOGSUMEXP) {
         if (lane == 0) csm_traits<T>::store(lse_out + row * l_rs, csm_n<C>(csm_w(m) + csm_dd_log1p(s)));
         return;
     }
-    const C c = kind == 0 ? csm_n<C>(csm_dd_inv_1p(s)) : csm_n<C>(csm_dd_log1p(s));
+    const C f = csm_finish_factor<C>(kind, s);
     const bool scaled = tau != 1.0;
 #pragma unroll
-    for (int e = 0; e < E; e++) v[e] = kind == 0 ? csm_mul(v[e], c) : csm_logp(v[e], m, c, inv_tau, scaled);
+    for (int e = 0; e < E; e++) v[e] = csm_finish(kind, v[e], m, f, inv_tau, scaled);
     T *orow = out + row * o_rs;
 #pragma unroll
     for (int c2 = 0; c2 < NC; c2++) csm_store_piece(orow, o_es, ((i64)c2 * G + lane) * V, n, vec, v + c2 * V);
@@ -614,16 +597,6 @@ template <typename T> union csm_piece {
         }
     }
 };
-
-/* block sums of small counts, three at once, exactly (each below 2^20 here) */
-__device__ __forceinline__ void csm_block_counts(int &a, int &b, int &c, csm_block_scratch *red)
-{
-    double packed = csm_block_sum(csm_dd_make((double)a + 1048576.0 * b + 1099511627776.0 * c, 0.0), red).hi;
-    c = (int)(packed / 1099511627776.0);
-    packed -= 1099511627776.0 * c;
-    b = (int)(packed / 1048576.0);
-    a = (int)(packed - 1048576.0 * b);
-}
 
 /* ---- forward: a block per row, the row cached in shared memory (as C) ----
  * Pass 1 reads the row from global memory once (16-byte pieces where vec) into the cache,
@@ -660,10 +633,9 @@ __global__ void csm_fwd_block(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, 
         p.put(cache, j, n);
     }
     m = csm_n<C>(csm_block_max(csm_w(m), &red));
-    int zero = 0;
-    csm_block_counts(nan, any, zero, &red);
+    csm_block_counts(nan, any, &red);
     const bool special = !any || nan || !csm_finite(csm_w(m)) || tau_inf;
-    const bool keep_exps = kind == 0 && !special; /* softmax: pass 3 only scales */
+    const bool keep_exps = kind == CSM_SOFTMAX && !special; /* softmax: pass 3 only scales */
     csm_rowsum<C> acc;
     acc.init();
     for (i64 j = j_first; j < n; j += step) {
@@ -679,38 +651,33 @@ __global__ void csm_fwd_block(const T *x, i64 x_rs, i64 x_es, T *out, i64 o_rs, 
         }
         if (keep_exps) p.put(cache, j, n);
     }
-    int z0 = 0, z1 = 0;
-    csm_block_counts(ties, z0, z1, &red);
+    ties = csm_block_count(ties, &red);
     const csm_dd s = csm_dd_add_d(csm_block_sum(acc.local(), &red), (double)(ties - 1));
     if (special) { /* the semantics table (masked entries are -inf in the cache) */
-        int cnt = 0, z0 = 0, z1 = 0;
+        int cnt = 0;
         for (i64 j = threadIdx.x; j < n; j += blockDim.x) cnt += csm_gt(cache[j], -(C)CSM_INF);
-        csm_block_counts(cnt, z0, z1, &red);
-        csm_special sp = csm_special_values(kind, any, nan, csm_w(m), cnt, tau_inf);
-        if (kind == 2) {
+        cnt = csm_block_count(cnt, &red);
+        const csm_special sp = csm_special_values(kind, any, nan, csm_w(m), cnt, tau_inf);
+        if (kind == CSM_LOGSUMEXP) {
             if (threadIdx.x == 0) csm_traits<T>::store(lse_out + row * l_rs, csm_n<C>(sp.lse));
             return;
         }
-        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
-            const bool on = !mr || mr[j * m_es];
-            double val = !on ? sp.outside : (sp.uniform && !(cache[j] > -(C)CSM_INF) ? sp.outside : sp.inside);
-            csm_traits<T>::store(out + row * o_rs + j * o_es, csm_n<C>(val));
-        }
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x)
+            csm_traits<T>::store(out + row * o_rs + j * o_es, csm_special_entry(sp, !mr || mr[j * m_es], cache[j]));
         return;
     }
-    if (kind == 2) {
+    if (kind == CSM_LOGSUMEXP) {
         if (threadIdx.x == 0) csm_traits<T>::store(lse_out + row * l_rs, csm_n<C>(csm_w(m) + csm_dd_log1p(s)));
         return;
     }
-    const C c = kind == 0 ? csm_n<C>(csm_dd_inv_1p(s)) : csm_n<C>(csm_dd_log1p(s));
+    const C f = csm_finish_factor<C>(kind, s);
     const bool scaled = tau != 1.0;
     T *orow = out + row * o_rs;
     for (i64 j = j_first; j < n; j += step) {
         csm_piece<T> p;
         p.get(cache, j, n);
 #pragma unroll
-        for (int t = 0; t < V; t++)
-            p.c[t] = kind == 0 ? csm_mul(p.c[t], c) : csm_logp(p.c[t], m, c, inv_tau, scaled);
+        for (int t = 0; t < V; t++) p.c[t] = csm_finish(kind, p.c[t], m, f, inv_tau, scaled);
         csm_store_piece(orow, o_es, j, n, vec, p.c);
     }
 }
@@ -765,8 +732,7 @@ __global__ void csm_fwd_split_stats(const T *x, i64 x_rs, i64 x_es, const unsign
                 acc.add(tie ? (C)0 : csm_expdiff(p[t], m, tau, inv_tau));
             }
         }
-        int z0 = 0, z1 = 0;
-        csm_block_counts(ties, z0, z1, &red);
+        ties = csm_block_count(ties, &red);
         s = csm_block_sum(acc.local(), &red);
     }
     if (threadIdx.x == 0) {
@@ -852,24 +818,21 @@ __global__ void csm_fwd_split_finish(const T *x, i64 x_rs, i64 x_es, T *out, i64
     const unsigned char *mr = mask ? mask + row * m_rs : 0;
     const bool special = !any || !csm_finite(csm_w(m)) || tau_inf || nan;
     if (special) {
-        csm_special sp = csm_special_values(kind, any, nan, csm_w(m), (i64)w[6], tau_inf);
-        if (kind == 2) {
+        const csm_special sp = csm_special_values(kind, any, nan, csm_w(m), (i64)w[6], tau_inf);
+        if (kind == CSM_LOGSUMEXP) {
             if (c == 0 && threadIdx.x == 0) csm_traits<T>::store(lse_out + row * l_rs, csm_n<C>(sp.lse));
             return;
         }
-        for (i64 j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
-            const bool on = !mr || mr[j * m_es];
-            C v = csm_traits<T>::load(xr + j * x_es);
-            double val = !on ? sp.outside : (sp.uniform && !(v > -(C)CSM_INF) ? sp.outside : sp.inside);
-            csm_traits<T>::store(out + row * o_rs + j * o_es, csm_n<C>(val));
-        }
+        for (i64 j = j0 + threadIdx.x; j < j1; j += blockDim.x)
+            csm_traits<T>::store(out + row * o_rs + j * o_es,
+                                 csm_special_entry(sp, !mr || mr[j * m_es], csm_traits<T>::load(xr + j * x_es)));
         return;
     }
-    if (kind == 2) {
+    if (kind == CSM_LOGSUMEXP) {
         if (c == 0 && threadIdx.x == 0) csm_traits<T>::store(lse_out + row * l_rs, csm_n<C>(csm_w(m) + csm_dd_log1p(s)));
         return;
     }
-    const C f = kind == 0 ? csm_n<C>(csm_dd_inv_1p(s)) : csm_n<C>(csm_dd_log1p(s));
+    const C f = csm_finish_factor<C>(kind, s);
     const bool scaled = tau != 1.0;
     T *orow = out + row * o_rs;
 #pragma unroll 4
@@ -878,7 +841,7 @@ __global__ void csm_fwd_split_finish(const T *x, i64 x_rs, i64 x_es, T *out, i64
         csm_load_piece(xr, x_es, mr, m_es, j, j1, vec, p);
 #pragma unroll
         for (int t = 0; t < V; t++)
-            p[t] = kind == 0 ? csm_mul(csm_expdiff(p[t], m, tau, inv_tau), f) : csm_logp(p[t], m, f, inv_tau, scaled);
+            p[t] = csm_finish(kind, kind == CSM_SOFTMAX ? csm_expdiff(p[t], m, tau, inv_tau) : p[t], m, f, inv_tau, scaled);
         csm_store_piece(orow, o_es, j, j1, vec, p);
     }
 }
@@ -887,7 +850,7 @@ __global__ void csm_fwd_split_finish(const T *x, i64 x_rs, i64 x_es, T *out, i64
  * Column c of group g: entries at g * x_gs + c + i * x_rs (i < n). Pass 1 keeps the max,
  * and the sum S of exp((x - r) / tau) over the other entries relative to a reference r
  * that moves (rescaling S in double-double) only when an entry exceeds it by more than
- * 60; the max's own exp waits in emax until a larger max arrives (the C core's column
+ * CSM_LAZY; the max's own exp waits in emax until a larger max arrives (the C core's column
  * kernel, one lane per thread). Pass 2 writes. */
 template <typename T>
 __global__ void csm_fwd_cols(const T *x, i64 x_gs, i64 x_rs, T *out, i64 o_gs, i64 o_rs, const unsigned char *mask,
@@ -915,7 +878,7 @@ __global__ void csm_fwd_cols(const T *x, i64 x_gs, i64 x_rs, T *out, i64 o_gs, i
             continue;
         }
         if (!(v > -(C)CSM_INF)) continue; /* exp(-inf) = 0 */
-        if (r == -(C)CSM_INF || (csm_w(v) - (double)r) * inv_tau > 60.0) { /* move the reference */
+        if (r == -(C)CSM_INF || (csm_w(v) - (double)r) * inv_tau > CSM_LAZY) { /* move the reference */
             csm_dd f = r == -(C)CSM_INF ? csm_dd_make(0.0, 0.0) : csm_dd_expdiff(csm_w(r), (double)v, tau);
             S = csm_dd_mul(csm_dd_add(S, csm_dd_make(acc.s, -acc.c)), f);
             acc.s = acc.c = 0.0;
@@ -946,38 +909,34 @@ __global__ void csm_fwd_cols(const T *x, i64 x_gs, i64 x_rs, T *out, i64 o_gs, i
                 const bool on = !mc || mc[i * m_rs];
                 cnt += on && csm_traits<T>::load(xc + i * x_rs) > -(C)CSM_INF;
             }
-        csm_special sp = csm_special_values(kind, any, nan, csm_w(m), cnt, tau_inf);
-        if (kind == 2) {
+        const csm_special sp = csm_special_values(kind, any, nan, csm_w(m), cnt, tau_inf);
+        if (kind == CSM_LOGSUMEXP) {
             csm_traits<T>::store(lse_out + g * l_gs + col * l_cs, csm_n<C>(sp.lse));
             return;
         }
-        for (i64 i = 0; i < n; i++) {
-            const bool on = !mc || mc[i * m_rs];
-            C v = csm_traits<T>::load(xc + i * x_rs);
-            double val = !on ? sp.outside : (sp.uniform && !(v > -(C)CSM_INF) ? sp.outside : sp.inside);
-            csm_traits<T>::store(out + g * o_gs + col + i * o_rs, csm_n<C>(val));
-        }
+        for (i64 i = 0; i < n; i++)
+            csm_traits<T>::store(out + g * o_gs + col + i * o_rs,
+                                 csm_special_entry(sp, !mc || mc[i * m_rs], csm_traits<T>::load(xc + i * x_rs)));
         return;
     }
-    const double L = csm_dd_log1p(sp_);
-    if (kind == 2) {
-        csm_traits<T>::store(lse_out + g * l_gs + col * l_cs, csm_n<C>(csm_w(m) + L));
+    if (kind == CSM_LOGSUMEXP) {
+        csm_traits<T>::store(lse_out + g * l_gs + col * l_cs, csm_n<C>(csm_w(m) + csm_dd_log1p(sp_)));
         return;
     }
-    const C f = kind == 0 ? csm_n<C>(csm_dd_inv_1p(sp_)) : csm_n<C>(L);
+    const C f = csm_finish_factor<C>(kind, sp_);
     for (i64 i = 0; i < n; i++) {
         const bool on = !mc || mc[i * m_rs];
         C v = on ? csm_traits<T>::load(xc + i * x_rs) : -(C)CSM_INF;
-        C o = kind == 0 ? csm_mul(csm_expdiff(v, m, tau, inv_tau), f) : csm_logp(v, m, f, inv_tau, tau != 1.0);
-        csm_traits<T>::store(out + g * o_gs + col + i * o_rs, o);
+        if (kind == CSM_SOFTMAX) v = csm_expdiff(v, m, tau, inv_tau);
+        csm_traits<T>::store(out + g * o_gs + col + i * o_rs, csm_finish(kind, v, m, f, inv_tau, tau != 1.0));
     }
 }
 
 /* ---- backward: dx = y (g - sum(g y)) / tau  or  (g - exp(y) sum(g)) / tau ---- */
 template <typename C> __device__ __forceinline__ C csm_bwd_value(int kind, C g, C y, csm_dd sum, double inv_tau)
 {
-    if (kind == 3) return csm_n<C>(csm_w(y) * ((csm_w(g) - sum.hi) - sum.lo) * inv_tau);
-    C e = csm_exp2(y, (C)0);
+    if (kind == CSM_SOFTMAX_BWD) return csm_n<C>(csm_w(y) * ((csm_w(g) - sum.hi) - sum.lo) * inv_tau);
+    C e = csm_exp_dd(y, (C)0);
     return csm_n<C>((fma(-csm_w(e), sum.hi, csm_w(g)) - csm_w(e) * sum.lo) * inv_tau);
 }
 
@@ -1002,10 +961,10 @@ __global__ void csm_bwd_warp(const T *g, i64 g_rs, i64 g_es, const T *y, i64 y_r
             gv[e] = csm_traits<T>::load(g + row * g_rs + j * g_es);
             yv[e] = csm_traits<T>::load(y + row * y_rs + j * y_es);
             live |= 1 << e;
-            acc.add(kind == 3 ? csm_w(gv[e]) * csm_w(yv[e]) : csm_w(gv[e]));
+            acc.add(kind == CSM_SOFTMAX_BWD ? csm_w(gv[e]) * csm_w(yv[e]) : csm_w(gv[e]));
         }
     }
-    csm_dd s = csm_warp_sum(csm_dd_make(acc.s, -acc.c));
+    csm_dd s = csm_butterfly<32>(csm_dd_make(acc.s, -acc.c), csm_op_sum());
 #pragma unroll
     for (int e = 0; e < E; e++) {
         const i64 j = lane + 32 * e;
@@ -1029,7 +988,7 @@ __global__ void csm_bwd_block(const T *g, i64 g_rs, i64 g_es, const T *y, i64 y_
     for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
         if (mask && !mask[row * m_rs + j * m_es]) continue;
         C gj = csm_traits<T>::load(g + row * g_rs + j * g_es);
-        acc.add(kind == 3 ? csm_w(gj) * csm_loadw(y + row * y_rs + j * y_es) : csm_w(gj));
+        acc.add(kind == CSM_SOFTMAX_BWD ? csm_w(gj) * csm_loadw(y + row * y_rs + j * y_es) : csm_w(gj));
     }
     csm_dd s = csm_block_sum(csm_dd_make(acc.s, -acc.c), &red);
     for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
@@ -1044,7 +1003,123 @@ __global__ void csm_bwd_block(const T *g, i64 g_rs, i64 g_es, const T *y, i64 y_
 /* ---- cross-entropy, a block per row: loss (double, one per row) and gradient ----
  * index targets: labels[row] (int64; ignore_index rows give 0); probability targets: q
  * (same layout as x). weight: per class, or NULL. The gradient is scaled by `scale` and
- * 1/tau (torch.nn.functional.cross_entropy; see csm_grad.h of the C core). */
+ * 1/tau (torch.nn.functional.cross_entropy; the formulas are csm_grad.h's, the C core's).
+ * Three steps: the row's statistics (as the forward kernels: the max's own exp left out
+ * of S' by counting ties), the loss, the gradient. */
+
+/* one row of cross-entropy's operands */
+template <typename T> struct csm_xent_row {
+    typedef typename csm_traits<T>::C C;
+    const T *x;
+    i64 x_es;
+    const unsigned char *mask;
+    i64 m_es;
+    const T *q; /* probability targets, or NULL */
+    i64 q_es;
+    const double *w; /* class weights, or NULL */
+    __device__ __forceinline__ bool live(i64 j) const { return !mask || mask[j * m_es]; }
+    __device__ __forceinline__ C logit(i64 j) const { return live(j) ? csm_traits<T>::load(x + j * x_es) : -(C)CSM_INF; }
+    __device__ __forceinline__ double weight(i64 j) const { return w ? w[j] : 1.0; }
+    __device__ __forceinline__ double target(i64 j) const { return csm_loadw(q + j * q_es); }
+};
+
+/* what the loss and the gradient need of a row */
+struct csm_xent_stats {
+    double m;          /* the max */
+    double L, cinv;    /* ordinary rows: log1p(S'), 1 / (1 + S') */
+    double uniform_lp; /* tau = +inf: log of the entries above -inf */
+    double eps_k, W;   /* smoothing per unmasked class; the sum of their weights */
+    bool normal, uniform, any;
+    /* -log p_j of an unmasked entry of value v: L + (m - v) / tau on ordinary rows;
+       special rows by the semantics table (p uniform, NaN, or 0 for the -inf entries) */
+    template <typename C> __device__ __forceinline__ double neglogp(C v, double inv_tau) const
+    {
+        if (normal) return L + (m - csm_w(v)) * inv_tau;
+        if (uniform) return v > -(C)CSM_INF ? uniform_lp : CSM_INF;
+        return any ? CSM_NAN : CSM_INF;
+    }
+    template <typename C> __device__ __forceinline__ double prob(C v, double tau, double inv_tau) const
+    {
+        if (normal) return csm_w(csm_expdiff(v, csm_n<C>(m), tau, inv_tau)) * cinv;
+        return exp(-neglogp(v, inv_tau));
+    }
+};
+
+template <typename T>
+__device__ csm_xent_stats csm_xent_row_stats(const csm_xent_row<T> &r, i64 n, double tau, double inv_tau, double eps,
+                                             csm_block_scratch *red)
+{
+    typedef typename csm_traits<T>::C C;
+    C m = -(C)CSM_INF;
+    int any = 0, nan = 0, K = 0;
+    double W = 0.0;
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+        const bool on = r.live(j);
+        const C v = r.logit(j);
+        any |= on;
+        nan |= on && csm_isnan(v);
+        K += on;
+        if (on) W += r.weight(j);
+        m = csm_fmax(m, v);
+    }
+    csm_xent_stats st;
+    m = csm_n<C>(csm_block_max(csm_w(m), red));
+    csm_block_counts(any, nan, red);
+    K = csm_block_count(K, red);
+    st.m = csm_w(m);
+    st.any = any != 0;
+    st.W = csm_block_sum(csm_dd_make(W, 0.0), red).hi;
+    st.eps_k = K > 0 ? eps / (double)K : 0.0;
+    st.normal = any && csm_finite(st.m) && csm_finite(tau) && !nan;
+    st.L = st.cinv = st.uniform_lp = 0.0;
+    if (st.normal) {
+        csm_sum acc = {0.0, 0.0};
+        int ties = 0;
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+            const C v = r.logit(j);
+            const bool tie = csm_eq(v, m);
+            ties += tie;
+            acc.add(tie ? 0.0 : csm_w(csm_expdiff(v, m, tau, inv_tau)));
+        }
+        ties = csm_block_count(ties, red);
+        const csm_dd s = csm_dd_add_d(csm_block_sum(csm_dd_make(acc.s, -acc.c), red), (double)(ties - 1));
+        st.normal = !csm_isnan(s.hi);
+        st.L = csm_dd_log1p(s);
+        st.cinv = csm_dd_inv_1p(s);
+    }
+    st.uniform = !st.normal && !csm_finite(tau) && any && !nan && csm_finite(st.m);
+    if (st.uniform) {
+        int cnt = 0;
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) cnt += r.live(j) && r.logit(j) > -(C)CSM_INF;
+        st.uniform_lp = log((double)csm_block_count(cnt, red));
+    }
+    return st;
+}
+
+/* the row's loss; and A (the gradient is p A - B): sum_j w_j q'_j for probabilities */
+template <typename T>
+__device__ double csm_xent_row_loss(const csm_xent_row<T> &r, const csm_xent_stats &st, i64 label, i64 n, double eps,
+                                    double inv_tau, double *A, csm_block_scratch *red)
+{
+    double loss = 0.0, a = 0.0;
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+        if (!r.live(j)) continue;
+        const double wj = r.weight(j);
+        double tj;
+        if (r.q) {
+            tj = (1.0 - eps) * r.target(j) + st.eps_k;
+            a += wj * tj;
+        } else {
+            tj = (j == label ? 1.0 - eps : 0.0) + st.eps_k;
+        }
+        if (tj != 0.0) loss += wj * tj * st.neglogp(r.logit(j), inv_tau); /* 0 * log 0 = 0 */
+    }
+    const csm_dd total = csm_block_sum(csm_dd_make(loss, 0.0), red);
+    a = csm_block_sum(csm_dd_make(a, 0.0), red).hi;
+    *A = r.q ? a : (1.0 - eps) * r.weight(label) + st.eps_k * st.W;
+    return total.hi + total.lo;
+}
+
 template <typename T>
 __global__ void csm_xent_block(const T *x, i64 x_rs, i64 x_es, const T *q, i64 q_rs, i64 q_es, const i64 *labels,
                                i64 lab_s, const double *weight, const unsigned char *mask, i64 m_rs, i64 m_es,
@@ -1055,108 +1130,33 @@ __global__ void csm_xent_block(const T *x, i64 x_rs, i64 x_es, const T *q, i64 q
     __shared__ csm_block_scratch red;
     const i64 row = blockIdx.x;
     if (row >= nrows) return;
-    const bool tau_inf = !csm_finite(tau);
     const double inv_tau = 1.0 / tau;
-    const T *xr = x + row * x_rs;
-    const unsigned char *mr = mask ? mask + row * m_rs : 0;
+    T *gr = grad ? grad + row * gr_rs : 0;
     const i64 label = labels ? labels[row * lab_s] : 0;
     if (labels && label == ignore_index) {
         if (threadIdx.x == 0) loss[row * loss_s] = 0.0;
-        if (grad)
-            for (i64 j = threadIdx.x; j < n; j += blockDim.x) csm_traits<T>::store(grad + row * gr_rs + j * gr_es, (C)0);
+        if (gr)
+            for (i64 j = threadIdx.x; j < n; j += blockDim.x) csm_traits<T>::store(gr + j * gr_es, (C)0);
         return;
     }
-#define CSM_LIVE(j) (!mr || mr[(j) * m_es])
-#define CSM_X(j) (CSM_LIVE(j) ? csm_traits<T>::load(xr + (j) * x_es) : -(C)CSM_INF)
-#define CSM_W(j) (weight ? weight[j] : 1.0)
-    C m = -(C)CSM_INF;
-    i64 k = (i64)0x7fffffffffffffffLL;
-    int any = 0, nan = 0;
-    csm_dd K = csm_dd_make(0.0, 0.0), W = csm_dd_make(0.0, 0.0);
-    double Kl = 0.0, Wl = 0.0;
+    const csm_xent_row<T> r = {x + row * x_rs, x_es, mask ? mask + row * m_rs : 0, m_es, q ? q + row * q_rs : 0, q_es,
+                               weight};
+    const csm_xent_stats st = csm_xent_row_stats(r, n, tau, inv_tau, eps, &red);
+    double A;
+    const double l = csm_xent_row_loss(r, st, label, n, eps, inv_tau, &A, &red);
+    if (threadIdx.x == 0) loss[row * loss_s] = l;
+    if (!gr) return;
+    const double f = scale * inv_tau;
     for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
-        const bool on = CSM_LIVE(j);
-        C v = CSM_X(j);
-        any |= on;
-        nan |= on && csm_isnan(v);
-        if (on) {
-            Kl += 1.0;
-            Wl += CSM_W(j);
+        C g = 0;
+        if (r.live(j)) {
+            const double wj = r.weight(j);
+            const double bj = r.q ? wj * ((1.0 - eps) * r.target(j) + st.eps_k)
+                                  : (j == label ? (1.0 - eps) * wj : 0.0) + st.eps_k * wj;
+            g = csm_n<C>((st.prob(r.logit(j), tau, inv_tau) * A - bj) * f);
         }
-        if (csm_gt(v, m)) {
-            m = v;
-            k = j;
-        }
+        csm_traits<T>::store(gr + j * gr_es, g);
     }
-    const C mloc = m;
-    m = csm_n<C>(csm_block_max(csm_w(m), &red));
-    k = csm_block_min_i64(csm_eq(mloc, m) ? k : (i64)0x7fffffffffffffffLL, &red);
-    any = csm_block_or(any, &red);
-    nan = csm_block_or(nan, &red);
-    K = csm_block_sum(csm_dd_make(Kl, 0.0), &red);
-    W = csm_block_sum(csm_dd_make(Wl, 0.0), &red);
-    const double eps_k = K.hi > 0 ? eps / K.hi : 0.0;
-    bool normal = any && csm_finite(csm_w(m)) && !tau_inf && !nan;
-    double L = 0.0, cinv = 0.0;
-    if (normal) {
-        csm_sum acc = {0.0, 0.0};
-        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
-            C ev = csm_expdiff((C)CSM_X(j), m, tau, inv_tau);
-            if (j != k) acc.add(csm_w(ev));
-        }
-        csm_dd s = csm_block_sum(csm_dd_make(acc.s, -acc.c), &red);
-        normal = !csm_isnan(s.hi);
-        L = csm_dd_log1p(s);
-        cinv = csm_dd_inv_1p(s);
-    }
-    /* -log p_j: normal rows L + (m - x_j) / tau; special rows from the semantics table */
-    double uniform_lp = 0.0;
-    if (!normal && tau_inf && any && !nan && csm_finite(csm_w(m))) {
-        i64 cnt = 0;
-        for (i64 j = threadIdx.x; j < n; j += blockDim.x) cnt += CSM_LIVE(j) && CSM_X(j) > -(C)CSM_INF;
-        csm_dd c2 = csm_block_sum(csm_dd_make((double)cnt, 0.0), &red);
-        uniform_lp = log(c2.hi);
-    }
-    const bool uniform = !normal && tau_inf && any && !nan && csm_finite(csm_w(m));
-#define CSM_NEGLP(j, v)                                                                                                \
-    (normal ? L + (csm_w(m) - csm_w(v)) * inv_tau                                                                  \
-            : (uniform ? ((v) > -(C)CSM_INF ? uniform_lp : CSM_INF) : (any ? CSM_NAN : CSM_INF)))
-    /* the loss and, for probabilities, A = sum w q' */
-    double loss_l = 0.0, A_l = 0.0;
-    for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
-        if (!CSM_LIVE(j)) continue;
-        C v = CSM_X(j);
-        double wj = CSM_W(j), tj;
-        if (q) {
-            tj = (1.0 - eps) * csm_loadw(q + row * q_rs + j * q_es) + eps_k;
-            A_l += wj * tj;
-        } else {
-            tj = (j == label ? 1.0 - eps : 0.0) + eps_k;
-        }
-        if (tj != 0.0) loss_l += wj * tj * CSM_NEGLP(j, v);
-    }
-    csm_dd lsum = csm_block_sum(csm_dd_make(loss_l, 0.0), &red);
-    csm_dd A = csm_block_sum(csm_dd_make(A_l, 0.0), &red);
-    double Ad = q ? A.hi : (1.0 - eps) * CSM_W(label) + eps_k * W.hi;
-    if (threadIdx.x == 0) loss[row * loss_s] = lsum.hi + lsum.lo;
-    if (!grad) return;
-    const double fct = scale * inv_tau;
-    for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
-        C r = 0;
-        if (CSM_LIVE(j)) {
-            C v = CSM_X(j);
-            double wj = CSM_W(j);
-            double bj = q ? wj * ((1.0 - eps) * csm_loadw(q + row * q_rs + j * q_es) + eps_k)
-                          : (j == label ? (1.0 - eps) * wj : 0.0) + eps_k * wj;
-            double p = normal ? csm_w(csm_expdiff(v, m, tau, inv_tau)) * cinv : exp(-CSM_NEGLP(j, v));
-            r = csm_n<C>((p * Ad - bj) * fct);
-        }
-        csm_traits<T>::store(grad + row * gr_rs + j * gr_es, r);
-    }
-#undef CSM_LIVE
-#undef CSM_X
-#undef CSM_W
-#undef CSM_NEGLP
 }
 
 /* ---- Jacobians from contiguous rows of softmax s and log_softmax lp (rows x n) ---- */

@@ -1,28 +1,27 @@
-"""The `c` backend: NumPy arrays on the compiled C core (csoftmax._ckernels).
+"""The `c` backend: NumPy arrays on the compiled C core (csoftmax._ckernels), behind the
+backend protocol (csoftmax._protocol).
 
 The adapter's job is to hand the core arrays it can take as they are: float16, float32
 or float64 in native byte order and aligned, any strides. Anything else (integers, bools,
 byte-swapped or misaligned data) is first cast into the output array, which the core then
 computes in place, so the output stays the only allocation; logsumexp, whose output is
 smaller than its input, casts into a temporary instead. An `out=` that overlaps the input
-without being the same array is computed into a fresh array and copied.
+without being the same array is computed into a fresh array and copied. Plain calls on
+NumPy arrays reach the core through its fast entry (fast_entry) without this module.
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
 import numpy as np
 
 from .. import _ckernels as ck
-from .. import _reference as R
+from .._ops import BY_NAME, Family, Kind
 
 # ---- instruction set: the best the CPU runs, capped by CSOFTMAX_ISA ----
 _isa_note = ""
-
-
-def isa_names():
-    return ck.isa_names()
 
 
 def set_isa(name: str) -> str:
@@ -33,7 +32,7 @@ def set_isa(name: str) -> str:
     return prev
 
 
-def supported_isas():
+def supported_isas() -> list[str]:
     return [n for i, n in enumerate(ck.isa_names()) if ck.isa_supported(i)]
 
 
@@ -41,7 +40,7 @@ def isa_note() -> str:
     return _isa_note
 
 
-def _apply_isa_env():
+def _apply_isa_env() -> None:
     global _isa_note
     want = os.environ.get("CSOFTMAX_ISA", "").strip().lower()
     if not want:
@@ -63,10 +62,8 @@ def _apply_isa_env():
 
 _apply_isa_env()
 
-fast_forward = ck.fast_forward  # csoftmax._api takes plain calls straight here
-fast_backward = ck.fast_backward
 
-
+# ---- the protocol's interface ----
 def namespace(x):
     return np
 
@@ -83,9 +80,25 @@ def to_numpy(a):
     return a
 
 
+def fast_entry(op, cls):
+    """The core's fast entry for plain calls of op on exact NumPy arrays (csoftmax._api)."""
+    if cls is not np.ndarray or op.kind is None:
+        return None
+    if op.family is Family.FORWARD:
+        return functools.partial(ck.fast_forward, int(op.kind))
+    if op.family is Family.BACKWARD:
+        return functools.partial(ck.fast_backward, int(op.kind))
+    return None
+
+
+# ---- helpers ----
 def _takes(x, rdt) -> bool:
     """Whether the core can read x directly for result dtype rdt."""
     return x.dtype == rdt and x.dtype.isnative and x.flags.aligned
+
+
+def _ready(a, rdt):
+    return a if _takes(a, rdt) else a.astype(rdt)
 
 
 def _same_memory(a, b) -> bool:
@@ -100,23 +113,17 @@ def _bits(axes) -> int:
     return b
 
 
-def _mask(where, shape):
-    """The mask as the core takes it: it broadcasts there (stride 0), no view needed."""
-    return where
-
-
-def _elementwise(kind, inputs, out, rdt, call):
+def _elementwise(inputs, out, rdt, call):
     """Run a same-shape kind: inputs are the arrays read, out the result or None.
     call(xs..., res) runs the core on arrays it can take."""
-    x = inputs[0]
     if out is not None and (
         not out.flags.aligned
         or (not any(_same_memory(out, a) for a in inputs) and any(np.may_share_memory(out, a) for a in inputs))
     ):
         # out is misaligned, or overlaps an input without being it: compute aside, then copy
-        np.copyto(out, _elementwise(kind, inputs, None, rdt, call))
+        np.copyto(out, _elementwise(inputs, None, rdt, call))
         return out
-    res = out if out is not None else np.empty_like(x, dtype=rdt)
+    res = out if out is not None else np.empty_like(inputs[0], dtype=rdt)
     ready = []
     for a in inputs:
         if _takes(a, rdt):
@@ -130,65 +137,53 @@ def _elementwise(kind, inputs, out, rdt, call):
     return res
 
 
-def softmax(x, axes, tau, where, out, rdt):
-    mask = _mask(where, x.shape)
-    return _elementwise(
-        ck.SOFTMAX, (x,), out, rdt, lambda xs, res: ck.run(ck.SOFTMAX, xs, None, res, mask, None, None, _bits(axes), tau)
-    )
-
-
-def log_softmax(x, axes, tau, where, out, rdt):
-    mask = _mask(where, x.shape)
-    return _elementwise(
-        ck.LOG_SOFTMAX,
-        (x,),
-        out,
-        rdt,
-        lambda xs, res: ck.run(ck.LOG_SOFTMAX, xs, None, res, mask, None, None, _bits(axes), tau),
-    )
-
-
-def logsumexp(x, axes, keepdims, where, out, rdt):
+def _logsumexp(x, axes, keepdims, where, out, rdt):
     kshape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
-    xs = x if _takes(x, rdt) else x.astype(rdt)
+    xs = _ready(x, rdt)
     if out is None or not out.flags.aligned or np.may_share_memory(out, x):
         row = np.empty(kshape, dtype=rdt)
         result = row if keepdims else row.reshape(tuple(s for i, s in enumerate(x.shape) if i not in axes))
     else:
         row = out if keepdims else np.expand_dims(out, axes)
         result = out
-    ck.run(ck.LOGSUMEXP, xs, None, None, _mask(where, x.shape), row, None, _bits(axes), 1.0)
+    ck.run(int(Kind.LOGSUMEXP), xs, mask=where, row=row, reduce=_bits(axes))
     if out is not None and result is not out:
         np.copyto(out, result)
         return out
     return result
 
 
-def _backward(kind, g, y, axes, tau, where, out, rdt):
-    mask = _mask(where, g.shape)
+# ---- the families ----
+def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
+    if op.kind is Kind.LOGSUMEXP:
+        return _logsumexp(x, axes, keepdims, where, out, dtype)
+    kind, reduce = int(op.kind), _bits(axes)
     return _elementwise(
-        kind, (g, y), out, rdt, lambda gs, ys, res: ck.run(kind, gs, ys, res, mask, None, None, _bits(axes), tau)
+        (x,), out, dtype, lambda xs, res: ck.run(kind, xs, out=res, mask=where, reduce=reduce, temperature=temperature)
     )
 
 
-def softmax_backward(g, y, axes, tau, where, out, rdt):
-    return _backward(ck.SOFTMAX_BWD, g, y, axes, tau, where, out, rdt)
+def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype):
+    kind, reduce = int(op.kind), _bits(axes)
+    return _elementwise(
+        (grad_output, output),
+        out,
+        dtype,
+        lambda gs, ys, res: ck.run(kind, gs, y=ys, out=res, mask=where, reduce=reduce, temperature=temperature),
+    )
 
 
-def log_softmax_backward(g, y, axes, tau, where, out, rdt):
-    return _backward(ck.LOG_SOFTMAX_BWD, g, y, axes, tau, where, out, rdt)
-
-
-def _jacobian(x, axis, tau, rdt, log):
+def jacobian(op, x, /, *, axis, temperature, dtype):
     """J from the core's softmax and log_softmax, filled in place (one n*n allocation)."""
     xl = np.moveaxis(x, axis, -1)
     last = (xl.ndim - 1,)
-    s = softmax(xl, last, tau, None, None, rdt)
-    lp = log_softmax(xl, last, tau, None, None, rdt)
+    kw = dict(axes=last, temperature=temperature, keepdims=False, where=None, out=None, dtype=dtype)
+    s = forward(BY_NAME["softmax"], xl, **kw)
+    lp = forward(BY_NAME["log_softmax"], xl, **kw)
     n = xl.shape[-1]
-    J = np.empty(xl.shape + (n,), dtype=rdt)
-    om = R.one_minus_softmax(np, lp)
-    if log:
+    J = np.empty(xl.shape + (n,), dtype=dtype)
+    om = -np.expm1(lp)  # 1 - s, exact also where s is close to 1
+    if op.log:
         J[...] = -s[..., None, :]
         diag = om
     else:
@@ -196,30 +191,21 @@ def _jacobian(x, axis, tau, rdt, log):
         np.negative(J, out=J)
         diag = s * om
     J.reshape(J.shape[:-2] + (n * n,))[..., :: n + 1] = diag
-    if tau != 1.0:
-        np.divide(J, tau, out=J)
+    if temperature != 1.0:
+        np.divide(J, temperature, out=J)
     return J
 
 
-def softmax_jacobian(x, axis, tau, rdt):
-    return _jacobian(x, axis, tau, rdt, log=False)
-
-
-def log_softmax_jacobian(x, axis, tau, rdt):
-    return _jacobian(x, axis, tau, rdt, log=True)
-
-
-def softmax_cross_entropy(x, axis, labels, probs, weight, ignore_index, eps, tau, where, grad_scale, want_grad, rdt):
-    xs = x if _takes(x, rdt) else x.astype(rdt)
-    ps = None if probs is None else (probs if _takes(probs, rdt) else probs.astype(rdt))
-    kshape = tuple(1 if i == axis else s for i, s in enumerate(x.shape))
+def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, label_smoothing, temperature, where,
+                  grad_scale, want_grad, dtype):
+    xs = _ready(logits, dtype)
+    ps = None if probs is None else _ready(probs, dtype)
+    kshape = tuple(1 if i == axis else s for i, s in enumerate(logits.shape))
     row = np.empty(kshape, dtype=np.float64)
-    lab = None
-    if labels is not None:
-        lab = np.expand_dims(labels.astype(np.int64, copy=False), axis)
+    lab = None if labels is None else np.expand_dims(labels.astype(np.int64, copy=False), axis)
     w = None if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
-    grad = np.empty_like(xs, dtype=rdt) if want_grad else None
-    ck.run(
-        ck.XENT, xs, ps, grad, _mask(where, x.shape), row, lab, 1 << axis, tau, w, eps, ignore_index, grad_scale
-    )
+    grad = np.empty_like(xs, dtype=dtype) if want_grad else None
+    ck.run(int(op.kind), xs, y=ps, out=grad, mask=where, row=row, label=lab, reduce=1 << axis,
+           temperature=temperature, weight=w, smoothing=label_smoothing, ignore_index=ignore_index,
+           grad_scale=grad_scale)
     return np.squeeze(row, axis=axis), grad

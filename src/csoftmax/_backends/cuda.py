@@ -1,4 +1,5 @@
-"""The `cuda` backend: CuPy arrays on csoftmax's own CUDA kernels.
+"""The `cuda` backend: CuPy arrays on csoftmax's own CUDA kernels, behind the backend
+protocol (csoftmax._protocol).
 
 The kernels (src/backends/cuda/csoftmax_kernels.cu, shipped in the package as
 csoftmax/_cuda_kernels/) are compiled by NVRTC through cupy.RawModule with
@@ -13,28 +14,34 @@ everywhere and only the CuPy calls need a GPU.
 Layouts: rows evenly spaced with any entry stride run in place; a strided softmax axis
 whose neighbouring dimension is contiguous runs the column kernel; anything else (several
 non-mergeable softmax axes, say) is first copied to contiguous rows, and the result
-copied back. Kernel choice by row length n: n <= 1024 a warp per row (registers); few
-long rows (n >= 16384, fewer rows than twice the multiprocessors) several blocks per row
-with a double-double merge; otherwise a block per row, the row cached in shared memory
-when it fits in 48 KiB.
+copied back. Kernel choice by row length n (docs/design.md, "The CUDA kernels"):
+n <= ROWS_MAX_N: csm_fwd_rows, G lanes per row (the fewest that hold the row in 16-byte
+chunks), the row in registers; longer rows whose compute values fit SMEM_CACHE_BYTES: a
+block per row with the row cached in shared memory (csm_fwd_block); longer rows still,
+or few rows of at least SPLIT_MIN_N: chunks in their own blocks merged in double-double
+(csm_fwd_split_*). Backward passes: a warp per row up to 32 * 32 entries, else a block.
 """
 from __future__ import annotations
 
 import functools
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
-from .. import _reference as R
+from .._ops import Kind
 
 _CTYPE = {"float16": "csm_half", "float32": "float", "float64": "double"}
-_WARP_E = (1, 2, 4, 8, 16, 32)
+_WARP_E = (1, 2, 4, 8, 16, 32)  # entries per lane of csm_bwd_warp's instantiations
 _CHUNK = {"float16": 8, "float32": 4, "float64": 2}  # entries per 16-byte chunk
+_COMPUTE_BYTES = {"float16": 4, "float32": 4, "float64": 8}  # float16 is computed in float
 ROWS_MAX_N = 1024  # rows up to this long are held in registers (32 entries per lane at most)
-_KIND = {"softmax": 0, "log_softmax": 1, "logsumexp": 2, "softmax_backward": 3, "log_softmax_backward": 4}
 NULL = np.uint64(0)  # a null pointer argument (for optional operands)
+i64 = np.int64
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def kernel_names(dtype_name: str) -> list[str]:
@@ -57,11 +64,10 @@ def _rows_shapes(dtype_name):
 def _rows_shape(n, dtype_name):
     """(G, NC) for rows of n <= ROWS_MAX_N entries: the fewest lanes that hold a row in
     chunks of 16 bytes, then the fewest chunks per lane."""
-    v = _CHUNK[dtype_name]
-    chunks = -(-n // v)
+    chunks = _cdiv(n, _CHUNK[dtype_name])
     if chunks <= 32:
         return 1 << (chunks - 1).bit_length(), 1
-    return 32, 1 << (-(-chunks // 32) - 1).bit_length()
+    return 32, 1 << (_cdiv(chunks, 32) - 1).bit_length()
 
 
 def kernel_dirs() -> list:
@@ -87,7 +93,8 @@ class _CupyDevice:
     """Arrays, launches and properties through CuPy."""
 
     SMEM_CACHE_BYTES = 96 * 1024  # two such blocks fit in a Hopper multiprocessor (228 KiB)
-    split_chunk = 8192  # entries per block of the split kernels
+    SPLIT_CHUNK = 8192  # entries per block of the split kernels
+    SPLIT_MIN_N = 16384  # rows this long go to the split kernels when they are few
 
     def __init__(self):
         import cupy
@@ -124,30 +131,6 @@ class _CupyDevice:
         dev = self.xp.cuda.Device()
         return int(dev.attributes["MultiProcessorCount"])
 
-    split_min_n = 16384
-
-
-@functools.lru_cache(maxsize=None)
-def _device():
-    return _CupyDevice()
-
-
-# ---- the backend interface of csoftmax._api (the ops bind the CuPy device on first use) ----
-def namespace(x):
-    return _device().xp
-
-
-def writable(out) -> bool:
-    return True
-
-
-def from_numpy(a):
-    return _device().xp.asarray(a)
-
-
-def to_numpy(a):
-    return _device().xp.asnumpy(a)
-
 
 # ---- planning ----------------------------------------------------------------------------------
 def _elems(a):
@@ -176,24 +159,38 @@ def _merge(a, order):
     return count, stride
 
 
+class _View:
+    """An operand as a kernel takes it: its pointer (or NULL) and its strides in elements
+    -- (row stride, entry stride) of rows, or the strides a column kernel names."""
+
+    def __init__(self, array=None, *strides):
+        self.array, self.strides = array, strides
+
+    def args(self):
+        return [self.array if self.array is not None else NULL] + [i64(s) for s in self.strides]
+
+
+_NO_VIEW = _View(None, 0, 0)
+
+
 def _rows(arrays, axis, order):
-    """(nrows, [(row stride, entry stride) per array]) if every array is evenly spaced rows
-    along `axis` in `order`, else None. None entries stay None."""
+    """(nrows, [_View per array]) if every array is evenly spaced rows along `axis` in
+    `order`, else None. None entries get a NULL view."""
     views, nrows = [], None
     for a in arrays:
         if a is None:
-            views.append(None)
+            views.append(_NO_VIEW)
             continue
         m = _merge(a, order)
         if m is None or (nrows is not None and m[0] != nrows):
             return None
         nrows = m[0]
-        views.append((m[1], _elems(a)[axis]))
+        views.append(_View(a, m[1], _elems(a)[axis]))
     return nrows, views
 
 
 class Ops:
-    """The ops on one device; the module functions below bind the CuPy device."""
+    """The planning and launches on one device (CuPy's, or the tests' emulated one)."""
 
     def __init__(self, device):
         self.dev = device
@@ -224,27 +221,33 @@ class Ops:
         moved = tuple(shape[i] for i in perm)
         return flat.reshape(moved).transpose(tuple(np.argsort(perm)))
 
+    def _vectorizable(self, view):
+        """Whether a row view starts on 16 bytes and is contiguous, so whole 16-byte chunks
+        can be loaded and stored."""
+        a, (rs, es) = view.array, view.strides
+        return a is None or (es == 1 and self.dev.ptr(a) % 16 == 0 and (rs * a.itemsize) % 16 == 0)
+
     # -- forward --
-    def forward(self, op, x, axes, tau, where, out, rdt, keepdims=False):
+    def forward(self, kind, x, axes, tau, where, out, rdt, keepdims=False):
         xp = self.xp
-        kind = _KIND[op]
         xs = self._storage(x, rdt)
         mask = self._mask(where, x.shape)
-        if op == "logsumexp":
+        lse = kind == Kind.LOGSUMEXP
+        if lse:
             res = xp.empty(tuple(1 if i in axes else s for i, s in enumerate(x.shape)), dtype=rdt)
         elif out is not None and not self._overlaps(out, xs):
             res = out
         else:
             res = xp.empty_like(xs)
         if 0 in x.shape:
-            if op == "logsumexp":
+            if lse:
                 res[...] = -math.inf
         elif not axes:  # every element its own slice: rows of one
             self._forward_flat(kind, xs[..., None], res[..., None], None if mask is None else mask[..., None],
                                (x.ndim,), tau)
         else:
             self._forward_flat(kind, xs, res, mask, axes, tau)
-        if op == "logsumexp" and not keepdims:
+        if lse and not keepdims:
             res = res.reshape(tuple(s for i, s in enumerate(x.shape) if i not in axes))
         if out is not None and res is not out:
             out[...] = res
@@ -254,81 +257,68 @@ class Ops:
     def _forward_flat(self, kind, xs, res, mask, axes, tau):
         if len(axes) == 1:
             axis = axes[0]
-            order = _outer_order(xs, (axis,))
-            rv = _rows([xs, res, mask], axis, order)
+            rv = _rows([xs, res, mask], axis, _outer_order(xs, (axis,)))
             # rows whose entries are contiguous; else columns (loads coalesced across the
             # rows); else rows with strided entries
-            if rv is not None and rv[1][0][1] in (1, -1):
-                self._rows_launch(kind, xs, res, mask, rv, xs.shape[axis], tau)
+            if rv is not None and rv[1][0].strides[1] in (1, -1):
+                self._rows_launch(kind, rv, xs.shape[axis], tau)
                 return
             if self._cols_launch(kind, xs, res, mask, axis, tau):
                 return
             if rv is not None:
-                self._rows_launch(kind, xs, res, mask, rv, xs.shape[axis], tau)
+                self._rows_launch(kind, rv, xs.shape[axis], tau)
                 return
         # anything else: contiguous rows of the softmax axes, then back
         flat, perm = self._flat_rows(xs, axes)
         mflat = None if mask is None else self._flat_rows(mask, axes)[0]
         n = flat.shape[1]
-        ofl = self.xp.empty((flat.shape[0], 1 if kind == 2 else n), dtype=res.dtype)
-        self._rows_launch(kind, flat, ofl, mflat, _rows([flat, ofl, mflat], 1, [0]), n, tau)
-        if kind == 2:
+        ofl = self.xp.empty((flat.shape[0], 1 if kind == Kind.LOGSUMEXP else n), dtype=res.dtype)
+        self._rows_launch(kind, _rows([flat, ofl, mflat], 1, [0]), n, tau)
+        if kind == Kind.LOGSUMEXP:
             res[...] = ofl.reshape(res.shape)
         else:
             res[...] = self._unflat(ofl, perm, xs.shape)
 
-    def _rows_launch(self, kind, xs, res, mask, rv, n, tau):
+    def _rows_launch(self, kind, rv, n, tau):
+        """The forward row kernels; rv = (nrows, [x, out (logsumexp: its values), mask views])."""
         nrows, (xv, ov, mv) = rv
-        dt, i64, f64 = xs.dtype.name, np.int64, np.float64
-        if kind == 2:
-            out_arg, o_rs, o_es, lse, l_rs = NULL, 0, 0, res, ov[0]
+        if kind == Kind.LOGSUMEXP:  # the per-row value: out's row stride is lse_out's
+            outv, lsev = _NO_VIEW, _View(ov.array, ov.strides[0])
         else:
-            out_arg, (o_rs, o_es), lse, l_rs = res, ov, NULL, 0
-        mask_arg, (m_rs, m_es) = (mask, mv) if mask is not None else (NULL, (0, 0))
-        common = [xs, i64(xv[0]), i64(xv[1]), out_arg, i64(o_rs), i64(o_es), mask_arg, i64(m_rs), i64(m_es), lse,
-                  i64(l_rs)]
-        tail = [i64(nrows), i64(n), f64(tau), np.int32(kind)]
+            outv, lsev = ov, _View(None, 0)
+        dt = xv.array.dtype.name
+        vec = self._vectorizable(xv) and (kind == Kind.LOGSUMEXP or self._vectorizable(ov))
+        common = xv.args() + outv.args() + mv.args() + lsev.args()
+        tail = [i64(nrows), i64(n), np.float64(tau), np.int32(kind)]
         if n <= ROWS_MAX_N:
             g, nc = _rows_shape(n, dt)
-            vec = self._vectorizable(xs, xv, n) and (kind == 2 or self._vectorizable(res, ov, n))
             threads = 256
-            grid = ((nrows * g + threads - 1) // threads,)
-            self.dev.launch(dt, f"csm_fwd_rows<{_CTYPE[dt]}, {g}, {nc}>", grid, (threads,),
+            self.dev.launch(dt, f"csm_fwd_rows<{_CTYPE[dt]}, {g}, {nc}>", (_cdiv(nrows * g, threads),), (threads,),
                             common + tail + [np.int32(vec)])
+            return
+        cached = n * _COMPUTE_BYTES[dt] <= self.dev.SMEM_CACHE_BYTES
+        if cached and not (n >= self.dev.SPLIT_MIN_N and nrows < 2 * self.dev.num_sms):
+            threads = 512 if n >= 8192 else 256
+            self.dev.launch(dt, f"csm_fwd_block<{_CTYPE[dt]}>", (nrows,), (threads,), common + tail + [np.int32(vec)],
+                            shared_mem=n * _COMPUTE_BYTES[dt])
         else:
-            csize = 8 if dt == "float64" else 4
-            cached = n * csize <= self.dev.SMEM_CACHE_BYTES
-            if cached and not (n >= self.dev.split_min_n and nrows < 2 * self.dev.num_sms):
-                vec = self._vectorizable(xs, xv, n) and (kind == 2 or self._vectorizable(res, ov, n))
-                threads = 512 if n >= 8192 else 256
-                self.dev.launch(dt, f"csm_fwd_block<{_CTYPE[dt]}>", (nrows,), (threads,), common + tail + [np.int32(vec)],
-                                shared_mem=n * csize)
-            else:
-                self._split_launch(kind, xs, res, common, nrows, n, xv, ov, (mask_arg, m_rs, m_es), tau)
+            self._split_launch(kind, xv, mv, common, nrows, n, tau, vec)
 
-    def _split_launch(self, kind, xs, res, common, nrows, n, xv, ov, maskv, tau):
+    def _split_launch(self, kind, xv, mv, common, nrows, n, tau, vec):
         """Rows in chunks of their own blocks: enough chunks to keep every multiprocessor
         busy, each a multiple of 8 entries (whole 16-byte pieces), at most 65535 per row."""
-        xp, dt, i64, f64 = self.xp, xs.dtype.name, np.int64, np.float64
-        want = max(-(-n // self.dev.split_chunk), -(-4 * self.dev.num_sms // nrows), 2)
+        dt = xv.array.dtype.name
+        want = max(_cdiv(n, self.dev.SPLIT_CHUNK), _cdiv(4 * self.dev.num_sms, nrows), 2)
         nchunks = min(want, 65535, max(1, n // 8))
-        chunk = -(-(-(-n // nchunks)) // 8) * 8
-        nchunks = -(-n // chunk)
-        vec = self._vectorizable(xs, xv, n) and (kind == 2 or self._vectorizable(res, ov, n))
-        ws = xp.empty(nrows * nchunks * 7, dtype=np.float64)
-        mask_arg, m_rs, m_es = maskv
+        chunk = _cdiv(_cdiv(n, nchunks), 8) * 8
+        nchunks = _cdiv(n, chunk)
+        ws = self.xp.empty(nrows * nchunks * 7, dtype=np.float64)
+        sizes = [i64(nrows), i64(n), i64(chunk), np.float64(tau)]
         self.dev.launch(dt, f"csm_fwd_split_stats<{_CTYPE[dt]}>", (nrows, nchunks), (256,),
-                        [xs, i64(xv[0]), i64(xv[1]), mask_arg, i64(m_rs), i64(m_es), ws, i64(nrows), i64(n),
-                         i64(chunk), f64(tau), np.int32(vec)])
-        self.dev.launch(dt, "csm_fwd_split_merge", (nrows,), (256,), [ws, i64(nrows), i64(nchunks), f64(tau)])
+                        xv.args() + mv.args() + [ws] + sizes + [np.int32(vec)])
+        self.dev.launch(dt, "csm_fwd_split_merge", (nrows,), (256,), [ws, i64(nrows), i64(nchunks), np.float64(tau)])
         self.dev.launch(dt, f"csm_fwd_split_finish<{_CTYPE[dt]}>", (nrows, nchunks), (256,),
-                        common + [ws, i64(nrows), i64(n), i64(chunk), f64(tau), np.int32(kind), np.int32(vec)])
-
-    def _vectorizable(self, a, view, n):
-        """Whether rows of a (row stride, entry stride = view) start on 16 bytes and are
-        contiguous, so whole 16-byte chunks can be loaded and stored."""
-        rs, es = view
-        return es == 1 and self.dev.ptr(a) % 16 == 0 and (rs * a.itemsize) % 16 == 0
+                        common + [ws] + sizes + [np.int32(kind), np.int32(vec)])
 
     def _cols_launch(self, kind, xs, res, mask, axis, tau):
         """The column kernel, if x (and out) are contiguous along a dimension other than
@@ -338,65 +328,55 @@ class Ops:
         if not cands:
             return False
         c = cands[0]
-        if kind != 2 and _elems(res)[c] != 1:
+        if kind != Kind.LOGSUMEXP and _elems(res)[c] != 1:
             return False
-        order = _outer_order(xs, (axis, c))
-        gv = _rows([xs, res, mask], c, order)  # groups: the other dimensions merged
+        gv = _rows([xs, res, mask], c, _outer_order(xs, (axis, c)))  # groups: the other dimensions merged
         if gv is None:
             return False
         ngroups, (xg, og, mg) = gv
         width, n = xs.shape[c], xs.shape[axis]
-        i64 = np.int64
-        if kind == 2:
-            out_arg, o_gs, o_rs, lse, l_gs, l_cs = NULL, 0, 0, res, og[0], og[1]
+        xv = _View(xs, xg.strides[0], ex[axis])  # group stride, entry stride
+        if kind == Kind.LOGSUMEXP:
+            outv, lsev = _NO_VIEW, _View(res, *og.strides)  # group stride, column stride
         else:
-            out_arg, o_gs, o_rs, lse, l_gs, l_cs = res, og[0], _elems(res)[axis], NULL, 0, 0
-        if mask is not None:
-            mask_arg, m_gs, m_rs, m_cs = mask, mg[0], _elems(mask)[axis], mg[1]
-        else:
-            mask_arg, m_gs, m_rs, m_cs = NULL, 0, 0, 0
+            outv, lsev = _View(res, og.strides[0], _elems(res)[axis]), _NO_VIEW
+        maskv = _View(mask, mg.strides[0], _elems(mask)[axis], mg.strides[1]) if mask is not None else _View(None, 0, 0, 0)
         dt = xs.dtype.name
         threads = 128
-        self.dev.launch(dt, f"csm_fwd_cols<{_CTYPE[dt]}>", ((width + threads - 1) // threads, ngroups), (threads,),
-                        [xs, i64(xg[0]), i64(ex[axis]), out_arg, i64(o_gs), i64(o_rs), mask_arg, i64(m_gs),
-                         i64(m_rs), i64(m_cs), lse, i64(l_gs), i64(l_cs), i64(ngroups), i64(width), i64(n),
-                         np.float64(tau), np.int32(kind)])
+        self.dev.launch(dt, f"csm_fwd_cols<{_CTYPE[dt]}>", (_cdiv(width, threads), ngroups), (threads,),
+                        xv.args() + outv.args() + maskv.args() + lsev.args()
+                        + [i64(ngroups), i64(width), i64(n), np.float64(tau), np.int32(kind)])
         return True
 
     # -- backward --
-    def backward(self, op, g, y, axes, tau, where, out, rdt):
+    def backward(self, kind, g, y, axes, tau, where, out, rdt):
         xp = self.xp
-        kind = _KIND[op]
         gs, ys = self._storage(g, rdt), self._storage(y, rdt)
         inplace_ok = out is not None and not (self._overlaps(out, gs) or self._overlaps(out, ys))
         res = out if inplace_ok else xp.empty_like(gs)
         mask = self._mask(where, g.shape)
         if g.size:
-            rv = None
-            if len(axes) == 1:
-                rv = _rows([gs, ys, res, mask], axes[0], _outer_order(gs, axes))
+            rv = _rows([gs, ys, res, mask], axes[0], _outer_order(gs, axes)) if len(axes) == 1 else None
             if rv is not None:
-                self._bwd_launch(kind, gs, ys, res, mask, rv, gs.shape[axes[0]], tau)
+                self._bwd_launch(kind, rv, gs.shape[axes[0]], tau)
             else:
                 (gf, perm), yf = self._flat_rows(gs, axes), self._flat_rows(ys, axes)[0]
                 mf = None if mask is None else self._flat_rows(mask, axes)[0]
                 of = xp.empty_like(gf)
-                self._bwd_launch(kind, gf, yf, of, mf, _rows([gf, yf, of, mf], 1, [0]), gf.shape[1], tau)
+                self._bwd_launch(kind, _rows([gf, yf, of, mf], 1, [0]), gf.shape[1], tau)
                 res[...] = self._unflat(of, perm, gs.shape)
         if out is not None and res is not out:
             out[...] = res
             return out
         return res
 
-    def _bwd_launch(self, kind, g, y, out, mask, rv, n, tau):
-        nrows, (gv, yv, ov, mv) = rv
-        mask_arg, (m_rs, m_es) = (mask, mv) if mask is not None else (NULL, (0, 0))
-        dt, i64 = g.dtype.name, np.int64
-        args = [g, i64(gv[0]), i64(gv[1]), y, i64(yv[0]), i64(yv[1]), out, i64(ov[0]), i64(ov[1]), mask_arg,
-                i64(m_rs), i64(m_es), i64(nrows), i64(n), np.float64(tau), np.int32(kind)]
+    def _bwd_launch(self, kind, rv, n, tau):
+        nrows, views = rv
+        dt = views[0].array.dtype.name
+        args = [a for v in views for a in v.args()] + [i64(nrows), i64(n), np.float64(tau), np.int32(kind)]
         if n <= 32 * _WARP_E[-1]:
             e = next(e for e in _WARP_E if 32 * e >= n)
-            self.dev.launch(dt, f"csm_bwd_warp<{_CTYPE[dt]}, {e}>", ((nrows + 7) // 8,), (256,), args)
+            self.dev.launch(dt, f"csm_bwd_warp<{_CTYPE[dt]}, {e}>", (_cdiv(nrows, 8),), (256,), args)
         else:
             self.dev.launch(dt, f"csm_bwd_block<{_CTYPE[dt]}>", (nrows,), (512 if n >= 8192 else 256,), args)
 
@@ -405,14 +385,14 @@ class Ops:
         xp = self.xp
         flat, perm = self._flat_rows(self._storage(x, rdt), (axis,))
         nrows, n = flat.shape
-        s = self.forward("softmax", flat, (1,), tau, None, None, rdt)
-        lp = self.forward("log_softmax", flat, (1,), tau, None, None, rdt)
+        s = self.forward(Kind.SOFTMAX, flat, (1,), tau, None, None, rdt)
+        lp = self.forward(Kind.LOG_SOFTMAX, flat, (1,), tau, None, None, rdt)
         J = xp.empty((nrows, n, n), dtype=rdt)
         threads = 256
-        grid = (max(1, min((J.size + threads - 1) // threads, 1 << 18)),)
+        grid = (max(1, min(_cdiv(J.size, threads), 1 << 18)),)
         dt = flat.dtype.name
         self.dev.launch(dt, f"csm_jacobian<{_CTYPE[dt]}>", grid, (threads,),
-                        [s, lp, J, np.int64(nrows), np.int64(n), np.float64(tau), np.int32(int(log))])
+                        [s, lp, J, i64(nrows), i64(n), np.float64(tau), np.int32(int(log))])
         return J.reshape(tuple(x.shape[i] for i in perm[:-1]) + (n, n))
 
     # -- cross-entropy --
@@ -420,34 +400,32 @@ class Ops:
         xp = self.xp
         flat, perm = self._flat_rows(self._storage(x, rdt), (axis,))
         nrows, n = flat.shape
-        i64 = np.int64
-        q, q_rs = NULL, 0
-        if probs is not None:
-            q, q_rs = self._flat_rows(self._storage(probs, rdt), (axis,))[0], n
-        lab, lab_s = NULL, 0
+        qv = _NO_VIEW if probs is None else _View(self._flat_rows(self._storage(probs, rdt), (axis,))[0], n, 1)
+        labv = _View(None, 0)
         if labels is not None:
-            lab, lab_s = xp.ascontiguousarray(labels.astype(np.int64)).reshape(-1), 1
+            labv = _View(xp.ascontiguousarray(labels.astype(np.int64)).reshape(-1), 1)
         w = NULL if weight is None else xp.ascontiguousarray(weight, dtype=np.float64)
-        m, m_rs = NULL, 0
+        mv = _NO_VIEW
         if where is not None:
-            m, m_rs = self._flat_rows(self._mask(where, x.shape), (axis,))[0], n
+            mv = _View(self._flat_rows(self._mask(where, x.shape), (axis,))[0], n, 1)
         loss = xp.empty(nrows, dtype=np.float64)
         grad = xp.empty_like(flat) if want_grad else None
         dt = flat.dtype.name
         threads = min(256, max(32, 1 << (n - 1).bit_length()))  # no idle warps for few classes
         self.dev.launch(dt, f"csm_xent_block<{_CTYPE[dt]}>", (nrows,), (threads,),
-                        [flat, i64(n), i64(1), q, i64(q_rs), i64(1), lab, i64(lab_s), w, m, i64(m_rs), i64(1), loss,
-                         i64(1), grad if grad is not None else NULL, i64(n), i64(1), i64(nrows), i64(n),
-                         np.float64(tau), np.float64(eps), i64(ignore_index), np.float64(grad_scale)])
+                        _View(flat, n, 1).args() + qv.args() + labv.args() + [w] + mv.args() + _View(loss, 1).args()
+                        + _View(grad, n, 1).args()
+                        + [i64(nrows), i64(n), np.float64(tau), np.float64(eps), i64(ignore_index),
+                           np.float64(grad_scale)])
         loss = loss.reshape(tuple(x.shape[i] for i in perm[:-1]))
         if grad is not None:
             grad = self._unflat(grad, perm, x.shape)
         return loss, grad
 
 
-class OpsModule:
-    """The backend functions of csoftmax._api, bound to one device's Ops (the module-level
-    functions below are those of the CuPy device; the tests bind an emulated one)."""
+class CudaBackend:
+    """The backend protocol on one device's Ops (the module's own is CuPy's; the tests
+    bind an emulated one)."""
 
     def __init__(self, ops):
         self.ops = ops
@@ -456,51 +434,40 @@ class OpsModule:
     def namespace(self, x):
         return self.xp
 
+    def writable(self, out):
+        flags = getattr(out, "flags", None)
+        return bool(getattr(flags, "writeable", True))
+
     def from_numpy(self, a):
         return self.xp.asarray(a)
 
     def to_numpy(self, a):
         return a.get() if hasattr(a, "get") else np.asarray(a)
 
-    def writable(self, out):
-        flags = getattr(out, "flags", None)
-        return bool(getattr(flags, "writeable", True))
+    def forward(self, op, x, /, *, axes, temperature, keepdims, where, out, dtype):
+        return self.ops.forward(op.kind, x, axes, temperature, where, out, dtype, keepdims=keepdims)
 
-    def softmax(self, x, axes, tau, where, out, rdt):
-        return self.ops.forward("softmax", x, axes, tau, where, out, rdt)
+    def backward(self, op, grad_output, output, /, *, axes, temperature, where, out, dtype):
+        return self.ops.backward(op.kind, grad_output, output, axes, temperature, where, out, dtype)
 
-    def log_softmax(self, x, axes, tau, where, out, rdt):
-        return self.ops.forward("log_softmax", x, axes, tau, where, out, rdt)
+    def jacobian(self, op, x, /, *, axis, temperature, dtype):
+        return self.ops.jacobian(x, axis, temperature, dtype, op.log)
 
-    def logsumexp(self, x, axes, keepdims, where, out, rdt):
-        return self.ops.forward("logsumexp", x, axes, 1.0, where, out, rdt, keepdims=keepdims)
-
-    def softmax_backward(self, g, y, axes, tau, where, out, rdt):
-        return self.ops.backward("softmax_backward", g, y, axes, tau, where, out, rdt)
-
-    def log_softmax_backward(self, g, y, axes, tau, where, out, rdt):
-        return self.ops.backward("log_softmax_backward", g, y, axes, tau, where, out, rdt)
-
-    def softmax_jacobian(self, x, axis, tau, rdt):
-        return self.ops.jacobian(x, axis, tau, rdt, log=False)
-
-    def log_softmax_jacobian(self, x, axis, tau, rdt):
-        return self.ops.jacobian(x, axis, tau, rdt, log=True)
-
-    def softmax_cross_entropy(self, x, axis, labels, probs, weight, ignore_index, eps, tau, where, grad_scale,
-                              want_grad, rdt):
-        return self.ops.cross_entropy(x, axis, labels, probs, weight, ignore_index, eps, tau, where, grad_scale,
-                                      want_grad, rdt)
+    def cross_entropy(self, op, logits, /, *, axis, labels, probs, weight, ignore_index, label_smoothing, temperature,
+                      where, grad_scale, want_grad, dtype):
+        return self.ops.cross_entropy(logits, axis, labels, probs, weight, ignore_index, label_smoothing, temperature,
+                                      where, grad_scale, want_grad, dtype)
 
 
 @functools.lru_cache(maxsize=None)
 def _module():
-    return OpsModule(Ops(_device()))
+    return CudaBackend(Ops(_CupyDevice()))
 
 
 def __getattr__(name):
-    """The backend functions, bound to the CuPy device on first use."""
-    if name in ("softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
-                "softmax_jacobian", "log_softmax_jacobian", "softmax_cross_entropy"):
+    """The protocol's functions, bound to the CuPy device on first use (importing this
+    module imports nothing of CuPy)."""
+    if not name.startswith("_") and hasattr(CudaBackend, name):
         return getattr(_module(), name)
     raise AttributeError(name)
+

@@ -1,4 +1,5 @@
-"""The `reference` backend: any array with an array-API namespace, on csoftmax._reference.
+"""The `reference` backend: any array with an array-API namespace, on csoftmax._reference,
+behind the backend protocol (csoftmax._protocol).
 
 The adapter between the public API's validated arguments and the reference math: it
 computes in float64 (the inputs are first cast to the result dtype, as every backend
@@ -59,75 +60,50 @@ def to_numpy(a):
     return np.asarray(a)
 
 
-def _forward(fn, x, axes, tau, where, out, rdt):
+# ---- the families: each op is the function of its name in csoftmax._reference ----
+def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
     xp = namespace(x)
     with _quiet(xp):
         if 0 in [x.shape[a] for a in axes]:  # empty rows: nothing to compute
-            v = xp.empty(x.shape, dtype=xp.float64)
+            if op.name == "logsumexp":
+                shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
+                v = xp.full(shape, -float("inf"), dtype=xp.float64)
+                if not keepdims:
+                    v = xp.squeeze(v, axis=axes)
+            else:
+                v = xp.empty(x.shape, dtype=xp.float64)
+        elif op.name == "logsumexp":
+            v = R.logsumexp(xp, _to_compute(xp, x, dtype), axes, where, keepdims)
         else:
-            v = fn(xp, _to_compute(xp, x, rdt), axes, tau, where)
-        return _deliver(xp, v, rdt, out)
+            v = getattr(R, op.name)(xp, _to_compute(xp, x, dtype), axes, temperature, where)
+        return _deliver(xp, v, dtype, out)
 
 
-def softmax(x, axes, tau, where, out, rdt):
-    return _forward(R.softmax, x, axes, tau, where, out, rdt)
+def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype):
+    xp = namespace(grad_output)
+    with _quiet(xp):
+        g, y = _to_compute(xp, grad_output, dtype), _to_compute(xp, output, dtype)
+        v = getattr(R, op.name)(xp, g, y, axes, temperature, where)
+        return _deliver(xp, v, dtype, out)
 
 
-def log_softmax(x, axes, tau, where, out, rdt):
-    return _forward(R.log_softmax, x, axes, tau, where, out, rdt)
-
-
-def logsumexp(x, axes, keepdims, where, out, rdt):
+def jacobian(op, x, /, *, axis, temperature, dtype):
     xp = namespace(x)
     with _quiet(xp):
-        if 0 in [x.shape[a] for a in axes]:
-            shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
-            v = xp.full(shape, -float("inf"), dtype=xp.float64)
-            if not keepdims:
-                v = xp.squeeze(v, axis=axes)
-        else:
-            v = R.logsumexp(xp, _to_compute(xp, x, rdt), axes, where, keepdims)
-        return _deliver(xp, v, rdt, out)
+        xc = xp.moveaxis(_to_compute(xp, x, dtype), axis, -1)
+        last = (xc.ndim - 1,)
+        s = R.softmax(xp, xc, last, temperature, None)
+        lp = R.log_softmax(xp, xc, last, temperature, None)
+        return _to_result(xp, R.jacobian(xp, s, lp, temperature, op.log), dtype)
 
 
-def _backward(fn, g, y, axes, tau, where, out, rdt):
-    xp = namespace(g)
+def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, label_smoothing, temperature, where,
+                  grad_scale, want_grad, dtype):
+    xp = namespace(logits)
     with _quiet(xp):
-        v = fn(xp, _to_compute(xp, g, rdt), _to_compute(xp, y, rdt), axes, tau, where)
-        return _deliver(xp, v, rdt, out)
-
-
-def softmax_backward(g, y, axes, tau, where, out, rdt):
-    return _backward(R.softmax_backward, g, y, axes, tau, where, out, rdt)
-
-
-def log_softmax_backward(g, y, axes, tau, where, out, rdt):
-    return _backward(R.log_softmax_backward, g, y, axes, tau, where, out, rdt)
-
-
-def _jacobian(x, axis, tau, rdt, log):
-    xp = namespace(x)
-    with _quiet(xp):
-        xc = xp.moveaxis(_to_compute(xp, x, rdt), axis, -1)
-        s = R.softmax(xp, xc, (xc.ndim - 1,), tau, None)
-        lp = R.log_softmax(xp, xc, (xc.ndim - 1,), tau, None)
-        return _to_result(xp, R.jacobian(xp, s, lp, tau, log), rdt)
-
-
-def softmax_jacobian(x, axis, tau, rdt):
-    return _jacobian(x, axis, tau, rdt, log=False)
-
-
-def log_softmax_jacobian(x, axis, tau, rdt):
-    return _jacobian(x, axis, tau, rdt, log=True)
-
-
-def softmax_cross_entropy(x, axis, labels, probs, weight, ignore_index, eps, tau, where, grad_scale, want_grad, rdt):
-    xp = namespace(x)
-    with _quiet(xp):
-        xc = _to_compute(xp, x, rdt)
-        pc = None if probs is None else _to_compute(xp, probs, rdt)
+        xc = _to_compute(xp, logits, dtype)
+        pc = None if probs is None else _to_compute(xp, probs, dtype)
         loss, grad = R.cross_entropy_rows(
-            xp, xc, axis, labels, pc, weight, ignore_index, eps, tau, where, grad_scale, want_grad
+            xp, xc, axis, labels, pc, weight, ignore_index, label_smoothing, temperature, where, grad_scale, want_grad
         )
-        return loss, (None if grad is None else _to_result(xp, grad, rdt))
+        return loss, (None if grad is None else _to_result(xp, grad, dtype))

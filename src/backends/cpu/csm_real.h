@@ -1,17 +1,19 @@
 /*
- * csm_real_begin.h - opens one dtype instantiation of the generic kernel headers.
+ * csm_real.h - the element type of one kernel build and its vector vocabulary.
  *
- * Define CSM_REAL_F32 or CSM_REAL_F64, include this, include the generic headers,
- * include csm_real_end.h. Inside, REAL is the element type, VR a vector of REAL, VI the
- * integer vector of the same shape (comparison masks, exponent bits), VL the lane count,
- * VMAX/VMIN lane-wise max/min whose result is the second operand where either is NaN,
- * VMASK the comparison mask of VL mask bytes, and
- * CSM_SFX(name) gives each generic function its dtype suffix (name_f32 / name_f64).
+ * csm_kernels.c is compiled once per (instruction set, dtype) with CSM_REAL_F32 or
+ * CSM_REAL_F64 defined (setup.py); the kernel headers are written once against these
+ * names (docs/design.md, "The C core"). REAL is the element type, VR a vector of REAL,
+ * VI the integer vector of the same shape (comparison masks, exponent bits), VL the lane
+ * count, VMAX/VMIN lane-wise max/min whose result is the second operand where either is
+ * NaN, VMASK the comparison mask of VL mask bytes.
  */
+#ifndef CSM_REAL_H
+#define CSM_REAL_H
+
 #if defined(CSM_REAL_F32)
 #define REAL float
 #define REAL_IS_F32 1
-#define CSM_SFX(name) name##_f32
 #define VR csm_vf
 #define VI csm_vi32
 #define VIS int32_t
@@ -24,11 +26,10 @@
 #define VSTREAM csm_stream_f
 #define R_MANT_BITS 23
 #define R_EXP_BIAS 127
-#define R_EPS 5.9604644775390625e-08 /* 2^-24: unit roundoff */
+#define R_MAX 3.4028234663852886e38f /* the largest finite value */
 #elif defined(CSM_REAL_F64)
 #define REAL double
 #define REAL_IS_F32 0
-#define CSM_SFX(name) name##_f64
 #define VR csm_vd
 #define VI csm_vi64
 #define VIS int64_t
@@ -41,9 +42,9 @@
 #define VSTREAM csm_stream_d
 #define R_MANT_BITS 52
 #define R_EXP_BIAS 1023
-#define R_EPS 1.1102230246251565e-16 /* 2^-53 */
+#define R_MAX 1.7976931348623157e308
 #else
-#error "define CSM_REAL_F32 or CSM_REAL_F64 before including csm_real_begin.h"
+#error "compile csm_kernels.c with CSM_REAL_F32 or CSM_REAL_F64 defined"
 #endif
 
 #define R_INF ((REAL)INFINITY)
@@ -51,3 +52,5 @@
 #define VSPLAT(s) ((VR){0} + (REAL)(s))
 /* lane-wise select: m ? a : b, for a comparison mask m */
 #define VSEL(m, a, b) ((VR)(((VI)(a) & (m)) | ((VI)(b) & ~(m))))
+
+#endif /* CSM_REAL_H */
