@@ -42,7 +42,7 @@ ISAS = [("baseline", 16, [])] + (
     [("avx2", 32, ["-mavx2", "-mfma"]), ("avx512", 64, ["-mavx512f", "-mavx512dq", "-mfma"])] if IS_X86_64 else []
 )
 KERNELS = CPU_DIR / "csm_kernels.c"
-DISPATCH = CPU_DIR / "csm_dispatch.c"
+SCALAR_SOURCES = [CPU_DIR / "csm_dispatch.c", CPU_DIR / "csm_stats.c"]  # compiled once, baseline flags
 
 
 def compiler_accepts(compiler, flags):
@@ -67,9 +67,10 @@ class BuildExt(build_ext):
             if openmp:
                 ext.extra_compile_args += ["-fopenmp"]
                 ext.extra_link_args += ["-fopenmp"]
-            # the project's own C: the dispatcher, and the kernel builds -- one source, an
-            # object per (instruction set, dtype)
-            ext.extra_objects += self._compile(ext, DISPATCH, self.build_temp, [])
+            # the project's own C: the dispatcher and the statistics records, and the kernel
+            # builds -- one source, an object per (instruction set, dtype)
+            for source in SCALAR_SOURCES:
+                ext.extra_objects += self._compile(ext, source, self.build_temp, [])
             for isa, vector_bytes, flags in ISAS:
                 for real in ("F32", "F64"):
                     macros = [("CSM_ISA", isa), ("CSM_VB", str(vector_bytes)), (f"CSM_REAL_{real}", "1")]

@@ -32,7 +32,10 @@ cdef extern from "csm_core.h" nogil:
         CSM_SOFTMAX_BWD
         CSM_LOG_SOFTMAX_BWD
         CSM_XENT
+        CSM_STATS
         CSM_NKINDS
+    enum:
+        CSM_STAT_FIELDS
     enum:
         CSM_F16
         CSM_F32
@@ -60,6 +63,8 @@ cdef extern from "csm_core.h" nogil:
         double grad_scale
 
     int csm_run(const csm_task *task)
+    void csm_stats_merge(double *a, const double *b, csm_intp nrecords, double temperature)
+    void csm_stats_logsumexp(const double *rec, double *lse, csm_intp nrecords)
     void csm_init()
     int csm_set_isa(int isa)
     int csm_get_isa()
@@ -73,7 +78,29 @@ def kind_codes():
     """The kernel kinds as the compiled core numbers them (csm_kinds.h): name -> code;
     tests/test_ops.py checks csoftmax._ops.Kind against it."""
     return {"SOFTMAX": CSM_SOFTMAX, "LOG_SOFTMAX": CSM_LOG_SOFTMAX, "LOGSUMEXP": CSM_LOGSUMEXP,
-            "SOFTMAX_BWD": CSM_SOFTMAX_BWD, "LOG_SOFTMAX_BWD": CSM_LOG_SOFTMAX_BWD, "XENT": CSM_XENT}
+            "SOFTMAX_BWD": CSM_SOFTMAX_BWD, "LOG_SOFTMAX_BWD": CSM_LOG_SOFTMAX_BWD, "XENT": CSM_XENT,
+            "STATS": CSM_STATS}
+
+
+STAT_FIELDS = CSM_STAT_FIELDS  # doubles per statistics record (csm_core.h)
+
+
+def merge_stats(cnp.ndarray a, cnp.ndarray b, double temperature):
+    """a becomes the merge of the statistics records a and b (C-contiguous float64 arrays of
+    one shape, the last axis STAT_FIELDS), record by record."""
+    cdef csm_intp n = cnp.PyArray_SIZE(a) // CSM_STAT_FIELDS
+    cdef double *pa = <double *>cnp.PyArray_DATA(a)
+    cdef const double *pb = <const double *>cnp.PyArray_DATA(b)
+    with nogil:
+        csm_stats_merge(pa, pb, n, temperature)
+
+
+def stats_logsumexp(cnp.ndarray rec, cnp.ndarray lse):
+    """lse (C-contiguous float64, one value per record) from the records rec (C-contiguous
+    float64, the last axis STAT_FIELDS)."""
+    cdef csm_intp n = cnp.PyArray_SIZE(lse)
+    with nogil:
+        csm_stats_logsumexp(<const double *>cnp.PyArray_DATA(rec), <double *>cnp.PyArray_DATA(lse), n)
 
 
 csm_init()

@@ -24,6 +24,7 @@ class Kind(enum.IntEnum):
     SOFTMAX_BWD = 3
     LOG_SOFTMAX_BWD = 4
     XENT = 5
+    STATS = 6  # no op of its own: rows' statistics records (csoftmax._backends.c.row_stats)
 
 
 class Family(str, enum.Enum):

@@ -12,7 +12,9 @@
  *   Y      backward kinds: the forward output y; cross-entropy: probability targets
  *   OUT    same-shape output (softmax, log_softmax, dx, the cross-entropy gradient)
  *   MASK   uint8 `where` mask, 1 = take part
- *   ROW    one value per row (logsumexp; cross-entropy loss, always float64)
+ *   ROW    one value per row (logsumexp; cross-entropy loss, always float64); for kind
+ *          CSM_STATS, and given to softmax / log_softmax: a statistics record per row
+ *          (CSM_STAT_FIELDS contiguous doubles at each row's position)
  *   LABEL  int64 class index per row (cross-entropy with index targets)
  */
 #ifndef CSM_CORE_H
@@ -34,6 +36,12 @@ typedef ptrdiff_t csm_intp;
 enum csm_operand { CSM_X = 0, CSM_Y, CSM_OUT, CSM_MASK, CSM_ROW, CSM_LABEL, CSM_NOPERANDS };
 
 enum csm_dtype { CSM_F16 = 0, CSM_F32, CSM_F64 };
+
+/* the fields of a statistics record (cpu/csm_part.h): the max over the unmasked entries
+   (NaN left out; +inf if there is an unmasked +inf), S' relative to it as a double-double,
+   whether any entry is unmasked, whether an unmasked entry is NaN, and (temperature +inf
+   only; 0 otherwise) the count of unmasked entries above -inf */
+enum csm_stat { CSM_STAT_M = 0, CSM_STAT_S_HI, CSM_STAT_S_LO, CSM_STAT_ANY, CSM_STAT_NAN, CSM_STAT_COUNT, CSM_STAT_FIELDS };
 
 enum csm_status { CSM_OK = 0, CSM_ENOMEM = -1 };
 
@@ -57,6 +65,12 @@ typedef struct csm_task {
 
 /* run a task; returns CSM_OK or a negative csm_status */
 int csm_run(const csm_task *task);
+
+/* statistics records (csm_stats.c): a[i] becomes the merge of a[i] and b[i], the
+   statistics of two disjoint parts of the same rows; lse[i] the logsumexp of a row from its
+   record (temperature 1) */
+void csm_stats_merge(double *a, const double *b, csm_intp nrecords, double temperature);
+void csm_stats_logsumexp(const double *rec, double *lse, csm_intp nrecords);
 
 /* instruction sets, lowest first */
 enum csm_isa { CSM_ISA_BASELINE = 0, CSM_ISA_AVX2, CSM_ISA_AVX512, CSM_NISA };

@@ -119,9 +119,56 @@ static double csm_derivative_row(const csm_task *t, const csm_layout *L, char *c
     return v;
 }
 
+/* Softmax or log_softmax given a statistics record per row in ROW: a part of each row is
+   finished from the record of the whole row (csm_part.h) */
+static int csm_from_record(const csm_task *t, const csm_layout *L)
+{
+    return (t->kind == CSM_SOFTMAX || t->kind == CSM_LOG_SOFTMAX) && L->base[CSM_ROW] != NULL;
+}
+
+/* One row of the record kinds: CSM_STATS writes the row's record, csm_from_record tasks
+   read it (as csm_forward_row) */
+static void csm_record_row(const csm_task *t, const csm_layout *L, char *const *p, const csm_temp *tp, int direct,
+                           int stream, csm_scratch *sc)
+{
+    const csm_intp n = L->n;
+    double *rec = (double *)p[CSM_ROW];
+    const int state = csm_row_mask(L, (const uint8_t *)p[CSM_MASK]);
+    const uint8_t *mask = state == CSM_ROW_MASKED ? (const uint8_t *)p[CSM_MASK] : NULL;
+    if (state == CSM_ROW_DEAD) {
+        if (t->kind == CSM_STATS) {
+            csm_row_stats(NULL, NULL, 0, tp, rec);
+        } else {
+            REAL *out = direct ? (REAL *)p[CSM_OUT] : sc->x;
+            csm_dead_row(t->kind, out, n, tp);
+            if (!direct) csm_scatter(p[CSM_OUT], sc->x, L, CSM_OUT, t->dtype);
+        }
+        return;
+    }
+    const REAL *x = (const REAL *)p[CSM_X];
+    if (!direct) {
+        csm_gather(sc->x, p[CSM_X], L, CSM_X, t->dtype);
+        x = sc->x;
+        if (mask) {
+            csm_gather_mask(sc->mask, (const char *)mask, L);
+            mask = sc->mask;
+        }
+    }
+    if (t->kind == CSM_STATS) {
+        csm_row_stats(x, mask, n, tp, rec);
+        return;
+    }
+    csm_row_finish_from(t->kind, x, mask, direct ? (REAL *)p[CSM_OUT] : sc->x, n, rec, tp, direct && stream);
+    if (!direct) csm_scatter(p[CSM_OUT], sc->x, L, CSM_OUT, t->dtype);
+}
+
 static double csm_do_row(const csm_task *t, const csm_layout *L, char *const *p, const csm_temp *tp, int direct,
                          int stream, csm_scratch *sc)
 {
+    if (t->kind == CSM_STATS || csm_from_record(t, L)) {
+        csm_record_row(t, L, p, tp, direct, stream, sc);
+        return 0.0;
+    }
     if (CSM_KIND_IS_FORWARD(t->kind)) return csm_forward_row(t, L, p, tp, direct, stream, sc);
     return csm_derivative_row(t, L, p, tp, direct, stream, sc);
 }
@@ -145,7 +192,7 @@ static int csm_rows_range(const csm_task *t, const csm_layout *L, csm_intp r0, c
     csm_rowiter_init(&it, L, r0);
     for (csm_intp r = r0; r < r1; r++) {
         double v = csm_do_row(t, L, it.ptr, tp, direct, stream, need_scratch ? &sc : NULL);
-        if (it.ptr[CSM_ROW]) csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, v);
+        if (it.ptr[CSM_ROW] && CSM_KIND_HAS_ROW_VALUE(t->kind)) csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, v);
         csm_rowiter_next(&it, L);
     }
     csm_scratch_free(&sc);
@@ -198,7 +245,7 @@ static void csm_split_forward(const csm_task *t, const csm_layout *L, char *cons
     const uint8_t *mask = (const uint8_t *)p[CSM_MASK];
     csm_part *c = &slots[tid].stats;
     csm_part_init(c);
-    csm_part_add(c, x + a, mask ? mask + a : NULL, b - a, a, tp);
+    csm_part_add(c, x + a, mask ? mask + a : NULL, b - a, tp);
     csm_part_settle(c, tp);
 #pragma omp barrier
     csm_part all = slots[0].stats;
@@ -207,13 +254,13 @@ static void csm_split_forward(const csm_task *t, const csm_layout *L, char *cons
     if (csm_part_is_special(&all, tp)) {
         if (tid != 0) return;
         csm_stats st = {0};
-        st.m = all.m;
+        st.m = (REAL)all.m;
         st.any = all.any;
         lse = csm_special_row(t->kind, x, 1, mask, 1, out, 1, n, &st, tp->tau_inf);
     } else {
         csm_part_finish(t->kind, x + a, mask ? mask + a : NULL, out ? out + a : NULL, b - a, &all, tp, stream);
         if (tid != 0) return;
-        lse = (double)all.m + csm_dd_log1p(all.s);
+        lse = all.m + csm_dd_log1p(all.s);
     }
     if (p[CSM_ROW]) csm_store_rowval(p[CSM_ROW], t->row_dtype, lse);
 }
@@ -329,7 +376,7 @@ static int csm_drive_cols(const csm_task *t, const csm_layout *L)
                 if (p[op]) p[op] += nv * VL * L->ostride[op][in];
             for (csm_intp c = nv * VL; c < ncols; c++) {
                 double v = csm_do_row(t, L, p, &tp, 0, 0, &sc);
-                if (p[CSM_ROW]) csm_store_rowval(p[CSM_ROW], t->row_dtype, v);
+                if (p[CSM_ROW] && CSM_KIND_HAS_ROW_VALUE(t->kind)) csm_store_rowval(p[CSM_ROW], t->row_dtype, v);
                 for (int op = 0; op < CSM_NOPERANDS; op++)
                     if (p[op]) p[op] += L->ostride[op][in];
             }
@@ -347,7 +394,9 @@ static int csm_run_kernels(const csm_task *t, const csm_layout *L)
 {
     const csm_intp es = t->dtype == CSM_F16 ? 2 : (csm_intp)sizeof(REAL);
     const int native = t->dtype != CSM_F16;
-    const int forward_or_backward = CSM_KIND_IS_FORWARD(t->kind) || CSM_KIND_IS_BACKWARD(t->kind);
+    /* the kinds the split and column paths take (the record kinds go row by row) */
+    const int forward_or_backward =
+        (CSM_KIND_IS_FORWARD(t->kind) && !csm_from_record(t, L)) || CSM_KIND_IS_BACKWARD(t->kind);
     if (L->nrows == 0) return CSM_OK;
 
     int direct = native && L->nred == 1;

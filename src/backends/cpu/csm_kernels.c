@@ -15,6 +15,7 @@
 #include "csm_dd.h"
 #include "csm_expconst.h"
 #include "csm_internal.h"
+#include "csm_part.h"
 #include "csm_special.h"
 #include "csm_simd.h"
 #include "csm_real.h"

@@ -271,6 +271,14 @@ static int csm_row_is_special(const csm_stats *st, const csm_temp *tp)
     return tp->tau_inf || !st->any || !isfinite(st->m);
 }
 
+/* a special row's entries from its semantics-table values (strides in elements; out may
+   be x) */
+static void csm_special_fill(const csm_special *sp, const REAL *x, csm_intp sx, const uint8_t *mask, csm_intp smk,
+                             REAL *out, csm_intp so, csm_intp n)
+{
+    for (csm_intp j = 0; j < n; j++) out[j * so] = (REAL)csm_special_value(*sp, !mask || mask[j * smk], (double)x[j * sx]);
+}
+
 /*
  * Write a special row of a forward kind (strides in elements) and return its logsumexp:
  * the semantics table of common/csm_special.h. st->m and st->any come from the scan; NaN
@@ -288,9 +296,7 @@ static double csm_special_row(int kind, const REAL *x, csm_intp sx, const uint8_
         cnt += v > -R_INF;
     }
     const csm_special sp = csm_special_values(kind, st->any, nan, (double)st->m, cnt, tau_inf);
-    if (kind != CSM_LOGSUMEXP)
-        for (csm_intp j = 0; j < n; j++)
-            out[j * so] = (REAL)csm_special_value(sp, !mask || mask[j * smk], (double)x[j * sx]);
+    if (kind != CSM_LOGSUMEXP) csm_special_fill(&sp, x, sx, mask, smk, out, so, n);
     return sp.lse;
 }
 

@@ -8,6 +8,11 @@ computes in place, so the output stays the only allocation; logsumexp, whose out
 smaller than its input, casts into a temporary instead. An `out=` that overlaps the input
 without being the same array is computed into a fresh array and copied. Plain calls on
 NumPy arrays reach the core through its fast entry (fast_entry) without this module.
+
+Besides the protocol, the statistics-record interface for callers that cut the softmax
+axes into parts themselves (the Dask backend): row_stats per part, merge_stats to combine
+parts exactly, finish and stats_logsumexp from the merged records (src/backends/cpu/
+csm_part.h).
 """
 from __future__ import annotations
 
@@ -209,3 +214,54 @@ def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, l
            temperature=temperature, weight=w, smoothing=label_smoothing, ignore_index=ignore_index,
            grad_scale=grad_scale)
     return np.squeeze(row, axis=axis), grad
+
+
+# ---- statistics records: parts of rows computed apart, merged exactly ----
+STATS_FIELDS = ck.STAT_FIELDS  # m, s_hi, s_lo, any, nan, count (csm_core.h, CSM_STAT_*)
+
+
+def _records(x, axes):
+    """A float64 array for the records of x's slices over axes: x's shape with the axes
+    kept as size 1, then STATS_FIELDS; and the view of its first field the core writes."""
+    kshape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
+    rec = np.empty(kshape + (STATS_FIELDS,), dtype=np.float64)
+    return rec, rec[..., 0]
+
+
+def row_stats(x, axes, temperature, where):
+    """The statistics record of each slice of x over axes (x a NumPy array of any real
+    dtype, where a boolean mask broadcastable to it): m, S' as s_hi + s_lo, any, nan and
+    (temperature +inf) count -- see csm_core.h's CSM_STAT_* for their meaning."""
+    xs = _ready(x, x.dtype.newbyteorder("=") if x.dtype.kind == "f" else np.dtype(np.float64))
+    rec, first = _records(x, axes)
+    ck.run(int(Kind.STATS), xs, mask=where, row=first, reduce=_bits(axes), temperature=temperature)
+    return rec
+
+
+def merge_stats(a, b, temperature):
+    """The records of two disjoint parts of the same slices (a and b of one shape), merged
+    exactly: a new array."""
+    out = np.array(a, dtype=np.float64, order="C", copy=True)
+    ck.merge_stats(out, np.ascontiguousarray(b, dtype=np.float64), float(temperature))
+    return out
+
+
+def finish(op, x, stats, axes, temperature, where, out, dtype):
+    """softmax or log_softmax (op) of x -- a part of each slice over axes -- given the whole
+    slices' merged records (stats: x's shape with the axes as size 1, then STATS_FIELDS).
+    Returns out (or a new array of dtype)."""
+    rec = np.ascontiguousarray(stats, dtype=np.float64)
+    first = rec[..., 0]
+    kind, reduce = int(op.kind), _bits(axes)
+    return _elementwise(
+        (x,), out, dtype,
+        lambda xs, res: ck.run(kind, xs, out=res, mask=where, row=first, reduce=reduce, temperature=temperature),
+    )
+
+
+def stats_logsumexp(stats, dtype):
+    """The logsumexp of each slice from its record (temperature 1), of dtype."""
+    rec = np.ascontiguousarray(stats, dtype=np.float64)
+    lse = np.empty(rec.shape[:-1], dtype=np.float64)
+    ck.stats_logsumexp(rec, lse)
+    return lse.astype(dtype, copy=False)
