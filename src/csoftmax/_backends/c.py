@@ -97,6 +97,18 @@ def fast_entry(op, cls):
 
 
 # ---- helpers ----
+def _plain(a):
+    """a as a base-class ndarray (None stays None): the adapter computes on those."""
+    return a if a is None or type(a) is np.ndarray else a.view(np.ndarray)
+
+
+def _like_input(x, res):
+    """A result of x's shape as NumPy's elementwise ufuncs return it for x's class."""
+    if type(x) is np.ndarray or res is None:
+        return res
+    return x.__array_wrap__(res, None, False)
+
+
 def _takes(x, rdt) -> bool:
     """Whether the core can read x directly for result dtype rdt."""
     return x.dtype == rdt and x.dtype.isnative and x.flags.aligned
@@ -160,27 +172,31 @@ def _logsumexp(x, axes, keepdims, where, out, rdt):
 
 # ---- the families ----
 def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
+    px, pw, po = _plain(x), _plain(where), _plain(out)
     if op.kind is Kind.LOGSUMEXP:
-        return _logsumexp(x, axes, keepdims, where, out, dtype)
+        res = _logsumexp(px, axes, keepdims, pw, po, dtype)
+        return out if out is not None else res
     kind, reduce = int(op.kind), _bits(axes)
-    return _elementwise(
-        (x,), out, dtype, lambda xs, res: ck.run(kind, xs, out=res, mask=where, reduce=reduce, temperature=temperature)
+    res = _elementwise(
+        (px,), po, dtype, lambda xs, r: ck.run(kind, xs, out=r, mask=pw, reduce=reduce, temperature=temperature)
     )
+    return out if out is not None else _like_input(x, res)
 
 
 def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype):
-    kind, reduce = int(op.kind), _bits(axes)
-    return _elementwise(
-        (grad_output, output),
-        out,
+    kind, reduce, pw = int(op.kind), _bits(axes), _plain(where)
+    res = _elementwise(
+        (_plain(grad_output), _plain(output)),
+        _plain(out),
         dtype,
-        lambda gs, ys, res: ck.run(kind, gs, y=ys, out=res, mask=where, reduce=reduce, temperature=temperature),
+        lambda gs, ys, r: ck.run(kind, gs, y=ys, out=r, mask=pw, reduce=reduce, temperature=temperature),
     )
+    return out if out is not None else _like_input(grad_output, res)
 
 
 def jacobian(op, x, /, *, axis, temperature, dtype):
     """J from the core's softmax and log_softmax, filled in place (one n*n allocation)."""
-    xl = np.moveaxis(x, axis, -1)
+    xl = np.moveaxis(_plain(x), axis, -1)
     last = (xl.ndim - 1,)
     kw = dict(axes=last, temperature=temperature, keepdims=False, where=None, out=None, dtype=dtype)
     s = forward(BY_NAME["softmax"], xl, **kw)
@@ -203,8 +219,9 @@ def jacobian(op, x, /, *, axis, temperature, dtype):
 
 def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, label_smoothing, temperature, where,
                   grad_scale, want_grad, dtype):
-    xs = _ready(logits, dtype)
-    ps = None if probs is None else _ready(probs, dtype)
+    xs = _ready(_plain(logits), dtype)
+    ps = None if probs is None else _ready(_plain(probs), dtype)
+    labels, weight, where = _plain(labels), _plain(weight), _plain(where)
     kshape = tuple(1 if i == axis else s for i, s in enumerate(logits.shape))
     row = np.empty(kshape, dtype=np.float64)
     lab = None if labels is None else np.expand_dims(labels.astype(np.int64, copy=False), axis)
@@ -213,7 +230,7 @@ def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, l
     ck.run(int(op.kind), xs, y=ps, out=grad, mask=where, row=row, label=lab, reduce=1 << axis,
            temperature=temperature, weight=w, smoothing=label_smoothing, ignore_index=ignore_index,
            grad_scale=grad_scale)
-    return np.squeeze(row, axis=axis), grad
+    return np.squeeze(row, axis=axis), _like_input(logits, grad)
 
 
 # ---- statistics records: parts of rows computed apart, merged exactly ----
