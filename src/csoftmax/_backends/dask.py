@@ -119,10 +119,17 @@ def _letters(n):
 
 
 # ---- tasks (module-level: picklable for dask.distributed) ----
+# Each names the backend of its chunks' library: a task may run in a thread where the
+# caller's use_backend() is in force, or in another process.
+def _chunk_backend(b) -> str:
+    return "cuda" if type(b).__module__.startswith("cupy") else "c"
+
+
 def _block_forward(xb, wb=None, *, op_name, axes, temperature, keepdims, rdt):
     if op_name == "logsumexp":
-        return csoftmax.logsumexp(xb, axis=axes, keepdims=keepdims, where=wb, dtype=rdt)
-    return getattr(csoftmax, op_name)(xb, axis=axes, temperature=temperature, where=wb, dtype=rdt)
+        return csoftmax.logsumexp(xb, axis=axes, keepdims=keepdims, where=wb, dtype=rdt, backend=_chunk_backend(xb))
+    return getattr(csoftmax, op_name)(xb, axis=axes, temperature=temperature, where=wb, dtype=rdt,
+                                      backend=_chunk_backend(xb))
 
 
 def _records(rec):
@@ -160,12 +167,12 @@ def _block_finish(xb, sb, wb=None, *, op_name, axes, temperature, rdt):
 
 
 def _block_backward(gb, yb, wb=None, *, op_name, axes, temperature):
-    return getattr(csoftmax, op_name)(gb, yb, axis=axes, temperature=temperature, where=wb)
+    return getattr(csoftmax, op_name)(gb, yb, axis=axes, temperature=temperature, where=wb, backend=_chunk_backend(gb))
 
 
 def _block_jacobian(xb, *, op_name, axis, temperature, rdt):
     # the whole array's size was checked against max_bytes by the front end
-    J = getattr(csoftmax, op_name)(xb, axis=axis, temperature=temperature, max_bytes=2**62)
+    J = getattr(csoftmax, op_name)(xb, axis=axis, temperature=temperature, max_bytes=2**62, backend=_chunk_backend(xb))
     return J.astype(rdt, copy=False)
 
 
@@ -177,7 +184,7 @@ def _block_cross_entropy(xb, tb, wb, weight, scale, *, axis, is_labels, ignore_i
     gradient's scale (a float, or a 0-d chunk of the lazy 'mean' denominator's), applied in
     the kernel as the in-memory call applies it."""
     op = BY_NAME["softmax_cross_entropy"]
-    _, mod = csoftmax._registry.dispatch(xb, op.name)
+    _, mod = csoftmax._registry.dispatch(xb, op.name, _chunk_backend(xb))
     xp = mod.namespace(xb)
     if is_labels:
         _api._check_labels(xp, xb, tb, axis, xb.shape[axis], ignore_index, wb)

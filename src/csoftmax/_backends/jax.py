@@ -52,7 +52,7 @@ def deferred(a) -> bool:
 
 
 def from_numpy(a):
-    return jnp.asarray(a)
+    return jnp.asarray(a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("=")))
 
 
 def to_numpy(a):
@@ -217,13 +217,15 @@ def _forward_op_fwd(static, x, where):
 
 
 def _forward_op_bwd(static, res, g):
-    saved, where = res
+    # residuals and cotangents may come as NumPy arrays or JAX's literals (jax.test_util's do)
+    saved, where, g = (None if a is None else jnp.asarray(a) for a in (*res, g))
     op, axes, tau, keepdims, _, x_dtype = static
     if op.kind is Kind.LOGSUMEXP:
-        s = csoftmax.softmax(saved, axis=axes, where=where, dtype=g.dtype)
+        s = csoftmax.softmax(saved, axis=axes, where=where, dtype=g.dtype, backend="jax")
         dx = s * (g if keepdims else jnp.expand_dims(g, axes))
     else:
-        dx = getattr(csoftmax, f"{op.name}_backward")(g, saved, axis=axes, temperature=tau, where=where)
+        dx = getattr(csoftmax, f"{op.name}_backward")(g, saved, axis=axes, temperature=tau, where=where,
+                                                                backend="jax")
     return dx.astype(x_dtype), None
 
 
@@ -241,7 +243,7 @@ def _backward_op_fwd(static, g, y, where):
 
 
 def _backward_op_bwd(static, res, h):
-    g, y, where = res
+    g, y, where, h = (None if a is None else jnp.asarray(a) for a in (*res, h))
     op, axes, tau, _ = static
     dg, dy = getattr(R, f"{op.name}_vjp")(jnp, h, g.astype(h.dtype), y.astype(h.dtype), axes, tau, where)
     return dg.astype(g.dtype), dy.astype(y.dtype), None
@@ -265,13 +267,13 @@ def _cross_entropy_op_fwd(static, logits, probs, weight, labels, where):
 
 
 def _cross_entropy_op_bwd(static, res, cotangents):
-    grad, logits, probs, weight, labels, where = res
+    grad, logits, probs, weight, labels, where = (None if a is None else jnp.asarray(a) for a in res)
     _, axis, ignore_index, eps, tau, _ = static
-    g_row = cotangents[0]  # the returned gradient is a constant to autodiff
+    g_row = jnp.asarray(cotangents[0])  # the returned gradient is a constant to autodiff
     d_logits = (grad * jnp.expand_dims(g_row, axis).astype(grad.dtype)).astype(logits.dtype)
     d_probs = d_weight = None
     if probs is not None or weight is not None:
-        logp = csoftmax.log_softmax(logits, axis=axis, temperature=tau, where=where)
+        logp = csoftmax.log_softmax(logits, axis=axis, temperature=tau, where=where, backend="jax")
         d_probs, d_weight = R.cross_entropy_target_vjp(jnp, logp, axis, labels, ignore_index, probs, weight, eps,
                                                        where, g_row.astype(logp.dtype))
         d_probs = None if d_probs is None else d_probs.astype(probs.dtype)
@@ -299,8 +301,8 @@ def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype
 def jacobian(op, x, /, *, axis, temperature, dtype):
     if _traced(x):
         xl = jnp.moveaxis(x, axis, -1)
-        s = csoftmax.softmax(xl, axis=-1, temperature=temperature, dtype=dtype)
-        lp = csoftmax.log_softmax(xl, axis=-1, temperature=temperature, dtype=dtype)
+        s = csoftmax.softmax(xl, axis=-1, temperature=temperature, dtype=dtype, backend="jax")
+        lp = csoftmax.log_softmax(xl, axis=-1, temperature=temperature, dtype=dtype, backend="jax")
         return R.jacobian(jnp, s, lp, temperature, op.log)
     return _compute(x, "jacobian", op, x, axis=axis, temperature=temperature, dtype=dtype)
 

@@ -14,7 +14,9 @@ torch.autograd.Function whose backward is csoftmax's own:
   logsumexp              softmax(x) times the incoming gradient
   cross-entropy          the gradient of each row's loss, computed in the fused forward
                          pass and saved; for probability targets and class weights, the
-                         products of csoftmax._reference.cross_entropy_target_vjp
+                         products of csoftmax._reference.cross_entropy_target_vjp (first
+                         derivatives only: a second one raises torch's once_differentiable
+                         error)
   the backward passes    their own vector-Jacobian products in torch operations
                          (csoftmax._reference.*_backward_vjp), so that second derivatives
                          work too
@@ -227,10 +229,11 @@ class _Forward(torch.autograd.Function):
         saved, where = ctx.saved_tensors
         op, axes = ctx.op, ctx.axes
         if op.kind is Kind.LOGSUMEXP:
-            s = csoftmax.softmax(saved, axis=axes, where=where, dtype=g.dtype)
+            s = csoftmax.softmax(saved, axis=axes, where=where, dtype=g.dtype, backend="torch")
             dx = s * (g if ctx.keepdims else _unsqueeze_axes(g, axes))
         else:
-            dx = getattr(csoftmax, f"{op.name}_backward")(g, saved, axis=axes, temperature=ctx.tau, where=where)
+            dx = getattr(csoftmax, f"{op.name}_backward")(g, saved, axis=axes, temperature=ctx.tau, where=where,
+                                                                backend="torch")
         return dx.to(ctx.x_dtype), None, None, None, None, None, None
 
 
@@ -267,13 +270,14 @@ class _CrossEntropy(torch.autograd.Function):
         return row_loss, grad
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the saved gradient is first-order only
     def backward(ctx, g_row, _g_grad):
         grad, logits, probs, weight, labels, where = ctx.saved_tensors
         axis = ctx.axis
         d_logits = grad * g_row.unsqueeze(axis).to(grad.dtype) if ctx.needs_input_grad[0] else None
         d_probs = d_weight = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            logp = csoftmax.log_softmax(logits, axis=axis, temperature=ctx.tau, where=where)
+            logp = csoftmax.log_softmax(logits, axis=axis, temperature=ctx.tau, where=where, backend="torch")
             d_probs, d_weight = R.cross_entropy_target_vjp(namespace(logp), logp, axis, labels, ctx.ignore_index,
                                                            probs, weight, ctx.eps, where, g_row.to(logp.dtype))
             d_probs = None if d_probs is None or not ctx.needs_input_grad[1] else d_probs.to(probs.dtype)
@@ -303,8 +307,8 @@ def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype
 def jacobian(op, x, /, *, axis, temperature, dtype):
     if _grad_on(x):
         xl = torch.movedim(x, axis, -1)
-        s = csoftmax.softmax(xl, axis=-1, temperature=temperature, dtype=dtype)
-        lp = csoftmax.log_softmax(xl, axis=-1, temperature=temperature, dtype=dtype)
+        s = csoftmax.softmax(xl, axis=-1, temperature=temperature, dtype=dtype, backend="torch")
+        lp = csoftmax.log_softmax(xl, axis=-1, temperature=temperature, dtype=dtype, backend="torch")
         return R.jacobian(namespace(x), s, lp, temperature, op.log)
     return _compute(x, "jacobian", op, x, axis=axis, temperature=temperature, dtype=dtype)
 
