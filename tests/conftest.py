@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
@@ -128,10 +129,23 @@ def _backend_params():
     return params
 
 
+# The dtypes some backends run the dtype-parametrized tests in, and why (docs/design.md, "Tests").
+DTYPE_SUBSETS = {
+    "dask": (("float32", "float64"), "dask runs these in float32 and float64: float16 and integers take the same "
+             "plans and chunk kernels (tests/test_dask.py runs them through every plan), and each call costs a graph"),
+    "array-api-strict": (("float64",), "array-api-strict runs these in float64: they check that the reference code "
+                         "uses nothing outside the standard, whatever the dtype (tests/test_array_api.py: float32)"),
+}
+
+
 @pytest.fixture(params=_backend_params())
 def backend(request):
     """A backend name; for `c`, its instruction set is selected for the test's duration."""
     name, isa = request.param
+    callspec = getattr(request.node, "callspec", None)
+    dtype = callspec.params.get("dtype") if callspec is not None else None
+    if name in DTYPE_SUBSETS and dtype is not None and np.dtype(dtype).name not in DTYPE_SUBSETS[name][0]:
+        pytest.skip(DTYPE_SUBSETS[name][1])
     if isa is None:
         yield name
         return

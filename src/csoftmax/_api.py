@@ -285,8 +285,9 @@ def softmax_cross_entropy(
     late = _deferred(mod, labels, where, weight)
     denom = 1.0
     if labels is not None:
+        valid = labels != ignore_index
+        late = late or _deferred(mod, valid)  # inside a trace (jit) operations on concrete arrays are traced too
         if late:
-            valid = labels != ignore_index
             safe = xp.where(valid, labels, xp.zeros_like(labels))
         else:
             valid, safe = _check_labels(xp, x, labels, ax, n, ignore_index, where)

@@ -84,7 +84,7 @@ def from_numpy(a):
 
 
 def to_numpy(a):
-    return np.asarray(a.compute())
+    return np.asarray(a.compute(scheduler="synchronous"))
 
 
 # ---- helpers ----
