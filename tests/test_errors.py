@@ -51,7 +51,7 @@ CASES = [
     ("out-list", lambda x, a: csoftmax.softmax(x, out=[0.0] * 12), TypeError, "out"),
     ("lse-out-shape", lambda x, a: csoftmax.logsumexp(x, axis=0, out=a(np.empty(3))), ValueError, "out"),
     ("backend-unknown", lambda x, a: csoftmax.softmax(x, backend="nope"), ValueError, "backend"),
-    ("bwd-shapes", lambda x, a: csoftmax.softmax_backward(x, x[:2]), ValueError, "shape"),
+    ("bwd-shapes", lambda x, a: csoftmax.softmax_backward(x, x[:2, :]), ValueError, "shape"),
     ("bwd-tau", lambda x, a: csoftmax.log_softmax_backward(x, x, temperature=0), ValueError, "temperature"),
     ("bwd-out", lambda x, a: csoftmax.softmax_backward(x, x, out=a(np.empty(3))), ValueError, "out"),
     ("bwd-out-dtype", lambda x, a: csoftmax.log_softmax_backward(x, x, out=a(np.empty((3, 4), np.float32))), ValueError,
