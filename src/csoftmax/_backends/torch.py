@@ -12,8 +12,9 @@ torch.autograd.Function whose backward is csoftmax's own:
   softmax, log_softmax   the fused backward passes (softmax_backward,
                          log_softmax_backward) on the saved output
   logsumexp              softmax(x) times the incoming gradient
-  cross-entropy          the gradient of each row's loss, computed in the fused forward
-                         pass and saved; for probability targets and class weights, the
+  cross-entropy          the gradient, computed in the fused forward pass and saved
+                         (for loss.backward() of 'mean' or 'sum' it is returned as it
+                         stands); for probability targets and class weights, the
                          products of csoftmax._reference.cross_entropy_target_vjp (first
                          derivatives only: a second one raises torch's once_differentiable
                          error)
@@ -256,16 +257,19 @@ class _Backward(torch.autograd.Function):
 
 
 class _CrossEntropy(torch.autograd.Function):
-    """Per-row losses and their gradient in one fused pass; the gradient is saved and is
-    the backward (the second output, that gradient itself, is not differentiable)."""
+    """Per-row losses and their gradient in one fused pass, the gradient scaled by the
+    reduction's grad_scale (as return_grad gives it); it is saved and is the backward (the
+    second output, that gradient itself, is not differentiable). 'mean' and 'sum' give
+    every row the same incoming gradient, grad_scale times the loss's: for loss.backward()
+    the saved gradient is the answer as it stands, with no pass over it."""
 
     @staticmethod
-    def forward(ctx, logits, probs, weight, labels, where, op, axis, ignore_index, eps, tau, dtype):
+    def forward(ctx, logits, probs, weight, labels, where, op, axis, ignore_index, eps, tau, grad_scale, dtype):
         row_loss, grad = _compute(logits, "cross_entropy", op, logits, axis=axis, labels=labels, probs=probs,
                                   weight=weight, ignore_index=ignore_index, label_smoothing=eps, temperature=tau,
-                                  where=where, grad_scale=1.0, want_grad=True, dtype=dtype)
+                                  where=where, grad_scale=grad_scale, want_grad=True, dtype=dtype)
         ctx.mark_non_differentiable(grad)
-        ctx.axis, ctx.ignore_index, ctx.eps, ctx.tau = axis, ignore_index, eps, tau
+        ctx.axis, ctx.ignore_index, ctx.eps, ctx.tau, ctx.grad_scale = axis, ignore_index, eps, tau, grad_scale
         ctx.save_for_backward(grad, logits, probs, weight, labels, where)
         return row_loss, grad
 
@@ -273,16 +277,23 @@ class _CrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable  # the saved gradient is first-order only
     def backward(ctx, g_row, _g_grad):
         grad, logits, probs, weight, labels, where = ctx.saved_tensors
-        axis = ctx.axis
-        d_logits = grad * g_row.unsqueeze(axis).to(grad.dtype) if ctx.needs_input_grad[0] else None
-        d_probs = d_weight = None
+        axis, scale = ctx.axis, ctx.grad_scale
+        d_logits = d_probs = d_weight = None
+        if ctx.needs_input_grad[0]:
+            if scale == 0.0:  # every target ignored: the gradient is 0
+                d_logits = grad
+            elif g_row.numel() and all(st == 0 for st in g_row.stride()):  # one value for every row
+                factor = g_row.reshape(-1)[0].item() / scale
+                d_logits = grad if factor == 1.0 else grad * factor
+            else:
+                d_logits = grad * (g_row.unsqueeze(axis) / scale).to(grad.dtype)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             logp = csoftmax.log_softmax(logits, axis=axis, temperature=ctx.tau, where=where, backend="torch")
             d_probs, d_weight = R.cross_entropy_target_vjp(namespace(logp), logp, axis, labels, ctx.ignore_index,
                                                            probs, weight, ctx.eps, where, g_row.to(logp.dtype))
             d_probs = None if d_probs is None or not ctx.needs_input_grad[1] else d_probs.to(probs.dtype)
             d_weight = None if d_weight is None or not ctx.needs_input_grad[2] else d_weight.to(weight.dtype)
-        return (d_logits, d_probs, d_weight) + (None,) * 8
+        return (d_logits, d_probs, d_weight) + (None,) * 9
 
 
 # ---- the families ----
@@ -317,8 +328,8 @@ def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, l
                   grad_scale, want_grad, dtype):
     if _grad_on(logits, probs, weight):
         row_loss, grad = _CrossEntropy.apply(logits, probs, weight, labels, where, op, axis, ignore_index,
-                                             label_smoothing, temperature, dtype)
-        return row_loss, (grad * grad_scale if want_grad else None)
+                                             label_smoothing, temperature, grad_scale, dtype)
+        return row_loss, (grad if want_grad else None)
     return _compute(logits, "cross_entropy", op, logits, axis=axis, labels=labels, probs=probs, weight=weight,
                     ignore_index=ignore_index, label_smoothing=label_smoothing, temperature=temperature, where=where,
                     grad_scale=grad_scale, want_grad=want_grad, dtype=dtype)
