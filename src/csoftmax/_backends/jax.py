@@ -82,6 +82,8 @@ def _down(a):
         return a
     if _on_cpu(a):
         return np.asarray(a)
+    if a.device.platform != "gpu":
+        raise TypeError(f"csoftmax takes JAX arrays on the CPU and on CUDA GPUs, not on {a.device.platform}")
     try:
         import cupy
     except ImportError:

@@ -158,6 +158,8 @@ def _down(t):
     t = t.detach()
     if t.is_cpu:
         return t.numpy()
+    if not t.is_cuda:
+        raise TypeError(f"csoftmax takes CPU and CUDA tensors, not tensors on {t.device.type}")
     import cupy
 
     return cupy.from_dlpack(t)
