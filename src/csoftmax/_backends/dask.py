@@ -27,6 +27,7 @@ array-API names dask.array lacks (astype, isdtype).
 from __future__ import annotations
 
 import operator
+from functools import partial
 
 import dask.array as da
 import numpy as np
@@ -178,11 +179,11 @@ def _block_jacobian(xb, *, op_name, axis, temperature, rdt):
 
 def _block_cross_entropy(xb, tb, wb, weight, scale, *, axis, is_labels, ignore_index, eps, temperature, want_grad,
                          rdt):
-    """(per-row losses in float64, the gradient of each row's loss or None) of one chunk of
-    whole rows, from the backend of the chunk's library; label values checked here. One
-    task gives both: the two arrays of cross_entropy pick them from its result. scale: the
-    gradient's scale (a float, or a 0-d chunk of the lazy 'mean' denominator's), applied in
-    the kernel as the in-memory call applies it."""
+    """(per-row losses in float64, the gradient or None) of one chunk of whole rows, from
+    the backend of the chunk's library; label values checked here. One task gives both:
+    the two arrays of cross_entropy pick them from its result. scale: the gradient's scale
+    (a float, or the 0-d chunk of the lazy 'mean' denominator's inverse), applied in the
+    kernel as the in-memory call applies it."""
     op = BY_NAME["softmax_cross_entropy"]
     _, mod = csoftmax._registry.dispatch(xb, op.name, _chunk_backend(xb))
     xp = mod.namespace(xb)
@@ -200,29 +201,18 @@ def _block_cross_entropy(xb, tb, wb, weight, scale, *, axis, is_labels, ignore_i
 def _stats(x, axes, temperature, where):
     """The merged statistics records of x's slices over axes: a Dask array of STATS of
     x's shape with the axes kept as size 1 (one chunk along them)."""
-    return da.reduction(x, _pass(_stats_chunk, temperature=temperature), _pass(_stats_combine, temperature=temperature),
-                        axis=axes, keepdims=True, dtype=STATS, combine=_pass(_stats_combine, temperature=temperature),
-                        concatenate=False, meta=np.empty((0,) * x.ndim, dtype=STATS), weights=where,
-                        name="csoftmax-stats")
-
-
-class _pass:
-    """fn with keyword arguments bound (functools.partial, with a readable dask key name)."""
-
-    def __init__(self, fn, **kw):
-        self.fn, self.kw = fn, kw
-        self.__name__ = fn.__name__.strip("_")
-
-    def __call__(self, *args, **kw):
-        return self.fn(*args, **kw, **self.kw)
+    merge = partial(_stats_combine, temperature=temperature)
+    return da.reduction(x, partial(_stats_chunk, temperature=temperature), merge, axis=axes, keepdims=True,
+                        dtype=STATS, combine=merge, concatenate=False, meta=np.empty((0,) * x.ndim, dtype=STATS),
+                        weights=where, name="csoftmax-stats")
 
 
 def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
     where = _mask_like(where, x)
     gpu = _on_gpu(x)
     if op.kind is Kind.LOGSUMEXP and axes and not gpu:
-        res = da.reduction(x, _pass(_stats_chunk, temperature=1.0), _pass(_lse_aggregate, rdt=dtype), axis=axes,
-                           keepdims=keepdims, dtype=dtype, combine=_pass(_stats_combine, temperature=1.0),
+        res = da.reduction(x, partial(_stats_chunk, temperature=1.0), partial(_lse_aggregate, rdt=dtype), axis=axes,
+                           keepdims=keepdims, dtype=dtype, combine=partial(_stats_combine, temperature=1.0),
                            concatenate=False, meta=np.empty((0,) * (x.ndim if keepdims else x.ndim - len(axes)),
                                                             dtype=dtype),
                            weights=where, name="csoftmax-logsumexp")
