@@ -19,6 +19,7 @@ from . import _registry
 from ._ops import BY_NAME, Op
 
 _FAST_MISS = None  # what a fast entry returns to decline a call
+_MAX_NDIM = 64  # NumPy's (and the C core's) limit on an array's dimensions
 
 
 def _prepare(op: Op, x: Any, backend: str | None, argname: str = "x") -> tuple[Any, Any, Any]:
@@ -96,13 +97,14 @@ def _backward(op: Op, grad_output, output, axis, temperature, where, out, backen
             if r is not _FAST_MISS:
                 return r
     g, mod, xp = _prepare(op, grad_output, backend, "grad_output")
-    y = C.same_kind_array(g, output, "output")
+    y = C.same_kind_array(g, output, "output", "grad_output")
+    rdt = xp.result_type(C.result_dtype(xp, g.dtype, argname="grad_output", complex_hint=False),
+                         C.result_dtype(xp, y.dtype, argname="output", complex_hint=False))
     if tuple(g.shape) != tuple(y.shape):
         raise ValueError(f"grad_output has shape {tuple(g.shape)} but output has shape {tuple(y.shape)}")
     tau = C.check_temperature(temperature)
     axes = C.normalize_axes(axis, g.ndim)
-    rdt = xp.result_type(C.result_dtype(xp, g.dtype), C.result_dtype(xp, y.dtype))
-    where = C.check_where(g, xp, where, g.shape)
+    where = C.check_where(g, xp, where, g.shape, "grad_output")
     out = C.check_out(g, mod, out, g.shape, rdt)
     return mod.backward(op, g, y, axes=axes, temperature=tau, where=where, out=out, dtype=rdt)
 
@@ -127,9 +129,11 @@ def _jacobian(op: Op, x, axis, temperature, max_bytes, backend):
     x, mod, xp = _prepare(op, x, backend)
     if x.ndim == 0:
         raise ValueError(f"{op.name} needs an array with at least one dimension")
+    if x.ndim >= _MAX_NDIM:
+        raise ValueError(f"x has {x.ndim} dimensions: its {op.name} would have {x.ndim + 1}, over {_MAX_NDIM}")
     ax = C.single_axis(axis, x.ndim)
     tau = C.check_temperature(temperature)
-    rdt = C.result_dtype(xp, x.dtype)
+    rdt = C.result_dtype(xp, x.dtype, complex_hint=False)
     max_bytes = C.check_int("max_bytes", max_bytes)
     n = x.shape[ax]
     shape = tuple(s for i, s in enumerate(x.shape) if i != ax) + (n, n)
@@ -203,12 +207,16 @@ def _mean_denominator(xp, valid, safe, weight) -> float:
 
 
 def _reduce(xp, row_loss, reduction, denom, rdt):
-    if reduction == "none":
-        return xp.astype(row_loss, rdt)
-    total = xp.sum(row_loss)
-    if reduction == "mean":
-        total = total / denom if denom != 0.0 else math.nan
-    return xp.astype(xp.asarray(total, dtype=xp.float64), rdt)
+    """The loss from the rows' losses (float64), rounded once to the result dtype: a loss
+    beyond its range is +-inf, an infinite class weight may give NaN -- values, not
+    warnings."""
+    with C.quiet(xp):
+        if reduction == "none":
+            return xp.astype(row_loss, rdt)
+        total = xp.sum(row_loss)
+        if reduction == "mean":
+            total = total / denom if denom != 0.0 else math.nan
+        return xp.astype(xp.asarray(total, dtype=xp.float64), rdt)
 
 
 def softmax_cross_entropy(
@@ -248,7 +256,7 @@ def softmax_cross_entropy(
     Returns the loss (a 0-d array for 'mean' and 'sum'), or (loss, grad).
     """
     op = BY_NAME["softmax_cross_entropy"]
-    x, mod, xp = _prepare(op, logits, backend)
+    x, mod, xp = _prepare(op, logits, backend, "logits")
     if x.ndim == 0:
         raise ValueError("logits must have at least one dimension (the class axis)")
     ax = C.single_axis(axis, x.ndim)
@@ -256,14 +264,16 @@ def softmax_cross_entropy(
     if n == 0:
         raise ValueError("logits has no classes along axis")
     tau = C.check_temperature(temperature)
-    rdt = C.result_dtype(xp, x.dtype)
-    where = C.check_where(x, xp, where, x.shape)
+    rdt = C.result_dtype(xp, x.dtype, argname="logits", complex_hint=False)
+    where = C.check_where(x, xp, where, x.shape, "logits")
     if not isinstance(reduction, str) or reduction not in C.REDUCTIONS:
         raise ValueError(f"reduction must be one of {C.REDUCTIONS}, got {reduction!r}")
     eps = C.check_real("label_smoothing", label_smoothing)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {eps}")
     ignore_index = C.check_int("ignore_index", ignore_index)
+    if not -(2**63) <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index must fit in int64 (class indices do), got {ignore_index}")
     want_grad = C.check_bool("return_grad", return_grad)
     labels, probs = C.xent_targets(x, xp, labels, ax, ignore_index)
     weight = C.xent_weight(x, xp, weight, n)

@@ -8,6 +8,7 @@ sorted tuple of non-negative ints, dtypes as the array library spells them.
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
 import operator
 from typing import Any
@@ -20,6 +21,12 @@ AxisError = np.exceptions.AxisError
 
 FLOATS = ("float16", "float32", "float64")
 REDUCTIONS = ("mean", "sum", "none")
+
+
+def quiet(xp: Any) -> Any:
+    """Where NumPy computes a value that is meant to be inf or NaN (a cast beyond a dtype's
+    range, inf / inf), no warning: NumPy's errstate for NumPy, nothing for the rest."""
+    return np.errstate(all="ignore") if xp is np else contextlib.nullcontext()
 
 
 # ---- arrays ------------------------------------------------------------------------------
@@ -42,8 +49,6 @@ def as_array(x: Any, argname: str = "x") -> Any:
     for name in _registry.backends():
         if _registry.backend_record(name).accepts(x):
             return x
-    if hasattr(x, "__array_namespace__") or (hasattr(x, "shape") and hasattr(x, "dtype")):
-        return x
     raise TypeError(f"{argname} must be an array, got {type_name(x)}")
 
 
@@ -57,12 +62,12 @@ def same_library(ref: Any, a: Any) -> bool:
     return type(a) is type(ref)
 
 
-def same_kind_array(ref: Any, a: Any, argname: str) -> Any:
+def same_kind_array(ref: Any, a: Any, argname: str, refname: str = "x") -> Any:
     """a as an array of ref's library (lists and scalars accepted)."""
     a = as_array(a, argname)
     if not same_library(ref, a):
         raise TypeError(
-            f"{argname} must be an array of the same library as x ({type_name(ref)}), got {type_name(a)}"
+            f"{argname} must be an array of the same library as {refname} ({type_name(ref)}), got {type_name(a)}"
         )
     return a
 
@@ -109,9 +114,15 @@ def _spells_numpy(xp: Any) -> bool:
 
 
 def normalize_dtype(xp: Any, dtype: Any) -> Any:
-    """A float dtype of namespace xp from what the caller passed (dtype, name, type)."""
+    """A float dtype of namespace xp from what the caller passed: a dtype, a type, or a
+    string NumPy reads as a dtype ('float32', 'f4', 'd', '<f8', 'float', 'e', ...) for any
+    namespace. The result is in native byte order."""
     if isinstance(dtype, str):
-        dt = getattr(xp, dtype, None)
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            raise TypeError(f"dtype must be a float dtype (float16, float32 or float64), got {dtype!r}") from None
+        dt = getattr(xp, name, None) if name in FLOATS else None
         if dt is None:
             raise TypeError(f"dtype must be a float dtype (float16, float32 or float64), got {dtype!r}")
         if _spells_numpy(xp):
@@ -125,12 +136,15 @@ def normalize_dtype(xp: Any, dtype: Any) -> Any:
         dt = dtype
     if category(xp, dt) != "float" or dtype_name(dt) not in FLOATS:
         raise TypeError(f"dtype must be a float dtype (float16, float32 or float64), got {dtype_name(dt)}")
+    if not getattr(dt, "isnative", True):
+        dt = dt.newbyteorder("=")
     return dt
 
 
-def result_dtype(xp: Any, in_dtype: Any, dtype: Any = None) -> Any:
+def result_dtype(xp: Any, in_dtype: Any, dtype: Any = None, argname: str = "x", complex_hint: bool = True) -> Any:
     """The dtype of the result: dtype= if given (a float dtype); else the input's for
-    float16/32/64, float64 for integer and bool input. Complex: TypeError."""
+    float16/32/64, float64 for integer and bool input. Complex: TypeError (pointing to
+    csoftmax.special where complex_hint: for the forward ops, which scipy's take complex)."""
     if dtype is not None:
         return normalize_dtype(xp, dtype)
     cat = category(xp, in_dtype)
@@ -144,10 +158,9 @@ def result_dtype(xp: Any, in_dtype: Any, dtype: Any = None) -> Any:
         dt = xp.float64
         return np.dtype(dt) if _spells_numpy(xp) else dt
     if cat == "complex":
-        raise TypeError(
-            "complex input is not supported here; csoftmax.special.logsumexp takes complex input as scipy does"
-        )
-    raise TypeError(f"x must have a real numeric dtype, got {dtype_name(in_dtype)}")
+        hint = "; csoftmax.special takes complex input as scipy does" if complex_hint else ""
+        raise TypeError(f"{argname} is complex, which is not supported here{hint}")
+    raise TypeError(f"{argname} must have a real numeric dtype, got {dtype_name(in_dtype)}")
 
 
 # ---- scalar arguments ----------------------------------------------------------------------
@@ -208,12 +221,10 @@ def normalize_axes(axis: Any, ndim: int, argname: str = "axis") -> tuple[int, ..
         lim = max(ndim, 1)  # a 0-d array takes axis 0 or -1
         if not -lim <= a < lim:
             raise AxisError(a, ndim, argname)
-        out.append(a % lim if ndim else None)
-    if ndim == 0:
-        return ()
+        out.append(a % lim)
     if len(set(out)) != len(out):
         raise ValueError(f"repeated axis in {argname}: {axis}")
-    return tuple(sorted(out))
+    return tuple(sorted(out)) if ndim else ()
 
 
 def single_axis(axis: Any, ndim: int, argname: str = "axis") -> int:
@@ -235,10 +246,10 @@ def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
     return all(s == 1 or s == t for s, t in zip(reversed(shape), reversed(target)))
 
 
-def check_where(x: Any, xp: Any, where: Any, shape: tuple[int, ...]) -> Any:
+def check_where(x: Any, xp: Any, where: Any, shape: tuple[int, ...], refname: str = "x") -> Any:
     if where is None:
         return None
-    where = same_kind_array(x, where, "where")
+    where = same_kind_array(x, where, "where", refname)
     if category(xp, where.dtype) != "bool":
         raise TypeError(f"where must be a boolean array, got dtype {dtype_name(where.dtype)}")
     if not _broadcasts_to(tuple(where.shape), tuple(shape)):
@@ -253,7 +264,8 @@ def check_out(x: Any, mod: Any, out: Any, shape: tuple[int, ...], rdt: Any, argn
         raise TypeError(f"{argname} must be an array of the input's library ({type_name(x)}), got {type_name(out)}")
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"{argname} has shape {tuple(out.shape)}, expected {tuple(shape)}")
-    if out.dtype != rdt:
+    native = out.dtype.newbyteorder("=") if isinstance(out.dtype, np.dtype) else out.dtype
+    if native != rdt:  # any byte order, as NumPy's ufuncs take it
         raise ValueError(f"{argname} has dtype {dtype_name(out.dtype)}, expected {dtype_name(rdt)}")
     if not mod.writable(out):
         raise ValueError(f"{argname} is read-only")
@@ -263,7 +275,7 @@ def check_out(x: Any, mod: Any, out: Any, shape: tuple[int, ...], rdt: Any, argn
 # ---- cross-entropy's targets ---------------------------------------------------------------
 def xent_targets(x: Any, xp: Any, labels: Any, ax: int, ignore_index: int) -> tuple[Any, Any]:
     """(index labels, probability targets): exactly one is an array, the other None."""
-    labels = same_kind_array(x, labels, "labels")
+    labels = same_kind_array(x, labels, "labels", "logits")
     row_shape = tuple(s for i, s in enumerate(x.shape) if i != ax)
     cat = category(xp, labels.dtype)
     if cat == "int":
@@ -289,7 +301,7 @@ def xent_weight(x: Any, xp: Any, weight: Any, n: int) -> Any:
     """The class weights as float64, or None."""
     if weight is None:
         return None
-    weight = same_kind_array(x, weight, "weight")
+    weight = same_kind_array(x, weight, "weight", "logits")
     if category(xp, weight.dtype) not in ("float", "int"):
         raise TypeError(f"weight must be real numbers, got dtype {dtype_name(weight.dtype)}")
     if tuple(weight.shape) != (n,):

@@ -68,8 +68,31 @@ def accurate_sum(xp, v, axes):
     """Sum over axes (keepdims) to about double-double accuracy, whatever order the
     namespace's own sum would use: pairwise, with every addition's rounding error
     (two_sum) carried along and added at the end. log2(n) whole-array steps."""
+    return accurate_sum_pair(xp, v, axes)[0]
+
+
+def accurate_sum_pair(xp, v, axes):
+    """accurate_sum as the pair (hi, lo): hi the sum rounded, lo what it left out (for a
+    difference g - sum that cancels). Where the running sums of finite terms overflow
+    although the sum need not (terms near the largest double, of both signs), the terms
+    are summed again scaled down by a power of two, and scaled back."""
+    hi, lo = _pairwise_sum(xp, v, axes)
+    if not axes or bool(xp.all(xp.isfinite(hi))):
+        return hi, lo
+    n = 1
+    for a in axes:
+        n *= v.shape[a]
+    k = max(1, (n - 1).bit_length() + 1)
+    shi, slo = _pairwise_sum(xp, v * 2.0**-k, axes)
+    finite_terms = xp.all(xp.isfinite(v), axis=axes, keepdims=True)
+    redo = finite_terms & ~xp.isfinite(hi)
+    up = shi * 2.0**k
+    return xp.where(redo, up, hi), xp.where(redo & xp.isfinite(up), slo * 2.0**k, lo)
+
+
+def _pairwise_sum(xp, v, axes):
     if not axes:
-        return v
+        return v, xp.zeros_like(v)
     nd = v.ndim
     rest = [a for a in range(nd) if a not in axes]
     moved = xp.permute_dims(v, tuple(rest) + tuple(axes))
@@ -88,11 +111,14 @@ def accurate_sum(xp, v, axes):
         bb = s - a
         err = (a - (s - bb)) + (b - bb)
         hi, lo = s, lo[..., 0::2] + lo[..., 1::2] + _finite_or_zero(xp, err)
-    total = hi + lo if n else xp.zeros(tuple(lead) + (1,), dtype=v.dtype)
-    total = xp.reshape(total, tuple(lead))
+    if not n:
+        hi = lo = xp.zeros(tuple(lead) + (1,), dtype=v.dtype)
+    total = hi + lo
+    rest = _finite_or_zero(xp, (hi - total) + lo)
+    total, rest = xp.reshape(total, tuple(lead)), xp.reshape(rest, tuple(lead))
     for a in sorted(axes):  # back to keepdims
-        total = xp.expand_dims(total, axis=a)
-    return total
+        total, rest = xp.expand_dims(total, axis=a), xp.expand_dims(rest, axis=a)
+    return total, rest
 
 
 def _finite_or_zero(xp, v):
@@ -201,14 +227,21 @@ def logsumexp(xp, x, axes, mask, keepdims):
 def softmax_backward(xp, g, y, axes, tau, mask):
     mask = _bcast_mask(xp, mask, g.shape)
     gm, ym = _masked_fill(xp, g, mask, 0.0), _masked_fill(xp, y, mask, 0.0)
-    dot = accurate_sum(xp, gm * ym, axes)
-    return _masked_fill(xp, y * (g - dot) * (1.0 / tau), mask, 0.0)
+    dot, dot_lo = accurate_sum_pair(xp, gm * ym, axes)
+    d = (g - dot) - dot_lo
+    # g - sum may overflow where y (g - sum) does not: there, in halves
+    halves = (y * ((g * 0.5 - dot * 0.5) - dot_lo * 0.5)) / tau * 2.0
+    v = xp.where(xp.isfinite(d) | ~(xp.isfinite(g) & xp.isfinite(dot)), y * d / tau, halves)
+    return _masked_fill(xp, v, mask, 0.0)
 
 
 def log_softmax_backward(xp, g, y, axes, tau, mask):
     mask = _bcast_mask(xp, mask, g.shape)
-    total = accurate_sum(xp, _masked_fill(xp, g, mask, 0.0), axes)
-    return _masked_fill(xp, (g - xp.exp(y) * total) * (1.0 / tau), mask, 0.0)
+    total, total_lo = accurate_sum_pair(xp, _masked_fill(xp, g, mask, 0.0), axes)
+    e = xp.exp(y)
+    # an infinite sum: exp(y) * sum is that infinity for every finite y, underflow or not
+    et = xp.where(xp.isinf(total) & (y > -math.inf), total, e * total)
+    return _masked_fill(xp, ((g - et) - e * total_lo) / tau, mask, 0.0)
 
 
 def one_minus_softmax(xp, logp):
@@ -225,14 +258,13 @@ def jacobian(xp, s, logp, tau, log):
     n = s.shape[-1]
     eye = xp.eye(n, dtype=xp.bool)
     om = one_minus_softmax(xp, logp)
-    inv = 1.0 / tau
     if log:
         off = -xp.broadcast_to(s[..., None, :], s.shape + (n,))
         diag = om[..., :, None]
     else:
         off = -(s[..., :, None] * s[..., None, :])
         diag = (s * om)[..., :, None]
-    return xp.where(eye, diag, off) * inv
+    return xp.where(eye, diag, off) / tau  # a division: every tau, 1/tau representable or not
 
 
 def cross_entropy_rows(xp, x, axis, labels, probs, weight, ignore_index, eps, tau, mask, grad_scale, want_grad):
@@ -277,7 +309,7 @@ def cross_entropy_rows(xp, x, axis, labels, probs, weight, ignore_index, eps, ta
     if not want_grad:
         return loss, None
     p = softmax(xp, x, axes, tau, mask)
-    grad = (p * A - B) * (grad_scale / tau)
+    grad = (p * A - B) * grad_scale / tau
     grad = xp.where(live, grad, zero)
     if valid is not None:
         grad = xp.where(xp.expand_dims(valid, axis=axis), grad, zero)

@@ -111,6 +111,8 @@ def backends() -> tuple[str, ...]:
 
 
 def backend_record(name: str) -> Backend:
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a registered backend's name (a str), got {type(name).__name__}")
     try:
         return _backends[name]
     except KeyError:

@@ -43,5 +43,10 @@ register_backend(Backend("c", _is_numpy, _load("c"), available=_c_available,
                          description="NumPy arrays on the compiled C core"))
 register_backend(Backend("cuda", _is_cupy, _load("cuda"), available=_cuda_available,
                          description="CuPy arrays on CUDA kernels (CuPy RawModule)"))
-register_backend(Backend("reference", lambda x: True, _load("reference"),
+def _is_array(x) -> bool:
+    """Anything array-like: an array-API namespace, or a shape and a dtype."""
+    return hasattr(x, "__array_namespace__") or (hasattr(x, "shape") and hasattr(x, "dtype"))
+
+
+register_backend(Backend("reference", _is_array, _load("reference"),
                          description="any array-API array, in plain array-API code"))

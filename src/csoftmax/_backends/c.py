@@ -6,7 +6,8 @@ or float64 in native byte order and aligned, any strides. Anything else (integer
 byte-swapped or misaligned data) is first cast into the output array, which the core then
 computes in place, so the output stays the only allocation; logsumexp, whose output is
 smaller than its input, casts into a temporary instead. An `out=` that overlaps the input
-without being the same array is computed into a fresh array and copied. Plain calls on
+without being the same array, or that is misaligned, byte-swapped or overlaps itself (an
+as_strided view), is computed into a fresh array and copied into. Plain calls on
 NumPy arrays reach the core through its fast entry (fast_entry) without this module.
 
 Besides the protocol, the statistics-record interface for callers that cut the softmax
@@ -103,7 +104,10 @@ def _takes(x, rdt) -> bool:
 
 
 def _ready(a, rdt):
-    return a if _takes(a, rdt) else a.astype(rdt)
+    if _takes(a, rdt):
+        return a
+    with np.errstate(all="ignore"):  # a cast may round to +-inf: the input as the dtype holds it
+        return a.astype(rdt)
 
 
 def _same_memory(a, b) -> bool:
@@ -123,9 +127,12 @@ def _elementwise(inputs, out, rdt, call):
     call(xs..., res) runs the core on arrays it can take."""
     if out is not None and (
         not out.flags.aligned
+        or not out.dtype.isnative
+        or ck.self_overlaps(out)
         or (not any(_same_memory(out, a) for a in inputs) and any(np.may_share_memory(out, a) for a in inputs))
     ):
-        # out is misaligned, or overlaps an input without being it: compute aside, then copy
+        # out is misaligned, byte-swapped, overlaps itself, or overlaps an input without
+        # being it: compute aside, then copy
         np.copyto(out, _elementwise(inputs, None, rdt, call))
         return out
     res = out if out is not None else np.empty_like(inputs[0], dtype=rdt)
@@ -134,10 +141,11 @@ def _elementwise(inputs, out, rdt, call):
         if _takes(a, rdt):
             ready.append(a)
         elif len(inputs) == 1:
-            np.copyto(res, a, casting="unsafe")  # cast into the output, compute in place
+            with np.errstate(all="ignore"):  # the cast may round to +-inf, as the dtype holds it
+                np.copyto(res, a, casting="unsafe")  # cast into the output, compute in place
             ready.append(res)
         else:
-            ready.append(a.astype(rdt))
+            ready.append(_ready(a, rdt))
     call(*ready, res)
     return res
 
@@ -145,7 +153,8 @@ def _elementwise(inputs, out, rdt, call):
 def _logsumexp(x, axes, keepdims, where, out, rdt):
     kshape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
     xs = _ready(x, rdt)
-    if out is None or not out.flags.aligned or np.may_share_memory(out, x):
+    if out is None or not out.flags.aligned or not out.dtype.isnative or ck.self_overlaps(out) \
+            or np.may_share_memory(out, x):
         row = np.empty(kshape, dtype=rdt)
         result = row if keepdims else row.reshape(tuple(s for i, s in enumerate(x.shape) if i not in axes))
     else:
@@ -178,27 +187,36 @@ def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype
     )
 
 
+_JACOBIAN_BLOCK = 1 << 20  # float64 entries of J computed at a time
+
+
 def jacobian(op, x, /, *, axis, temperature, dtype):
-    """J from the core's softmax and log_softmax, filled in place (one n*n allocation)."""
+    """J from the core's softmax and log_softmax in float64 (exact for float16 and float32
+    input), formed and divided by tau in float64 a block of rows at a time and rounded once
+    into the result (a division, so that every tau gives the formula's value)."""
     xl = np.moveaxis(x, axis, -1)
-    last = (xl.ndim - 1,)
-    kw = dict(axes=last, temperature=temperature, keepdims=False, where=None, out=None, dtype=dtype)
-    s = forward(BY_NAME["softmax"], xl, **kw)
-    lp = forward(BY_NAME["log_softmax"], xl, **kw)
     n = xl.shape[-1]
-    J = np.empty(xl.shape + (n,), dtype=dtype)
-    om = -np.expm1(lp)  # 1 - s, exact also where s is close to 1
-    if op.log:
-        J[...] = -s[..., None, :]
-        diag = om
-    else:
-        np.multiply(s[..., :, None], s[..., None, :], out=J)
-        np.negative(J, out=J)
-        diag = s * om
-    J.reshape(J.shape[:-2] + (n * n,))[..., :: n + 1] = diag
-    if temperature != 1.0:
-        np.divide(J, temperature, out=J)
-    return J
+    kw = dict(axes=(xl.ndim - 1,), temperature=temperature, keepdims=False, where=None, out=None,
+              dtype=np.dtype(np.float64))
+    s = forward(BY_NAME["softmax"], xl, **kw).reshape(-1, n)
+    lp = forward(BY_NAME["log_softmax"], xl, **kw).reshape(-1, n)
+    J = np.empty((s.shape[0], n, n), dtype=dtype)
+    rows = max(1, _JACOBIAN_BLOCK // (n * n))
+    with np.errstate(all="ignore"):  # a result beyond the dtype's range rounds to +-inf, as it should
+        for r0 in range(0, s.shape[0], rows):
+            sb, om = s[r0 : r0 + rows], -np.expm1(lp[r0 : r0 + rows])  # 1 - s, exact also where s ~ 1
+            if op.log:
+                Jb = np.repeat(-sb[:, None, :], n, axis=1)
+                diag = om
+            else:
+                Jb = sb[:, :, None] * sb[:, None, :]
+                np.negative(Jb, out=Jb)
+                diag = sb * om
+            Jb.reshape(Jb.shape[0], n * n)[:, :: n + 1] = diag
+            if temperature != 1.0:
+                np.divide(Jb, temperature, out=Jb)
+            J[r0 : r0 + rows] = Jb
+    return J.reshape(xl.shape + (n,))
 
 
 def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, label_smoothing, temperature, where,

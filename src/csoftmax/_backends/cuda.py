@@ -235,7 +235,7 @@ class Ops:
         lse = kind == Kind.LOGSUMEXP
         if lse:
             res = xp.empty(tuple(1 if i in axes else s for i, s in enumerate(x.shape)), dtype=rdt)
-        elif out is not None and not self._overlaps(out, xs):
+        elif out is not None and out.dtype == rdt and not self._overlaps(out, xs):
             res = out
         else:
             res = xp.empty_like(xs)
@@ -352,7 +352,7 @@ class Ops:
     def backward(self, kind, g, y, axes, tau, where, out, rdt):
         xp = self.xp
         gs, ys = self._storage(g, rdt), self._storage(y, rdt)
-        inplace_ok = out is not None and not (self._overlaps(out, gs) or self._overlaps(out, ys))
+        inplace_ok = out is not None and out.dtype == rdt and not (self._overlaps(out, gs) or self._overlaps(out, ys))
         res = out if inplace_ok else xp.empty_like(gs)
         mask = self._mask(where, g.shape)
         if g.size:
