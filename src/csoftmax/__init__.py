@@ -3,9 +3,10 @@ cross-entropy -- numerically stable, fast, on whatever array the caller holds.
 
 NumPy arrays run on a compiled C core, CuPy arrays on CUDA kernels, other arrays on an
 array-API reference; see show_config(). `import csoftmax` imports neither the compiled
-core nor any array library besides NumPy: backends load on first use.
+core nor any array library besides NumPy: backends load on first use, and
+csoftmax.special (scipy.special's drop-in) is imported on first access.
 """
-from __future__ import annotations
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -36,3 +37,21 @@ __all__ = list(OPS) + [
     "show_config",
     "__version__",
 ]
+
+# submodules reachable as attributes without importing them here
+_LAZY_SUBMODULES = ("special",)
+
+if _TYPE_CHECKING:
+    from . import special
+else:
+
+    def __getattr__(name: str) -> object:
+        if name in _LAZY_SUBMODULES:
+            import importlib
+
+            return importlib.import_module(f"{__name__}.{name}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(__all__) | set(_LAZY_SUBMODULES))

@@ -40,7 +40,9 @@ class Backend:
         its ops; called once, on first use.
     ops: the op names it implements (a subset of csoftmax.OPS).
     available: ``available() -> bool``, whether it can run here (compiled extension
-        present, library importable, device present); called lazily and cached.
+        present, library importable, device present); called lazily and cached. An
+        exception it raises also means unavailable, and its message is the reason
+        show_config() gives (unavailable_reason).
     description: one line for show_config().
     """
 
@@ -59,6 +61,7 @@ _lock = threading.RLock()
 _backends: dict[str, Backend] = {}
 _modules: dict[str, Any] = {}
 _availability: dict[str, bool] = {}
+_reasons: dict[str, str] = {}  # why an unavailable backend is unavailable
 _auto_cache: dict[tuple[type, str], Backend] = {}
 # plain dispatch of (type, op) once its backend is loaded: (backend, module, fast entry)
 _loaded_cache: dict[tuple[type, str], tuple[Backend, Any, Any]] = {}
@@ -101,6 +104,7 @@ def unregister_backend(name: str) -> Backend:
 def _forget(name: str) -> None:
     _modules.pop(name, None)
     _availability.pop(name, None)
+    _reasons.pop(name, None)
     _auto_cache.clear()
     _loaded_cache.clear()
 
@@ -124,10 +128,21 @@ def is_available(name: str) -> bool:
     if ok is None:
         try:
             ok = bool(b.available())
-        except Exception:
+            if not ok:
+                _reasons[name] = "its availability check says no"
+        except Exception as exc:
             ok = False
+            _reasons[name] = str(exc) or type(exc).__name__
         _availability[name] = ok
     return ok
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why a backend cannot run here (the message its availability check raised); None
+    when it is available."""
+    if is_available(name):
+        return None
+    return _reasons.get(name, "its availability check says no")
 
 
 def load(name: str):

@@ -20,19 +20,25 @@ def _is_cupy(x) -> bool:
     return cls.__module__.startswith("cupy") and cls.__name__ == "ndarray"
 
 
+# The availability checks raise, instead of returning False, to say why a backend is
+# unavailable: the registry keeps the message for show_config().
 def _c_available() -> bool:
-    return importlib.util.find_spec("csoftmax._ckernels") is not None
+    if importlib.util.find_spec("csoftmax._ckernels") is None:
+        raise ImportError("the compiled extension csoftmax._ckernels is not built (a source tree without a build?)")
+    return True
 
 
 def _cuda_available() -> bool:
     if importlib.util.find_spec("cupy") is None:
-        return False
+        raise ImportError("CuPy is not installed (pip install 'csoftmax[cuda]' or 'csoftmax[cuda12]')")
     try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
+        cupy = importlib.import_module("cupy")
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as exc:
+        raise RuntimeError(f"CuPy cannot reach a CUDA driver or device: {type(exc).__name__}: {exc}") from None
+    if count == 0:
+        raise RuntimeError("CuPy is installed but there is no CUDA GPU (cupy.cuda.runtime.getDeviceCount() is 0)")
+    return True
 
 
 def _load(name):
