@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 import operator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -85,7 +85,7 @@ def category(xp: Any, dt: Any) -> str:
             return "other"
         except (TypeError, ValueError):
             pass
-    return _NP_KINDS.get(getattr(dt, "kind", None), "other")
+    return _NP_KINDS.get(str(getattr(dt, "kind", "")), "other")
 
 
 _NAMES: dict[Any, str] = {}
@@ -187,7 +187,7 @@ def check_temperature(t: Any) -> float:
         raise ValueError(f"temperature {t} is beyond the float range (use float('inf'))") from None
     if not t > 0.0:  # also NaN
         raise ValueError(f"temperature must be > 0 (or +inf), got {t}")
-    return t
+    return float(t)
 
 
 def normalize_axes(axis: Any, ndim: int, argname: str = "axis") -> tuple[int, ...]:
@@ -213,7 +213,7 @@ def normalize_axes(axis: Any, ndim: int, argname: str = "axis") -> tuple[int, ..
         return ()
     if len(set(out)) != len(out):
         raise ValueError(f"repeated axis in {argname}: {axis}")
-    return tuple(sorted(out))
+    return tuple(sorted(cast(list[int], out)))  # no None: ndim > 0
 
 
 def single_axis(axis: Any, ndim: int, argname: str = "axis") -> int:

@@ -49,10 +49,10 @@ def library_version(module: str) -> str | None:
 
 def _c_core_lines() -> list[str]:
     try:
+        from . import _ckernels as ck
         from ._backends import c  # the adapter applies CSOFTMAX_ISA when it loads the core
     except ImportError as exc:
         return [f"  not importable: {exc}"]
-    ck = c.ck
 
     names = ck.isa_names()
     if ck.openmp_enabled():

@@ -145,7 +145,7 @@ def unavailable_reason(name: str) -> str | None:
     return _reasons.get(name, "its availability check says no")
 
 
-def load(name: str):
+def load(name: str) -> Any:
     """The module implementing a backend's ops (imported on first use, and checked
     against the protocol then)."""
     mod = _modules.get(name)

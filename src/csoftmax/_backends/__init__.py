@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
+from typing import Any
 
 from .._registry import Backend, register_backend
 
 
-def _is_numpy(x) -> bool:
+def _is_numpy(x: Any) -> bool:
     cls = type(x)
     return cls.__module__ == "numpy" and cls.__name__ in ("ndarray", "memmap")
 
 
-def _is_cupy(x) -> bool:
+def _is_cupy(x: Any) -> bool:
     cls = type(x)
     return cls.__module__.startswith("cupy") and cls.__name__ == "ndarray"
 
@@ -41,7 +43,7 @@ def _cuda_available() -> bool:
     return True
 
 
-def _load(name):
+def _load(name: str) -> Callable[[], Any]:
     return lambda: importlib.import_module(f"csoftmax._backends.{name}")
 
 

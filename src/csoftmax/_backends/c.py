@@ -19,11 +19,12 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from typing import Any
 
 import numpy as np
 
 from .. import _ckernels as ck
-from .._ops import BY_NAME, Family, Kind
+from .._ops import BY_NAME, Family, Kind, Op
 
 # ---- instruction set: the best the CPU runs, capped by CSOFTMAX_ISA ----
 _isa_note = ""
@@ -69,23 +70,23 @@ _apply_isa_env()
 
 
 # ---- the protocol's interface ----
-def namespace(x):
+def namespace(x: Any) -> Any:
     return np
 
 
-def writable(out) -> bool:
+def writable(out: Any) -> bool:
     return bool(out.flags.writeable)
 
 
-def from_numpy(a):
+def from_numpy(a: Any) -> Any:
     return a
 
 
-def to_numpy(a):
+def to_numpy(a: Any) -> Any:
     return a
 
 
-def fast_entry(op, cls):
+def fast_entry(op: Op, cls: Any) -> Any:
     """The core's fast entry for plain calls of op on exact NumPy arrays (csoftmax._api)."""
     if cls is not np.ndarray or op.kind is None:
         return None
@@ -97,28 +98,34 @@ def fast_entry(op, cls):
 
 
 # ---- helpers ----
-def _takes(x, rdt) -> bool:
+def _kind(op: Op) -> int:
+    """The kernel kind of an op the core computes (every op but the Jacobians)."""
+    assert op.kind is not None, op.name
+    return int(op.kind)
+
+
+def _takes(x: Any, rdt: Any) -> bool:
     """Whether the core can read x directly for result dtype rdt."""
-    return x.dtype == rdt and x.dtype.isnative and x.flags.aligned
+    return bool(x.dtype == rdt and x.dtype.isnative and x.flags.aligned)
 
 
-def _ready(a, rdt):
+def _ready(a: Any, rdt: Any) -> Any:
     return a if _takes(a, rdt) else a.astype(rdt)
 
 
-def _same_memory(a, b) -> bool:
+def _same_memory(a: Any, b: Any) -> bool:
     """a and b are the same elements in the same order (an in-place call)."""
     return a is b or ck.same_layout(a, b)
 
 
-def _bits(axes) -> int:
+def _bits(axes: Any) -> int:
     b = 0
     for a in axes:
         b |= 1 << a
     return b
 
 
-def _elementwise(inputs, out, rdt, call):
+def _elementwise(inputs: Any, out: Any, rdt: Any, call: Any) -> Any:
     """Run a same-shape kind: inputs are the arrays read, out the result or None.
     call(xs..., res) runs the core on arrays it can take."""
     if out is not None and (
@@ -142,7 +149,7 @@ def _elementwise(inputs, out, rdt, call):
     return res
 
 
-def _logsumexp(x, axes, keepdims, where, out, rdt):
+def _logsumexp(x: Any, axes: Any, keepdims: Any, where: Any, out: Any, rdt: Any) -> Any:
     kshape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
     xs = _ready(x, rdt)
     if out is None or not out.flags.aligned or np.may_share_memory(out, x):
@@ -159,17 +166,18 @@ def _logsumexp(x, axes, keepdims, where, out, rdt):
 
 
 # ---- the families ----
-def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
+def forward(op: Op, x: Any, /, *, axes: Any, temperature: Any, keepdims: Any, where: Any, out: Any, dtype: Any) -> Any:
     if op.kind is Kind.LOGSUMEXP:
         return _logsumexp(x, axes, keepdims, where, out, dtype)
-    kind, reduce = int(op.kind), _bits(axes)
+    kind, reduce = _kind(op), _bits(axes)
     return _elementwise(
         (x,), out, dtype, lambda xs, res: ck.run(kind, xs, out=res, mask=where, reduce=reduce, temperature=temperature)
     )
 
 
-def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype):
-    kind, reduce = int(op.kind), _bits(axes)
+def backward(op: Op, grad_output: Any, output: Any, /, *, axes: Any, temperature: Any, where: Any, out: Any,
+             dtype: Any) -> Any:
+    kind, reduce = _kind(op), _bits(axes)
     return _elementwise(
         (grad_output, output),
         out,
@@ -178,7 +186,7 @@ def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype
     )
 
 
-def jacobian(op, x, /, *, axis, temperature, dtype):
+def jacobian(op: Op, x: Any, /, *, axis: Any, temperature: Any, dtype: Any) -> Any:
     """J from the core's softmax and log_softmax, filled in place (one n*n allocation)."""
     xl = np.moveaxis(x, axis, -1)
     last = (xl.ndim - 1,)
@@ -201,8 +209,9 @@ def jacobian(op, x, /, *, axis, temperature, dtype):
     return J
 
 
-def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, label_smoothing, temperature, where,
-                  grad_scale, want_grad, dtype):
+def cross_entropy(op: Op, logits: Any, /, *, axis: Any, labels: Any, probs: Any, weight: Any, ignore_index: Any,
+                  label_smoothing: Any, temperature: Any, where: Any,
+                  grad_scale: Any, want_grad: Any, dtype: Any) -> Any:
     xs = _ready(logits, dtype)
     ps = None if probs is None else _ready(probs, dtype)
     kshape = tuple(1 if i == axis else s for i, s in enumerate(logits.shape))
@@ -210,7 +219,7 @@ def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, l
     lab = None if labels is None else np.expand_dims(labels.astype(np.int64, copy=False), axis)
     w = None if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
     grad = np.empty_like(xs, dtype=dtype) if want_grad else None
-    ck.run(int(op.kind), xs, y=ps, out=grad, mask=where, row=row, label=lab, reduce=1 << axis,
+    ck.run(_kind(op), xs, y=ps, out=grad, mask=where, row=row, label=lab, reduce=1 << axis,
            temperature=temperature, weight=w, smoothing=label_smoothing, ignore_index=ignore_index,
            grad_scale=grad_scale)
     return np.squeeze(row, axis=axis), grad

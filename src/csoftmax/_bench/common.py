@@ -130,7 +130,7 @@ def write_markdown(path: str, title: str, columns: Sequence[str], rows: Sequence
             f.write("| " + " | ".join(r.get(c, "") for c in columns) + " |\n")
 
 
-PLOT_HINT = "the plot needs matplotlib: pip install 'csoftmax[plot]' (or pip install matplotlib), then pass --plot FILE.png"
+PLOT_HINT = "the plot needs matplotlib: pip install 'csoftmax[plot]' (or matplotlib), then pass --plot FILE.png"
 
 
 def plot(path: str, title: str, records: Sequence[Record]) -> bool:

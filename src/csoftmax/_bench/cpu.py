@@ -55,13 +55,14 @@ SHAPE_SETS: dict[str, list[Shape]] = {
     "quick": common.sweep([16, 128, 1024, 8192, 65536], 2**20),
     "sweep": common.sweep([8, 16, 32, 64, 128, 256, 512, 1000, 4096, 32768], 2**22),
 }
-QUICK = {"shapes": "quick", "ops": ("softmax", "log_softmax", "softmax_backward", "softmax_cross_entropy"),
-         "dtypes": ("float32",), "rounds": 5}
+# what --quick runs (on the "quick" shapes)
+QUICK: dict[str, Any] = {"ops": ("softmax", "log_softmax", "softmax_backward", "softmax_cross_entropy"),
+                         "dtypes": ("float32",), "rounds": 5}
 
 
 def _peers() -> tuple[Any, Any, Any]:
     """(threadpoolctl, torch, scipy.special), each None when it is not installed."""
-    mods = []
+    mods: list[Any] = []
     for name in ("threadpoolctl", "torch", "scipy.special"):
         try:
             mods.append(__import__(name, fromlist=["_"]))
@@ -82,33 +83,34 @@ def machine() -> str:
                     break
     except OSError:
         pass
+    from .. import _ckernels as ck
     from .._backends import c  # applies CSOFTMAX_ISA
 
-    names = c.ck.isa_names()
+    names = ck.isa_names()
     return (f"{cpu}, {os.cpu_count()} logical CPUs; csoftmax instruction set selected: "
-            f"{names[c.ck.get_isa()]}{c.isa_note()} (of {', '.join(c.supported_isas())} supported)")
+            f"{names[ck.get_isa()]}{c.isa_note()} (of {', '.join(c.supported_isas())} supported)")
 
 
 # ---- the peers' formulas ---------------------------------------------------------------------
-def numpy_softmax(x: np.ndarray, axis: int) -> np.ndarray:
+def numpy_softmax(x: np.ndarray, axis: int) -> Any:
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def numpy_log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
+def numpy_log_softmax(x: np.ndarray, axis: int) -> Any:
     t = x - x.max(axis=axis, keepdims=True)
     return t - np.log(np.exp(t).sum(axis=axis, keepdims=True))
 
 
-def numpy_softmax_backward(g: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
+def numpy_softmax_backward(g: np.ndarray, y: np.ndarray, axis: int) -> Any:
     return y * (g - (g * y).sum(axis=axis, keepdims=True))
 
 
-def numpy_log_softmax_backward(g: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
+def numpy_log_softmax_backward(g: np.ndarray, y: np.ndarray, axis: int) -> Any:
     return g - np.exp(y) * g.sum(axis=axis, keepdims=True)
 
 
-def numpy_cross_entropy(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def numpy_cross_entropy(x: np.ndarray, labels: np.ndarray) -> tuple[Any, Any]:
     """Mean loss and its gradient over rows of x (classes along the last axis)."""
     t = x - x.max(axis=-1, keepdims=True)
     e = np.exp(t)
@@ -330,7 +332,8 @@ def markdown_rows(records: list[Record]) -> list[dict[str, str]]:
 
 def default_threads() -> int:
     """The C core's thread count here (OpenMP's, after OMP_NUM_THREADS)."""
-    from .._backends import c
+    from .. import _ckernels as ck
+    from .._backends import c  # noqa: F401  (the adapter sets the core up)
 
-    return max(1, int(c.ck.max_threads()))
+    return max(1, int(ck.max_threads()))
 

@@ -49,6 +49,8 @@ INNER = 10  # calls between one pair of events: the GPU stays busy, host overhea
 
 def _peers() -> tuple[Any, Any]:
     """(torch with CUDA, cupyx.scipy.special), each None when missing."""
+    torch: Any
+    cupyx_special: Any
     try:
         torch = importlib.import_module("torch")
         if not torch.cuda.is_available():
