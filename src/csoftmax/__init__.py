@@ -6,7 +6,7 @@ array-API reference; see show_config(). `import csoftmax` imports neither the co
 core nor any array library besides NumPy: backends load on first use, and
 csoftmax.special (scipy.special's drop-in) is imported on first access.
 """
-from typing import TYPE_CHECKING as _TYPE_CHECKING
+import typing as _tp
 
 __version__ = "0.1.0"
 
@@ -44,7 +44,7 @@ __all__ = list(OPS) + [
 # submodules reachable as attributes without importing them here
 _LAZY_SUBMODULES = ("special",)
 
-if _TYPE_CHECKING:
+if _tp.TYPE_CHECKING:
     from . import special as special
 else:
 
