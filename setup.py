@@ -84,8 +84,8 @@ def openmp_flags(compiler):
             raise SystemExit(
                 "csoftmax: the compiler compiles OpenMP code (-fopenmp) but linking it failed:\n"
                 f"    {exc}\n"
-                "Flags that need linking (sanitizers, say) may be in CFLAGS without being in LDFLAGS. Fix the flags, "
-                "or build without OpenMP on purpose with CSOFTMAX_NO_OPENMP=1 (one thread)."
+                "The OpenMP runtime (libgomp, libomp) may be missing, or the link flags (LDFLAGS, LDSHARED) lack what "
+                "CFLAGS need. Fix that, or build without OpenMP on purpose with CSOFTMAX_NO_OPENMP=1 (one thread)."
             ) from None
     return ["-fopenmp"]
 
