@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib
 import json
 import math
 import sys
@@ -137,11 +138,9 @@ def plot(path: str, title: str, records: Sequence[Record]) -> bool:
     """A PNG of throughput (GB/s) against row length, a panel per (device, op, dtype,
     threads) and a line per implementation; False (and nothing written) without
     matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # an optional dependency (the plot extra), imported by name: typed or not, installed or not
+        importlib.import_module("matplotlib").use("Agg")
+        plt: Any = importlib.import_module("matplotlib.pyplot")
     except ImportError:
         return False
     panels: dict[tuple[str, str, str, int], list[Record]] = {}

@@ -23,6 +23,7 @@ torch and scipy are optional (their columns are left out when missing).
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import platform
 import statistics
@@ -65,7 +66,7 @@ def _peers() -> tuple[Any, Any, Any]:
     mods: list[Any] = []
     for name in ("threadpoolctl", "torch", "scipy.special"):
         try:
-            mods.append(__import__(name, fromlist=["_"]))
+            mods.append(importlib.import_module(name))
         except ImportError:
             mods.append(None)
     return mods[0], mods[1], mods[2]
