@@ -170,6 +170,8 @@ def test_bench_header_names_the_selected_instruction_set():
     (["--shapes", "4x"], "--shapes: '4x' is neither"),
     (["--shapes", "4x4:2"], "not a shape with a valid axis"),
     (["--dtypes", "int8"], "--dtypes: int8 not among"),
+    (["--threads", "two"], "--threads: 'two' is not"),
+    (["--threads", "0"], "--threads must be positive"),
 ])
 def test_bench_refuses_bad_arguments(args, message):
     res = _run("-m", "csoftmax", "bench", "--device", "cpu", *args)

@@ -51,10 +51,12 @@ def parser(prog: str, devices: Sequence[str] = DEVICES) -> argparse.ArgumentPars
 
 
 def _options(args: argparse.Namespace, mod: Any) -> tuple[list[str], list[str], Any]:
-    from .cpu import QUICK
+    """(ops, dtypes, shapes or None) of one benchmark module; the ops are checked against
+    every op a benchmark knows (the CPU's) and the module's are kept."""
+    from .cpu import OPS, QUICK
 
     quick = args.quick
-    ops = common.parse_list(args.ops, mod.OPS, "ops") if args.ops else list(QUICK["ops"] if quick else mod.OPS)
+    ops = common.parse_list(args.ops, OPS, "ops") if args.ops else list(QUICK["ops"] if quick else mod.OPS)
     ops = [o for o in ops if o in mod.OPS]
     dtypes = common.parse_list(args.dtypes, ("float16", "float32", "float64"), "dtypes") if args.dtypes \
         else list(QUICK["dtypes"] if quick and mod.__name__.endswith("cpu") else mod.DTYPES)
@@ -93,23 +95,29 @@ def main(argv: Sequence[str] | None = None, prog: str = "csoftmax bench", device
                     print(f"{prog}: no GPU benchmark: the cuda backend is unavailable ({why})", file=sys.stderr)
                     return 2
                 run_gpu = False
-        if run_cpu:
-            ops, dtypes, shapes = _options(args, cpu)
+        # every option checked before anything runs
+        cpu_opts, gpu_opts = _options(args, cpu), _options(args, gpu)
+        try:
             threads = [int(t) for t in args.threads.split(",")] if args.threads else [cpu.default_threads()]
-            if min(threads) < 1:
-                raise ValueError("--threads must be positive")
-            rounds = args.rounds if args.rounds is not None else (cpu.QUICK["rounds"] if args.quick else 11)
-            h, rs = cpu.run(ops, dtypes, shapes or cpu.SHAPE_SETS["default"], threads, rounds,
-                            progress=not args.no_progress)
-            header["cpu"], records = h, records + rs
-            md_rows, md_cols = md_rows + cpu.markdown_rows(rs), cpu.MARKDOWN_COLUMNS
-        if run_gpu:
-            ops, dtypes, shapes = _options(args, gpu)
+        except ValueError:
+            raise ValueError(f"--threads: {args.threads!r} is not a comma-separated list of counts") from None
+        if min(threads) < 1:
+            raise ValueError("--threads must be positive")
+    except ValueError as exc:
+        ap.error(str(exc))
+    if run_cpu:
+        ops, dtypes, shapes = cpu_opts
+        rounds = args.rounds if args.rounds is not None else (cpu.QUICK["rounds"] if args.quick else 11)
+        h, rs = cpu.run(ops, dtypes, shapes or cpu.SHAPE_SETS["default"], threads, rounds,
+                        progress=not args.no_progress)
+        header["cpu"], records = h, records + rs
+        md_rows, md_cols = md_rows + cpu.markdown_rows(rs), cpu.MARKDOWN_COLUMNS
+    if run_gpu:
+        ops, dtypes, shapes = gpu_opts
+        if ops:
             h, rs = gpu.run(ops, dtypes, shapes, args.repeats, progress=not args.no_progress)
             header["gpu"], records = h, records + rs
             md_rows, md_cols = md_rows + gpu.markdown_rows(rs), md_cols or gpu.MARKDOWN_COLUMNS
-    except ValueError as exc:
-        ap.error(str(exc))
     if args.csv:
         common.write_csv(args.csv, records)
         print(f"wrote {args.csv} ({len(records)} rows)")
