@@ -229,7 +229,7 @@ def cross_entropy(op: Op, logits: Any, /, *, axis: Any, labels: Any, probs: Any,
 STATS_FIELDS = ck.STAT_FIELDS  # m, s_hi, s_lo, any, nan, count (csm_core.h, CSM_STAT_*)
 
 
-def _records(x, axes):
+def _records(x: Any, axes: Any) -> Any:
     """A float64 array for the records of x's slices over axes: x's shape with the axes
     kept as size 1, then STATS_FIELDS; and the view of its first field the core writes."""
     kshape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
@@ -237,7 +237,7 @@ def _records(x, axes):
     return rec, rec[..., 0]
 
 
-def row_stats(x, axes, temperature, where):
+def row_stats(x: Any, axes: Any, temperature: Any, where: Any) -> Any:
     """The statistics record of each slice of x over axes (x a NumPy array of any real
     dtype, where a boolean mask broadcastable to it): m, S' as s_hi + s_lo, any, nan and
     (temperature +inf) count -- see csm_core.h's CSM_STAT_* for their meaning."""
@@ -247,7 +247,7 @@ def row_stats(x, axes, temperature, where):
     return rec
 
 
-def merge_stats(a, b, temperature):
+def merge_stats(a: Any, b: Any, temperature: Any) -> Any:
     """The records of two disjoint parts of the same slices (a and b of one shape), merged
     exactly: a new array."""
     out = np.array(a, dtype=np.float64, order="C", copy=True)
@@ -255,20 +255,20 @@ def merge_stats(a, b, temperature):
     return out
 
 
-def finish(op, x, stats, axes, temperature, where, out, dtype):
+def finish(op: Op, x: Any, stats: Any, axes: Any, temperature: Any, where: Any, out: Any, dtype: Any) -> Any:
     """softmax or log_softmax (op) of x -- a part of each slice over axes -- given the whole
     slices' merged records (stats: x's shape with the axes as size 1, then STATS_FIELDS).
     Returns out (or a new array of dtype)."""
     rec = np.ascontiguousarray(stats, dtype=np.float64)
     first = rec[..., 0]
-    kind, reduce = int(op.kind), _bits(axes)
+    kind, reduce = _kind(op), _bits(axes)
     return _elementwise(
         (x,), out, dtype,
         lambda xs, res: ck.run(kind, xs, out=res, mask=where, row=first, reduce=reduce, temperature=temperature),
     )
 
 
-def stats_logsumexp(stats, dtype):
+def stats_logsumexp(stats: Any, dtype: Any) -> Any:
     """The logsumexp of each slice from its record (temperature 1), of dtype."""
     rec = np.ascontiguousarray(stats, dtype=np.float64)
     lse = np.empty(rec.shape[:-1], dtype=np.float64)
