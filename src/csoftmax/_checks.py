@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import operator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -90,7 +90,7 @@ def category(xp: Any, dt: Any) -> str:
             return "other"
         except (TypeError, ValueError):
             pass
-    return _NP_KINDS.get(getattr(dt, "kind", None), "other")
+    return _NP_KINDS.get(str(getattr(dt, "kind", "")), "other")
 
 
 _NAMES: dict[Any, str] = {}
@@ -200,7 +200,7 @@ def check_temperature(t: Any) -> float:
         raise ValueError(f"temperature {t} is beyond the float range (use float('inf'))") from None
     if not t > 0.0:  # also NaN
         raise ValueError(f"temperature must be > 0 (or +inf), got {t}")
-    return t
+    return float(t)
 
 
 def normalize_axes(axis: Any, ndim: int, argname: str = "axis") -> tuple[int, ...]:

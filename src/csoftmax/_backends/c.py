@@ -20,11 +20,12 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from typing import Any
 
 import numpy as np
 
 from .. import _ckernels as ck
-from .._ops import BY_NAME, Family, Kind
+from .._ops import BY_NAME, Family, Kind, Op
 
 # ---- instruction set: the best the CPU runs, capped by CSOFTMAX_ISA ----
 _isa_note = ""
@@ -70,23 +71,23 @@ _apply_isa_env()
 
 
 # ---- the protocol's interface ----
-def namespace(x):
+def namespace(x: Any) -> Any:
     return np
 
 
-def writable(out) -> bool:
+def writable(out: Any) -> bool:
     return bool(out.flags.writeable)
 
 
-def from_numpy(a):
+def from_numpy(a: Any) -> Any:
     return a
 
 
-def to_numpy(a):
+def to_numpy(a: Any) -> Any:
     return a
 
 
-def fast_entry(op, cls):
+def fast_entry(op: Op, cls: Any) -> Any:
     """The core's fast entry for plain calls of op on exact NumPy arrays (csoftmax._api)."""
     if cls is not np.ndarray or op.kind is None:
         return None
@@ -98,31 +99,37 @@ def fast_entry(op, cls):
 
 
 # ---- helpers ----
-def _takes(x, rdt) -> bool:
+def _kind(op: Op) -> int:
+    """The kernel kind of an op the core computes (every op but the Jacobians)."""
+    assert op.kind is not None, op.name
+    return int(op.kind)
+
+
+def _takes(x: Any, rdt: Any) -> bool:
     """Whether the core can read x directly for result dtype rdt."""
-    return x.dtype == rdt and x.dtype.isnative and x.flags.aligned
+    return bool(x.dtype == rdt and x.dtype.isnative and x.flags.aligned)
 
 
-def _ready(a, rdt):
+def _ready(a: Any, rdt: Any) -> Any:
     if _takes(a, rdt):
         return a
     with np.errstate(all="ignore"):  # a cast may round to +-inf: the input as the dtype holds it
         return a.astype(rdt)
 
 
-def _same_memory(a, b) -> bool:
+def _same_memory(a: Any, b: Any) -> bool:
     """a and b are the same elements in the same order (an in-place call)."""
     return a is b or ck.same_layout(a, b)
 
 
-def _bits(axes) -> int:
+def _bits(axes: Any) -> int:
     b = 0
     for a in axes:
         b |= 1 << a
     return b
 
 
-def _elementwise(inputs, out, rdt, call):
+def _elementwise(inputs: Any, out: Any, rdt: Any, call: Any) -> Any:
     """Run a same-shape kind: inputs are the arrays read, out the result or None.
     call(xs..., res) runs the core on arrays it can take."""
     if out is not None and (
@@ -150,7 +157,7 @@ def _elementwise(inputs, out, rdt, call):
     return res
 
 
-def _logsumexp(x, axes, keepdims, where, out, rdt):
+def _logsumexp(x: Any, axes: Any, keepdims: Any, where: Any, out: Any, rdt: Any) -> Any:
     kshape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
     xs = _ready(x, rdt)
     if out is None or not out.flags.aligned or not out.dtype.isnative or ck.self_overlaps(out) \
@@ -168,17 +175,18 @@ def _logsumexp(x, axes, keepdims, where, out, rdt):
 
 
 # ---- the families ----
-def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
+def forward(op: Op, x: Any, /, *, axes: Any, temperature: Any, keepdims: Any, where: Any, out: Any, dtype: Any) -> Any:
     if op.kind is Kind.LOGSUMEXP:
         return _logsumexp(x, axes, keepdims, where, out, dtype)
-    kind, reduce = int(op.kind), _bits(axes)
+    kind, reduce = _kind(op), _bits(axes)
     return _elementwise(
         (x,), out, dtype, lambda xs, res: ck.run(kind, xs, out=res, mask=where, reduce=reduce, temperature=temperature)
     )
 
 
-def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype):
-    kind, reduce = int(op.kind), _bits(axes)
+def backward(op: Op, grad_output: Any, output: Any, /, *, axes: Any, temperature: Any, where: Any, out: Any,
+             dtype: Any) -> Any:
+    kind, reduce = _kind(op), _bits(axes)
     return _elementwise(
         (grad_output, output),
         out,
@@ -190,7 +198,7 @@ def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype
 _JACOBIAN_BLOCK = 1 << 20  # float64 entries of J computed at a time
 
 
-def jacobian(op, x, /, *, axis, temperature, dtype):
+def jacobian(op: Op, x: Any, /, *, axis: Any, temperature: Any, dtype: Any) -> Any:
     """J from the core's softmax and log_softmax in float64 (exact for float16 and float32
     input), formed and divided by tau in float64 a block of rows at a time and rounded once
     into the result (a division, so that every tau gives the formula's value)."""
@@ -219,8 +227,9 @@ def jacobian(op, x, /, *, axis, temperature, dtype):
     return J.reshape(xl.shape + (n,))
 
 
-def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, label_smoothing, temperature, where,
-                  grad_scale, want_grad, dtype):
+def cross_entropy(op: Op, logits: Any, /, *, axis: Any, labels: Any, probs: Any, weight: Any, ignore_index: Any,
+                  label_smoothing: Any, temperature: Any, where: Any,
+                  grad_scale: Any, want_grad: Any, dtype: Any) -> Any:
     xs = _ready(logits, dtype)
     ps = None if probs is None else _ready(probs, dtype)
     kshape = tuple(1 if i == axis else s for i, s in enumerate(logits.shape))
@@ -228,7 +237,7 @@ def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, l
     lab = None if labels is None else np.expand_dims(labels.astype(np.int64, copy=False), axis)
     w = None if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
     grad = np.empty_like(xs, dtype=dtype) if want_grad else None
-    ck.run(int(op.kind), xs, y=ps, out=grad, mask=where, row=row, label=lab, reduce=1 << axis,
+    ck.run(_kind(op), xs, y=ps, out=grad, mask=where, row=row, label=lab, reduce=1 << axis,
            temperature=temperature, weight=w, smoothing=label_smoothing, ignore_index=ignore_index,
            grad_scale=grad_scale)
     return np.squeeze(row, axis=axis), grad
@@ -238,7 +247,7 @@ def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, l
 STATS_FIELDS = ck.STAT_FIELDS  # m, s_hi, s_lo, any, nan, count (csm_core.h, CSM_STAT_*)
 
 
-def _records(x, axes):
+def _records(x: Any, axes: Any) -> Any:
     """A float64 array for the records of x's slices over axes: x's shape with the axes
     kept as size 1, then STATS_FIELDS; and the view of its first field the core writes."""
     kshape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
@@ -246,7 +255,7 @@ def _records(x, axes):
     return rec, rec[..., 0]
 
 
-def row_stats(x, axes, temperature, where):
+def row_stats(x: Any, axes: Any, temperature: Any, where: Any) -> Any:
     """The statistics record of each slice of x over axes (x a NumPy array of any real
     dtype, where a boolean mask broadcastable to it): m, S' as s_hi + s_lo, any, nan and
     (temperature +inf) count -- see csm_core.h's CSM_STAT_* for their meaning."""
@@ -256,7 +265,7 @@ def row_stats(x, axes, temperature, where):
     return rec
 
 
-def merge_stats(a, b, temperature):
+def merge_stats(a: Any, b: Any, temperature: Any) -> Any:
     """The records of two disjoint parts of the same slices (a and b of one shape), merged
     exactly: a new array."""
     out = np.array(a, dtype=np.float64, order="C", copy=True)
@@ -264,20 +273,20 @@ def merge_stats(a, b, temperature):
     return out
 
 
-def finish(op, x, stats, axes, temperature, where, out, dtype):
+def finish(op: Op, x: Any, stats: Any, axes: Any, temperature: Any, where: Any, out: Any, dtype: Any) -> Any:
     """softmax or log_softmax (op) of x -- a part of each slice over axes -- given the whole
     slices' merged records (stats: x's shape with the axes as size 1, then STATS_FIELDS).
     Returns out (or a new array of dtype)."""
     rec = np.ascontiguousarray(stats, dtype=np.float64)
     first = rec[..., 0]
-    kind, reduce = int(op.kind), _bits(axes)
+    kind, reduce = _kind(op), _bits(axes)
     return _elementwise(
         (x,), out, dtype,
         lambda xs, res: ck.run(kind, xs, out=res, mask=where, row=first, reduce=reduce, temperature=temperature),
     )
 
 
-def stats_logsumexp(stats, dtype):
+def stats_logsumexp(stats: Any, dtype: Any) -> Any:
     """The logsumexp of each slice from its record (temperature 1), of dtype."""
     rec = np.ascontiguousarray(stats, dtype=np.float64)
     lse = np.empty(rec.shape[:-1], dtype=np.float64)

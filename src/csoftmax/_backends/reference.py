@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from typing import Any
 
 from .. import _reference as R
+from .._ops import Op
 
 namespace = R.namespace
 
 
-def _quiet(xp):
+def _quiet(xp: Any) -> Any:
     """NumPy warns about the inf - inf inside rows the special-value table then overwrites."""
     np = sys.modules.get("numpy")
     if np is not None and xp is np:
@@ -25,19 +27,19 @@ def _quiet(xp):
     return contextlib.nullcontext()
 
 
-def _to_compute(xp, a, rdt):
+def _to_compute(xp: Any, a: Any, rdt: Any) -> Any:
     if a.dtype != rdt:
         a = xp.astype(a, rdt)
     return xp.astype(a, xp.float64)
 
 
-def _to_result(xp, v, rdt):
+def _to_result(xp: Any, v: Any, rdt: Any) -> Any:
     if rdt == xp.float16:
         v = xp.astype(v, xp.float32)
     return xp.astype(v, rdt)
 
 
-def _deliver(xp, v, rdt, out):
+def _deliver(xp: Any, v: Any, rdt: Any, out: Any) -> Any:
     v = _to_result(xp, v, rdt)
     if out is None:
         return v
@@ -45,23 +47,23 @@ def _deliver(xp, v, rdt, out):
     return out
 
 
-def writable(out) -> bool:
+def writable(out: Any) -> bool:
     flags = getattr(out, "flags", None)
     return bool(getattr(flags, "writeable", True))
 
 
-def from_numpy(a):
+def from_numpy(a: Any) -> Any:
     return a
 
 
-def to_numpy(a):
+def to_numpy(a: Any) -> Any:
     import numpy as np
 
     return np.asarray(a)
 
 
 # ---- the families: each op is the function of its name in csoftmax._reference ----
-def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
+def forward(op: Op, x: Any, /, *, axes: Any, temperature: Any, keepdims: Any, where: Any, out: Any, dtype: Any) -> Any:
     xp = namespace(x)
     with _quiet(xp):
         if 0 in [x.shape[a] for a in axes]:  # empty rows: nothing to compute
@@ -79,7 +81,8 @@ def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
         return _deliver(xp, v, dtype, out)
 
 
-def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype):
+def backward(op: Op, grad_output: Any, output: Any, /, *, axes: Any, temperature: Any, where: Any, out: Any,
+             dtype: Any) -> Any:
     xp = namespace(grad_output)
     with _quiet(xp):
         g, y = _to_compute(xp, grad_output, dtype), _to_compute(xp, output, dtype)
@@ -87,7 +90,7 @@ def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype
         return _deliver(xp, v, dtype, out)
 
 
-def jacobian(op, x, /, *, axis, temperature, dtype):
+def jacobian(op: Op, x: Any, /, *, axis: Any, temperature: Any, dtype: Any) -> Any:
     xp = namespace(x)
     with _quiet(xp):
         xc = xp.moveaxis(_to_compute(xp, x, dtype), axis, -1)
@@ -97,8 +100,9 @@ def jacobian(op, x, /, *, axis, temperature, dtype):
         return _to_result(xp, R.jacobian(xp, s, lp, temperature, op.log), dtype)
 
 
-def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, label_smoothing, temperature, where,
-                  grad_scale, want_grad, dtype):
+def cross_entropy(op: Op, logits: Any, /, *, axis: Any, labels: Any, probs: Any, weight: Any, ignore_index: Any,
+                  label_smoothing: Any, temperature: Any, where: Any,
+                  grad_scale: Any, want_grad: Any, dtype: Any) -> Any:
     xp = namespace(logits)
     with _quiet(xp):
         xc = _to_compute(xp, logits, dtype)
