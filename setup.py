@@ -8,9 +8,18 @@ runs is chosen at import. Elsewhere only the baseline builds exist (the kernels 
 GCC/Clang vector extensions, so that is NEON on arm64).
 
 Flags: -O3 and -ffp-contract=off (the kernels' error-free transformations must not be
-fused behind their back); OpenMP where the compiler has it; the project's own C sources
-with -Wall -Wextra -Wshadow (CSOFTMAX_WERROR=1 makes their warnings errors, as CI does;
-the Cython-generated file is left out). Never -ffast-math: it breaks inf/NaN semantics.
+fused behind their back); -g0, so the extension carries no debug information (about 1.5
+MB instead of 14; CSOFTMAX_DEBUG=1 keeps Python's -g, for debuggers and sanitizers); the
+project's own C sources with -Wall -Wextra -Wshadow (CSOFTMAX_WERROR=1 makes their
+warnings errors, as CI does; the Cython-generated file is left out). Never -ffast-math:
+it breaks inf/NaN semantics.
+
+OpenMP: used where the compiler has it (threads across rows). CSOFTMAX_NO_OPENMP=1 builds
+without it on purpose (one thread; show_config() says so). A compiler without OpenMP
+(its -fopenmp probe does not compile) gives a one-thread build with a warning; a compiler
+that compiles -fopenmp but cannot link it -- CFLAGS or LDFLAGS that break the link, say
+sanitizer flags in CFLAGS only -- is a build error that shows the linker's message,
+rather than a one-thread build nobody asked for.
 
 The CUDA kernel source (src/backends/cuda/*.cu) and the headers it shares with the C core
 (src/backends/common/*.h) are copied into the package as csoftmax/_cuda_kernels/ so the
@@ -21,6 +30,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy
@@ -34,39 +44,65 @@ COMMON_DIR = Path("src") / "backends" / "common"  # shared by the C core and the
 CUDA_DIR = HERE / "src" / "backends" / "cuda"
 
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
-COMMON_FLAGS = ["-O3", "-ffp-contract=off"]
+COMMON_FLAGS = ["-O3", "-ffp-contract=off"] + ([] if os.environ.get("CSOFTMAX_DEBUG") == "1" else ["-g0"])
 # the project's own C sources: warn loudly (and fail on a warning when CI asks)
 WARNINGS = ["-Wall", "-Wextra", "-Wshadow"] + (["-Werror"] if os.environ.get("CSOFTMAX_WERROR") == "1" else [])
 # the kernel builds: (name, bytes per vector, compiler flags), lowest first
 ISAS = [("baseline", 16, [])] + (
     [("avx2", 32, ["-mavx2", "-mfma"]), ("avx512", 64, ["-mavx512f", "-mavx512dq", "-mfma"])] if IS_X86_64 else []
 )
+# without OpenMP the core's omp pragmas are ignored, and a thread count that only a pragma
+# reads is unused: not warnings of the code (the OpenMP build, which CI also runs with
+# -Werror, keeps every other unused variable an error)
+NO_OPENMP_WARNINGS = ["-Wno-unknown-pragmas", "-Wno-unused-variable", "-Wno-unused-but-set-variable"]
 KERNELS = CPU_DIR / "csm_kernels.c"
 SCALAR_SOURCES = [CPU_DIR / "csm_dispatch.c", CPU_DIR / "csm_stats.c"]  # compiled once, baseline flags
 
 
-def compiler_accepts(compiler, flags):
-    """Whether the compiler compiles and links a trivial program with these flags."""
+OPENMP_PROBE = """#include <omp.h>
+int csm_probe(void) { return omp_get_max_threads(); }
+"""
+
+
+def openmp_flags(compiler):
+    """["-fopenmp"] where the compiler compiles and links OpenMP code into a shared library
+    (as the extension is); [] without OpenMP: switched off by CSOFTMAX_NO_OPENMP=1, or a
+    compiler that does not know it (warned). A compiler that compiles the probe but cannot
+    link it is an error: the flags are broken, and a silent one-thread build would hide it."""
+    if os.environ.get("CSOFTMAX_NO_OPENMP", "") not in ("", "0"):
+        print("csoftmax: building without OpenMP (CSOFTMAX_NO_OPENMP is set): the C core runs on one thread")
+        return []
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "probe.c"
-        src.write_text("int main(void) { return 0; }\n")
+        src = Path(tmp) / "probe_omp.c"
+        src.write_text(OPENMP_PROBE)
         try:
-            objs = compiler.compile([str(src)], output_dir=tmp, extra_postargs=flags)
-            compiler.link_executable(objs, str(Path(tmp) / "probe"), extra_postargs=flags)
-        except Exception:
-            return False
-    return True
+            objs = compiler.compile([str(src)], output_dir=tmp, extra_postargs=["-fopenmp"])
+        except Exception as exc:
+            warnings.warn(f"csoftmax: the compiler does not compile OpenMP code ({exc}); building without "
+                          "OpenMP: the C core will run on one thread (set CSOFTMAX_NO_OPENMP=1 to say so on purpose)",
+                          stacklevel=1)
+            return []
+        try:
+            compiler.link_shared_object(objs, str(Path(tmp) / "probe_omp.so"), extra_postargs=["-fopenmp"])
+        except Exception as exc:
+            raise SystemExit(
+                "csoftmax: the compiler compiles OpenMP code (-fopenmp) but linking it failed:\n"
+                f"    {exc}\n"
+                "The OpenMP runtime (libgomp, libomp) may be missing, or the link flags (LDFLAGS, LDSHARED) lack what "
+                "CFLAGS need. Fix that, or build without OpenMP on purpose with CSOFTMAX_NO_OPENMP=1 (one thread)."
+            ) from None
+    return ["-fopenmp"]
 
 
 class BuildExt(build_ext):
     def build_extensions(self):
         if self.compiler.compiler_type == "msvc":
             sys.exit("csoftmax's C core needs GCC or Clang (it uses their vector extensions)")
-        openmp = os.environ.get("CSOFTMAX_NO_OPENMP", "") == "" and compiler_accepts(self.compiler, ["-fopenmp"])
+        openmp = openmp_flags(self.compiler)
+        self.quiet = [] if openmp else NO_OPENMP_WARNINGS  # placed after -Wall, which would turn them back on
         for ext in self.extensions:
-            if openmp:
-                ext.extra_compile_args += ["-fopenmp"]
-                ext.extra_link_args += ["-fopenmp"]
+            ext.extra_compile_args += openmp
+            ext.extra_link_args += openmp
             # the project's own C: the dispatcher and the statistics records, and the kernel
             # builds -- one source, an object per (instruction set, dtype)
             for source in SCALAR_SOURCES:
@@ -84,7 +120,7 @@ class BuildExt(build_ext):
             output_dir=str(output_dir),
             include_dirs=ext.include_dirs,
             macros=ext.define_macros + macros,
-            extra_postargs=ext.extra_compile_args + WARNINGS + list(flags),
+            extra_postargs=ext.extra_compile_args + WARNINGS + self.quiet + list(flags),
             depends=ext.depends,
         )
 

@@ -26,15 +26,13 @@ import argparse
 import gc
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_cpu import fmt_time, machine  # noqa: E402
-
-import csoftmax  # noqa: E402
+import csoftmax
+from csoftmax._bench.common import fmt_time
+from csoftmax._bench.cpu import machine
 
 SHAPE = (4096, 1024)
 

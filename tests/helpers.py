@@ -4,7 +4,9 @@ widens every test of its family), one way to call an op on a backend, a generato
 nasty arrays, memory layouts, tolerances and the float64 oracle."""
 from __future__ import annotations
 
+import contextlib
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -53,15 +55,25 @@ def ops_of(family):
 ARRAY_KWARGS = ("where", "out", "weight")
 
 
+@contextlib.contextmanager
+def strict():
+    """Any warning is an error, and so is any NumPy floating-point event: a csoftmax call
+    warns only where it means to (it never does), under np.seterr(all='raise') too."""
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        yield
+
+
 def call(backend, op, *arrays, **kw):
     """op on a backend, as a user of that backend's arrays calls it: the NumPy arrays among
     the arguments (and where=, out=, weight=) converted to the backend's type, the results
-    converted back to NumPy (tuples element by element)."""
+    converted back to NumPy (tuples element by element). The call itself runs strict()."""
     args = [to_backend(backend, a) if isinstance(a, np.ndarray) else a for a in arrays]
     for k in ARRAY_KWARGS:
         if isinstance(kw.get(k), np.ndarray):
             kw[k] = to_backend(backend, kw[k])
-    res = getattr(csoftmax, op)(*args, backend=backend, **kw)
+    with strict():
+        res = getattr(csoftmax, op)(*args, backend=backend, **kw)
     if isinstance(res, tuple):
         return tuple(to_numpy(backend, r) for r in res)
     return to_numpy(backend, res)

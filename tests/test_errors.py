@@ -14,6 +14,13 @@ AxisError = np.exceptions.AxisError
 X = np.arange(12, dtype=np.float64).reshape(3, 4) / 7.0
 
 
+class Foreign:
+    """An array of a library no backend shares with anything else."""
+
+    __module__ = "foreignarrays"
+    shape, dtype, ndim = (4,), np.dtype(np.float64), 1
+
+
 def _ro():
     a = np.zeros((3, 4))
     a.flags.writeable = False
@@ -38,6 +45,10 @@ CASES = [
     ("axis-bool", lambda x, a: csoftmax.softmax(x, axis=True), TypeError, "axis"),
     ("axis-repeat", lambda x, a: csoftmax.log_softmax(x, axis=(0, -2)), ValueError, "axis"),
     ("axis-tuple-bad", lambda x, a: csoftmax.logsumexp(x, axis=(0, 5)), AxisError, "axis"),
+    ("axis-beyond-int64", lambda x, a: csoftmax.softmax(x, axis=2**64), AxisError, "axis"),
+    ("axis-beyond-int32-neg", lambda x, a: csoftmax.log_softmax(x, axis=-(2**31) - 1), AxisError, "axis"),
+    ("axis-0d-repeated", lambda x, a: csoftmax.softmax(x[0, 0], axis=(0, -1)), ValueError, "repeated"),
+    ("bwd-axis-huge", lambda x, a: csoftmax.softmax_backward(x, x, axis=2**63), AxisError, "axis"),
     ("dtype-int", lambda x, a: csoftmax.softmax(x, dtype="int32"), TypeError, "dtype"),
     ("dtype-type", lambda x, a: csoftmax.softmax(x, dtype=np.int64), TypeError, "dtype"),
     ("dtype-junk", lambda x, a: csoftmax.softmax(x, dtype="nonsense"), TypeError, "dtype"),
@@ -51,6 +62,11 @@ CASES = [
     ("out-list", lambda x, a: csoftmax.softmax(x, out=[0.0] * 12), TypeError, "out"),
     ("lse-out-shape", lambda x, a: csoftmax.logsumexp(x, axis=0, out=a(np.empty(3))), ValueError, "out"),
     ("backend-unknown", lambda x, a: csoftmax.softmax(x, backend="nope"), ValueError, "backend"),
+    ("backend-list", lambda x, a: csoftmax.softmax(x, backend=["c"]), TypeError, "backend"),
+    ("x-none", lambda x, a: csoftmax.logsumexp(None), TypeError, "x must be an array"),
+    ("bwd-grad-none", lambda x, a: csoftmax.softmax_backward(None, x), TypeError, "grad_output"),
+    ("bwd-output-none", lambda x, a: csoftmax.log_softmax_backward(x, None), TypeError, "output"),
+    ("bwd-output-list-of-str", lambda x, a: csoftmax.softmax_backward(x, ["a"]), TypeError, "output"),
     ("bwd-shapes", lambda x, a: csoftmax.softmax_backward(x, x[:2, :]), ValueError, "shape"),
     ("bwd-tau", lambda x, a: csoftmax.log_softmax_backward(x, x, temperature=0), ValueError, "temperature"),
     ("bwd-out", lambda x, a: csoftmax.softmax_backward(x, x, out=a(np.empty(3))), ValueError, "out"),
@@ -62,6 +78,8 @@ CASES = [
     ("jac-axis-none", lambda x, a: csoftmax.log_softmax_jacobian(x, axis=None), TypeError, "axis"),
     ("jac-0d", lambda x, a: csoftmax.softmax_jacobian(x[0, 0]), ValueError, "dimension"),
     ("jac-maxbytes-float", lambda x, a: csoftmax.softmax_jacobian(x, max_bytes=1e9), TypeError, "max_bytes"),
+    ("jac-64-dims", lambda x, a: csoftmax.log_softmax_jacobian(x.reshape((1,) * 62 + (3, 4))), ValueError,
+     "dimensions"),
     ("ce-label-range", lambda x, a: csoftmax.softmax_cross_entropy(x, a(np.array([0, 4, 1]))), ValueError, "4"),
     ("ce-label-neg", lambda x, a: csoftmax.softmax_cross_entropy(x, a(np.array([0, -3, 1]))), ValueError, "-3"),
     ("ce-label-bool", lambda x, a: csoftmax.softmax_cross_entropy(x, a(np.array([True, False, True]))), ValueError, "labels"),
@@ -80,6 +98,11 @@ CASES = [
     ("ce-masked-label", lambda x, a: csoftmax.softmax_cross_entropy(
         x, a(np.array([0, 1, 2])), where=a(np.array([True, False, True, True]))), ValueError, "masked"),
     ("ce-0d", lambda x, a: csoftmax.softmax_cross_entropy(x[0, 0], a(np.array(0))), ValueError, "dimension"),
+    ("ce-logits-str", lambda x, a: csoftmax.softmax_cross_entropy("abc", a(np.array([0]))), TypeError, "logits"),
+    ("ce-ignore-huge", lambda x, a: csoftmax.softmax_cross_entropy(x, a(np.array([0, 1, 2])), ignore_index=2**70),
+     ValueError, "ignore_index"),
+    ("ce-weight-other-library", lambda x, a: csoftmax.softmax_cross_entropy(x, a(np.array([0, 1, 2])),
+                                                                             weight=Foreign()), TypeError, "logits"),
     ("ce-grad-flag", lambda x, a: csoftmax.softmax_cross_entropy(x, a(np.array([0, 1, 2])), return_grad="yes"), TypeError,
      "return_grad"),
 ]

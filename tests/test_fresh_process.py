@@ -57,6 +57,7 @@ PRELUDES = {
     "show_config": "import io; csoftmax.show_config(file=io.StringIO())",
     "backend=": "csoftmax.softmax(np.ones(3), backend='reference')",
     "special": "import csoftmax.special; csoftmax.special.softmax(np.ones(3))",
+    "special-attribute": "csoftmax.special.logsumexp(np.ones(3))",  # reached without importing it
 }
 
 
@@ -161,7 +162,28 @@ def test_import_does_not_load_the_core_or_array_libraries():
     out = _run(
         """
         import sys, csoftmax
-        print(sorted(m for m in ("cupy", "torch", "jax", "dask", "csoftmax._ckernels", "scipy") if m in sys.modules))
+        print(sorted(m for m in ("cupy", "torch", "jax", "dask", "csoftmax._ckernels", "scipy", "csoftmax.special",
+                                 "matplotlib", "csoftmax._bench") if m in sys.modules))
         """
     )
     assert out == ["[]"]
+
+
+def test_special_is_an_attribute_and_dir_is_the_public_api():
+    """As scipy's `import scipy; scipy.special.softmax(...)`: csoftmax.special is reached
+    as an attribute (imported then, not before); dir() lists the public API only."""
+    out = _run(
+        """
+        import sys, json, csoftmax
+        print(json.dumps(dir(csoftmax)))
+        print("csoftmax.special" in sys.modules)
+        print(csoftmax.special.softmax([0.0, 0.0]).tolist(), "csoftmax.special" in sys.modules)
+        try:
+            csoftmax.specials
+        except AttributeError as exc:
+            print(exc)
+        """
+    )
+    assert json.loads(out[0]) == sorted(csoftmax.__all__ + ["special"])
+    assert "annotations" not in out[0]
+    assert out[1:] == ["False", "[0.5, 0.5] True", "module 'csoftmax' has no attribute 'specials'"]

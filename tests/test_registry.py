@@ -140,6 +140,47 @@ def test_show_config_names_everything():
     assert "selected:" in text
 
 
+def test_show_config_says_why_a_backend_is_unavailable_and_lists_libraries():
+    def broken():
+        raise RuntimeError("the widget driver says no (error 7)")
+
+    rec = csoftmax.Backend("widget", lambda x: False, lambda: None, available=broken, description="widgets")
+    csoftmax.register_backend(rec, before="reference")
+    try:
+        buf = io.StringIO()
+        csoftmax.show_config(file=buf)
+        lines = buf.getvalue().splitlines()
+        at = next(i for i, line in enumerate(lines) if line.split()[:2] == ["widget", "unavailable"])
+        assert lines[at + 1].split() == ["why:", "the", "widget", "driver", "says", "no", "(error", "7)"]
+    finally:
+        csoftmax.unregister_backend("widget")
+    libs = buf.getvalue().split("optional libraries:\n")[1].splitlines()
+    from csoftmax._config import OPTIONAL_LIBRARIES
+
+    assert [line.split()[0] for line in libs] == [m for m, _ in OPTIONAL_LIBRARIES]
+    import importlib.metadata
+
+    for line in libs:
+        module = line.split()[0]
+        try:
+            version = importlib.metadata.version(module)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        assert line.split()[1] == version, line
+    assert "OpenMP: " in buf.getvalue()
+
+
+def test_an_availability_check_that_returns_false_is_reported_too():
+    csoftmax.register_backend(csoftmax.Backend("nope", lambda x: False, lambda: None, available=lambda: False))
+    try:
+        from csoftmax import _registry
+
+        assert _registry.unavailable_reason("nope") == "its availability check says no"
+        assert _registry.unavailable_reason("reference") is None
+    finally:
+        csoftmax.unregister_backend("nope")
+
+
 def _run(code, **env):
     full = dict(os.environ)
     full.update(env)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 import operator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -20,6 +20,14 @@ AxisError = np.exceptions.AxisError
 
 FLOATS = ("float16", "float32", "float64")
 REDUCTIONS = ("mean", "sum", "none")
+
+
+def quiet(xp: Any) -> Any:
+    """Where NumPy computes a value that is meant to be inf or NaN (a cast beyond a dtype's
+    range, inf / inf), no warning: NumPy's errstate -- for NumPy, and for the namespaces
+    that compute with NumPy underneath (array-api-strict's, Dask's, ...); it costs the
+    others nothing."""
+    return np.errstate(all="ignore")
 
 
 # ---- arrays ------------------------------------------------------------------------------
@@ -42,8 +50,6 @@ def as_array(x: Any, argname: str = "x") -> Any:
     for name in _registry.backends():
         if _registry.backend_record(name).accepts(x):
             return x
-    if hasattr(x, "__array_namespace__") or (hasattr(x, "shape") and hasattr(x, "dtype")):
-        return x
     raise TypeError(f"{argname} must be an array, got {type_name(x)}")
 
 
@@ -63,12 +69,12 @@ def same_library(ref: Any, a: Any) -> bool:
     return lib is not None and lib.accepts(a)
 
 
-def same_kind_array(ref: Any, a: Any, argname: str) -> Any:
+def same_kind_array(ref: Any, a: Any, argname: str, refname: str = "x") -> Any:
     """a as an array of ref's library (lists and scalars accepted)."""
     a = as_array(a, argname)
     if not same_library(ref, a):
         raise TypeError(
-            f"{argname} must be an array of the same library as x ({type_name(ref)}), got {type_name(a)}"
+            f"{argname} must be an array of the same library as {refname} ({type_name(ref)}), got {type_name(a)}"
         )
     return a
 
@@ -94,7 +100,7 @@ def category(xp: Any, dt: Any) -> str:
             return "other"
         except (TypeError, ValueError):
             pass
-    return _NP_KINDS.get(getattr(dt, "kind", None), "other")
+    return _NP_KINDS.get(str(getattr(dt, "kind", "")), "other")
 
 
 _NAMES: dict[tuple[type, Any], str] = {}  # keyed by the dtype's class too: no comparisons across libraries
@@ -164,10 +170,15 @@ def _float_dtype_error(what: Any) -> TypeError:
 
 
 def normalize_dtype(xp: Any, dtype: Any) -> Any:
-    """A float dtype of namespace xp from what the caller passed (a dtype of xp, a name,
-    or anything NumPy takes as a dtype)."""
+    """A float dtype of namespace xp from what the caller passed: a dtype of xp, a type, or
+    what NumPy reads as a dtype ('float32', 'f4', 'd', '<f8', 'float', 'e', np.float32, ...)
+    for any namespace. The result is in native byte order."""
     if isinstance(dtype, str):
-        dt = getattr(xp, dtype, None)
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            raise TypeError(f"dtype must be a float dtype (float16, float32 or float64), got {dtype!r}") from None
+        dt = getattr(xp, name, None) if name in FLOATS else None
         if dt is None:
             raise _float_dtype_error(repr(dtype))
         if _spells_numpy(xp):
@@ -179,12 +190,12 @@ def normalize_dtype(xp: Any, dtype: Any) -> Any:
             raise _float_dtype_error(repr(dtype)) from None
     else:
         dt = dtype
-        if category(xp, dt) == "other":  # not a dtype of xp: a NumPy dtype's name, spelled by xp
+        if category(xp, dt) == "other":  # not a dtype of xp: a NumPy dtype, spelled by xp
             try:
                 name = np.dtype(dtype).name
             except TypeError:
                 raise _float_dtype_error(repr(dtype)) from None
-            dt = getattr(xp, name, None)
+            dt = getattr(xp, name, None) if name in FLOATS else None
             if dt is None:
                 raise _float_dtype_error(name)
     name = dtype_name(dt)
@@ -194,13 +205,16 @@ def normalize_dtype(xp: Any, dtype: Any) -> Any:
     if floats is not None and name not in floats:
         raise TypeError(f"dtype {name} is not available for these arrays here (the library's float dtypes: "
                         f"{', '.join(floats)})")
+    if not getattr(dt, "isnative", True):
+        dt = dt.newbyteorder("=")
     return dt
 
 
-def result_dtype(xp: Any, in_dtype: Any, dtype: Any = None) -> Any:
+def result_dtype(xp: Any, in_dtype: Any, dtype: Any = None, argname: str = "x", complex_hint: bool = True) -> Any:
     """The dtype of the result: dtype= if given (a float dtype); else the input's for
     float16/32/64, the namespace's default_float for integer and bool input (float64, or
-    float32 for JAX without x64). Complex: TypeError."""
+    float32 for JAX without x64). Complex: TypeError (pointing to csoftmax.special where
+    complex_hint: for the forward ops, which scipy's take complex)."""
     if dtype is not None:
         return normalize_dtype(xp, dtype)
     cat = category(xp, in_dtype)
@@ -213,10 +227,9 @@ def result_dtype(xp: Any, in_dtype: Any, dtype: Any = None) -> Any:
     if cat in ("int", "bool"):
         return default_float(xp)
     if cat == "complex":
-        raise TypeError(
-            "complex input is not supported here; csoftmax.special.logsumexp takes complex input as scipy does"
-        )
-    raise TypeError(f"x must have a real numeric dtype, got {dtype_name(in_dtype)}")
+        hint = "; csoftmax.special takes complex input as scipy does" if complex_hint else ""
+        raise TypeError(f"{argname} is complex, which is not supported here{hint}")
+    raise TypeError(f"{argname} must have a real numeric dtype, got {dtype_name(in_dtype)}")
 
 
 def scalar(v: Any) -> float:
@@ -263,7 +276,7 @@ def check_temperature(t: Any) -> float:
         raise ValueError(f"temperature {t} is beyond the float range (use float('inf'))") from None
     if not t > 0.0:  # also NaN
         raise ValueError(f"temperature must be > 0 (or +inf), got {t}")
-    return t
+    return float(t)
 
 
 def normalize_axes(axis: Any, ndim: int, argname: str = "axis") -> tuple[int, ...]:
@@ -284,12 +297,10 @@ def normalize_axes(axis: Any, ndim: int, argname: str = "axis") -> tuple[int, ..
         lim = max(ndim, 1)  # a 0-d array takes axis 0 or -1
         if not -lim <= a < lim:
             raise AxisError(a, ndim, argname)
-        out.append(a % lim if ndim else None)
-    if ndim == 0:
-        return ()
+        out.append(a % lim)
     if len(set(out)) != len(out):
         raise ValueError(f"repeated axis in {argname}: {axis}")
-    return tuple(sorted(out))
+    return tuple(sorted(out)) if ndim else ()
 
 
 def single_axis(axis: Any, ndim: int, argname: str = "axis") -> int:
@@ -311,10 +322,10 @@ def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
     return all(s == 1 or s == t for s, t in zip(reversed(shape), reversed(target)))
 
 
-def check_where(x: Any, xp: Any, where: Any, shape: tuple[int, ...]) -> Any:
+def check_where(x: Any, xp: Any, where: Any, shape: tuple[int, ...], refname: str = "x") -> Any:
     if where is None:
         return None
-    where = same_kind_array(x, where, "where")
+    where = same_kind_array(x, where, "where", refname)
     if category(xp, where.dtype) != "bool":
         raise TypeError(f"where must be a boolean array, got dtype {dtype_name(where.dtype)}")
     if not _broadcasts_to(tuple(where.shape), tuple(shape)):
@@ -329,7 +340,8 @@ def check_out(x: Any, mod: Any, out: Any, shape: tuple[int, ...], rdt: Any, argn
         raise TypeError(f"{argname} must be an array of the input's library ({type_name(x)}), got {type_name(out)}")
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"{argname} has shape {tuple(out.shape)}, expected {tuple(shape)}")
-    if out.dtype != rdt:
+    native = out.dtype.newbyteorder("=") if isinstance(out.dtype, np.dtype) else out.dtype
+    if native != rdt:  # any byte order, as NumPy's ufuncs take it
         raise ValueError(f"{argname} has dtype {dtype_name(out.dtype)}, expected {dtype_name(rdt)}")
     if not mod.writable(out):
         raise ValueError(f"{argname} is read-only")
@@ -339,7 +351,7 @@ def check_out(x: Any, mod: Any, out: Any, shape: tuple[int, ...], rdt: Any, argn
 # ---- cross-entropy's targets ---------------------------------------------------------------
 def xent_targets(x: Any, xp: Any, labels: Any, ax: int, ignore_index: int) -> tuple[Any, Any]:
     """(index labels, probability targets): exactly one is an array, the other None."""
-    labels = same_kind_array(x, labels, "labels")
+    labels = same_kind_array(x, labels, "labels", "logits")
     row_shape = tuple(s for i, s in enumerate(x.shape) if i != ax)
     cat = category(xp, labels.dtype)
     if cat == "int":
@@ -365,7 +377,7 @@ def xent_weight(x: Any, xp: Any, weight: Any, n: int) -> Any:
     """The class weights as default_float (float64 but for JAX without x64), or None."""
     if weight is None:
         return None
-    weight = same_kind_array(x, weight, "weight")
+    weight = same_kind_array(x, weight, "weight", "logits")
     if category(xp, weight.dtype) not in ("float", "int"):
         raise TypeError(f"weight must be real numbers, got dtype {dtype_name(weight.dtype)}")
     if tuple(weight.shape) != (n,):

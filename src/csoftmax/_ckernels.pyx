@@ -220,11 +220,9 @@ cdef inline int _fast_axis(object axis, int nd, int kind, uint64_t *reduce):
             return 0
         reduce[0] = (<uint64_t>1 << nd) - 1 if nd < 64 else <uint64_t>0xFFFFFFFFFFFFFFFF
         return 1
-    if type(axis) is not int:
+    if type(axis) is not int or not -nd <= axis < nd:  # compared as Python ints: any size
         return 0
     a = axis
-    if a < -nd or a >= nd:
-        return 0
     if a < 0:
         a += nd
     reduce[0] = <uint64_t>1 << a
@@ -281,6 +279,41 @@ cdef inline void _extent(cnp.ndarray a, char **lo, char **hi):
     hi[0] += cnp.PyArray_ITEMSIZE(a)
 
 
+cdef int _self_overlaps(cnp.ndarray a):
+    """Whether two elements of a may share bytes (a view made with as_strided, say): the
+    dimensions of size > 1 sorted by the size of their strides, each must step past all
+    the bytes the smaller ones span. Conservative: 1 where it cannot tell."""
+    cdef int d, j, k, nd = cnp.PyArray_NDIM(a)
+    cdef cnp.npy_intp st[64]
+    cdef cnp.npy_intp ex[64]
+    cdef cnp.npy_intp span, v
+    if cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_IS_F_CONTIGUOUS(a):
+        return 0
+    k = 0
+    for d in range(nd):
+        if cnp.PyArray_DIMS(a)[d] > 1:
+            st[k] = cnp.PyArray_STRIDES(a)[d] if cnp.PyArray_STRIDES(a)[d] >= 0 else -cnp.PyArray_STRIDES(a)[d]
+            ex[k] = cnp.PyArray_DIMS(a)[d]
+            k += 1
+    for d in range(1, k):  # insertion sort by stride
+        j = d
+        while j > 0 and st[j - 1] > st[j]:
+            v = st[j]; st[j] = st[j - 1]; st[j - 1] = v
+            v = ex[j]; ex[j] = ex[j - 1]; ex[j - 1] = v
+            j -= 1
+    span = cnp.PyArray_ITEMSIZE(a)
+    for d in range(k):
+        if st[d] < span:
+            return 1
+        span += st[d] * (ex[d] - 1)
+    return 0
+
+
+def self_overlaps(cnp.ndarray a):
+    """Whether two elements of a may share bytes (see _self_overlaps)."""
+    return bool(_self_overlaps(a))
+
+
 cdef inline int _fast_out_beside(cnp.ndarray out, cnp.ndarray a):
     """out may be written while a is read: it is a itself, or their bytes are apart."""
     cdef char *olo
@@ -288,7 +321,7 @@ cdef inline int _fast_out_beside(cnp.ndarray out, cnp.ndarray a):
     cdef char *alo
     cdef char *ahi
     if _fast_same_layout(out, a):
-        return 1
+        return not _self_overlaps(out)
     _extent(out, &olo, &ohi)
     _extent(a, &alo, &ahi)
     return olo == ohi or alo == ahi or ohi <= alo or ahi <= olo
@@ -310,6 +343,8 @@ cdef inline int _fast_out(object out, cnp.ndarray like, cnp.ndarray other):
     for d in range(cnp.PyArray_NDIM(o)):
         if cnp.PyArray_DIMS(o)[d] != cnp.PyArray_DIMS(like)[d]:
             return 0
+    if _self_overlaps(o):
+        return 0
     return _fast_out_beside(o, like) and (other is None or _fast_out_beside(o, other))
 
 

@@ -22,18 +22,20 @@ them by name).
 """
 from __future__ import annotations
 
+import importlib
 import math
+from typing import Any
 
 _VELTKAMP = 134217729.0  # 2^27 + 1
 
 
-def namespace(x):
+def namespace(x: Any) -> Any:
     """The array namespace of x: __array_namespace__, else array-api-compat if installed."""
     get = getattr(x, "__array_namespace__", None)
     if get is not None:
         return get()
     try:
-        import array_api_compat
+        array_api_compat = importlib.import_module("array_api_compat")
     except ImportError:
         raise TypeError(
             f"csoftmax cannot take arrays of type {type(x).__module__}.{type(x).__qualname__}: "
@@ -46,7 +48,7 @@ def namespace(x):
         raise TypeError(f"csoftmax cannot take arrays of type {type(x).__qualname__}: {exc}") from None
 
 
-def _two_diff(a, b):
+def _two_diff(a: Any, b: Any) -> Any:
     """s + e == a - b exactly."""
     s = a - b
     bb = s - a
@@ -54,7 +56,7 @@ def _two_diff(a, b):
     return s, e
 
 
-def _two_prod(a, b):
+def _two_prod(a: Any, b: Any) -> Any:
     """p + e == a * b exactly (Veltkamp-Dekker; no fused multiply-add in the standard)."""
     p = a * b
     ca, cb = _VELTKAMP * a, _VELTKAMP * b
@@ -64,12 +66,35 @@ def _two_prod(a, b):
     return p, e
 
 
-def accurate_sum(xp, v, axes):
+def accurate_sum(xp: Any, v: Any, axes: Any) -> Any:
     """Sum over axes (keepdims) to about double-double accuracy, whatever order the
     namespace's own sum would use: pairwise, with every addition's rounding error
     (two_sum) carried along and added at the end. log2(n) whole-array steps."""
+    return accurate_sum_pair(xp, v, axes)[0]
+
+
+def accurate_sum_pair(xp: Any, v: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
+    """accurate_sum as the pair (hi, lo): hi the sum rounded, lo what it left out (for a
+    difference g - sum that cancels). Where the running sums of finite terms overflow
+    although the sum need not (terms near the largest double, of both signs), the terms
+    are summed again scaled down by a power of two, and scaled back."""
+    hi, lo = _pairwise_sum(xp, v, axes)
+    if not axes or bool(xp.all(xp.isfinite(hi))):
+        return hi, lo
+    n = 1
+    for a in axes:
+        n *= v.shape[a]
+    k = max(1, (n - 1).bit_length() + 1)
+    shi, slo = _pairwise_sum(xp, v * 2.0**-k, axes)
+    finite_terms = xp.all(xp.isfinite(v), axis=axes, keepdims=True)
+    redo = finite_terms & ~xp.isfinite(hi)
+    up = shi * 2.0**k
+    return xp.where(redo, up, hi), xp.where(redo & xp.isfinite(up), slo * 2.0**k, lo)
+
+
+def _pairwise_sum(xp: Any, v: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
     if not axes:
-        return v
+        return v, xp.zeros_like(v)
     nd = v.ndim
     rest = [a for a in range(nd) if a not in axes]
     moved = xp.permute_dims(v, tuple(rest) + tuple(axes))
@@ -88,18 +113,21 @@ def accurate_sum(xp, v, axes):
         bb = s - a
         err = (a - (s - bb)) + (b - bb)
         hi, lo = s, lo[..., 0::2] + lo[..., 1::2] + _finite_or_zero(xp, err)
-    total = hi + lo if n else xp.zeros(tuple(lead) + (1,), dtype=v.dtype)
-    total = xp.reshape(total, tuple(lead))
+    if not n:
+        hi = lo = xp.zeros(tuple(lead) + (1,), dtype=v.dtype)
+    total = hi + lo
+    rest = _finite_or_zero(xp, (hi - total) + lo)
+    total, rest = xp.reshape(total, tuple(lead)), xp.reshape(rest, tuple(lead))
     for a in sorted(axes):  # back to keepdims
-        total = xp.expand_dims(total, axis=a)
-    return total
+        total, rest = xp.expand_dims(total, axis=a), xp.expand_dims(rest, axis=a)
+    return total, rest
 
 
-def _finite_or_zero(xp, v):
+def _finite_or_zero(xp: Any, v: Any) -> Any:
     return xp.where(xp.isfinite(v), v, xp.zeros_like(v))
 
 
-def _scaled_diff(xp, x, m, tau):
+def _scaled_diff(xp: Any, x: Any, m: Any, tau: Any) -> Any:
     """(x - m) / tau as dh + dl, accurate to ~1 ulp of float64 in absolute terms."""
     dh, dl = _two_diff(x, m)
     dl = _finite_or_zero(xp, dl)
@@ -115,18 +143,18 @@ def _scaled_diff(xp, x, m, tau):
     return dh, dl
 
 
-def _bcast_mask(xp, mask, shape):
+def _bcast_mask(xp: Any, mask: Any, shape: Any) -> Any:
     return None if mask is None else xp.broadcast_to(mask, shape)
 
 
-def _count(xp, cond, axes):
+def _count(xp: Any, cond: Any, axes: Any) -> Any:
     return xp.sum(xp.astype(cond, xp.float64), axis=axes, keepdims=True)
 
 
 class _Stats:
     """Per-row quantities of x (float64), kept with keepdims=True shapes."""
 
-    def __init__(self, xp, x, axes, tau, mask):
+    def __init__(self, xp: Any, x: Any, axes: Any, tau: Any, mask: Any) -> None:
         self.xp, self.x, self.axes, self.tau = xp, x, axes, tau
         self.mask = mask = _bcast_mask(xp, mask, x.shape)
         self.live = xp.ones(x.shape, dtype=xp.bool) if mask is None else mask
@@ -152,7 +180,7 @@ class _Stats:
         self.s = (_count(xp, is_max, axes) - 1.0) + others  # S', the max entry left out
         self.log1p_s = xp.log1p(xp.where(self.special, xp.zeros_like(self.s), self.s))
 
-    def special_values(self, kind):
+    def special_values(self, kind: Any) -> Any:
         """Values of the special rows (masked entries are overwritten by the caller)."""
         xp = self.xp
         nan = math.nan
@@ -172,51 +200,58 @@ class _Stats:
         return xp.where(self.any, full, outside)
 
 
-def _masked_fill(xp, v, mask, fill):
+def _masked_fill(xp: Any, v: Any, mask: Any, fill: Any) -> Any:
     if mask is None:
         return v
     return xp.where(mask, v, xp.asarray(fill, dtype=v.dtype))
 
 
-def softmax(xp, x, axes, tau, mask):
+def softmax(xp: Any, x: Any, axes: Any, tau: Any, mask: Any) -> Any:
     st = _Stats(xp, x, axes, tau, mask)
     v = st.e / (1.0 + xp.where(st.special, xp.zeros_like(st.s), st.s))
     v = xp.where(st.special, st.special_values("softmax"), v)
     return _masked_fill(xp, v, st.mask, 0.0)
 
 
-def log_softmax(xp, x, axes, tau, mask):
+def log_softmax(xp: Any, x: Any, axes: Any, tau: Any, mask: Any) -> Any:
     st = _Stats(xp, x, axes, tau, mask)
     v = (st.dh - st.log1p_s) + st.dl
     v = xp.where(st.special, st.special_values("log_softmax"), v)
     return _masked_fill(xp, v, st.mask, -math.inf)
 
 
-def logsumexp(xp, x, axes, mask, keepdims):
+def logsumexp(xp: Any, x: Any, axes: Any, mask: Any, keepdims: Any) -> Any:
     st = _Stats(xp, x, axes, 1.0, mask)
     v = xp.where(st.special, st.special_values("logsumexp"), st.m + st.log1p_s)
     return v if keepdims else xp.squeeze(v, axis=axes)
 
 
-def softmax_backward(xp, g, y, axes, tau, mask):
+def softmax_backward(xp: Any, g: Any, y: Any, axes: Any, tau: Any, mask: Any) -> Any:
     mask = _bcast_mask(xp, mask, g.shape)
     gm, ym = _masked_fill(xp, g, mask, 0.0), _masked_fill(xp, y, mask, 0.0)
-    dot = accurate_sum(xp, gm * ym, axes)
-    return _masked_fill(xp, y * (g - dot) * (1.0 / tau), mask, 0.0)
+    dot, dot_lo = accurate_sum_pair(xp, gm * ym, axes)
+    d = (g - dot) - dot_lo
+    # g - sum may overflow where y (g - sum) does not: there, in halves
+    halves = (y * ((g * 0.5 - dot * 0.5) - dot_lo * 0.5)) / tau * 2.0
+    v = xp.where(xp.isfinite(d) | ~(xp.isfinite(g) & xp.isfinite(dot)), y * d / tau, halves)
+    return _masked_fill(xp, v, mask, 0.0)
 
 
-def log_softmax_backward(xp, g, y, axes, tau, mask):
+def log_softmax_backward(xp: Any, g: Any, y: Any, axes: Any, tau: Any, mask: Any) -> Any:
     mask = _bcast_mask(xp, mask, g.shape)
-    total = accurate_sum(xp, _masked_fill(xp, g, mask, 0.0), axes)
-    return _masked_fill(xp, (g - xp.exp(y) * total) * (1.0 / tau), mask, 0.0)
+    total, total_lo = accurate_sum_pair(xp, _masked_fill(xp, g, mask, 0.0), axes)
+    e = xp.exp(y)
+    # an infinite sum: exp(y) * sum is that infinity for every finite y, underflow or not
+    et = xp.where(xp.isinf(total) & (y > -math.inf), total, e * total)
+    return _masked_fill(xp, ((g - et) - e * total_lo) / tau, mask, 0.0)
 
 
-def one_minus_softmax(xp, logp):
+def one_minus_softmax(xp: Any, logp: Any) -> Any:
     """1 - softmax, to full precision also where softmax is close to 1: -expm1(logp)."""
     return -xp.expm1(logp)
 
 
-def jacobian(xp, s, logp, tau, log):
+def jacobian(xp: Any, s: Any, logp: Any, tau: Any, log: Any) -> Any:
     """Batched Jacobian of softmax (log=False) or log_softmax (log=True) along the last
     axis, from the softmax s and the log_softmax logp of the same row:
       softmax:      J[..., i, j] = s_i (delta_ij - s_j) / tau
@@ -225,17 +260,17 @@ def jacobian(xp, s, logp, tau, log):
     n = s.shape[-1]
     eye = xp.eye(n, dtype=xp.bool)
     om = one_minus_softmax(xp, logp)
-    inv = 1.0 / tau
     if log:
         off = -xp.broadcast_to(s[..., None, :], s.shape + (n,))
         diag = om[..., :, None]
     else:
         off = -(s[..., :, None] * s[..., None, :])
         diag = (s * om)[..., :, None]
-    return xp.where(eye, diag, off) * inv
+    return xp.where(eye, diag, off) / tau  # a division: every tau, 1/tau representable or not
 
 
-def cross_entropy_rows(xp, x, axis, labels, probs, weight, ignore_index, eps, tau, mask, grad_scale, want_grad):
+def cross_entropy_rows(xp: Any, x: Any, axis: Any, labels: Any, probs: Any, weight: Any, ignore_index: Any, eps: Any,
+                       tau: Any, mask: Any, grad_scale: Any, want_grad: Any) -> Any:
     """Per-row losses (shape of x without axis) and, if want_grad, the gradient with
     respect to x, scaled by grad_scale (torch.nn.functional.cross_entropy's formulas; see
     csm_grad.h for the same in C). labels: integer class indices (or None); probs: class
@@ -277,7 +312,7 @@ def cross_entropy_rows(xp, x, axis, labels, probs, weight, ignore_index, eps, ta
     if not want_grad:
         return loss, None
     p = softmax(xp, x, axes, tau, mask)
-    grad = (p * A - B) * (grad_scale / tau)
+    grad = (p * A - B) * grad_scale / tau
     grad = xp.where(live, grad, zero)
     if valid is not None:
         grad = xp.where(xp.expand_dims(valid, axis=axis), grad, zero)

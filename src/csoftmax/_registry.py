@@ -31,17 +31,40 @@ def _always() -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Backend:
-    """A backend.
+    """A backend: how csoftmax recognises its arrays and loads its implementation.
 
-    name: what backend= and use_backend() take.
-    accepts: ``accepts(x) -> bool``, true for arrays this backend computes on; it must not
+    Parameters
+    ----------
+    name : str
+        What ``backend=`` and ``use_backend()`` take.
+    accepts : callable
+        ``accepts(x) -> bool``, true for arrays this backend computes on; it must not
         import anything (look at ``type(x).__module__`` and the class name).
-    loader: returns the module (or object) implementing csoftmax._protocol's interface for
-        its ops; called once, on first use.
-    ops: the op names it implements (a subset of csoftmax.OPS).
-    available: ``available() -> bool``, whether it can run here (compiled extension
-        present, library importable, device present); called lazily and cached.
-    description: one line for show_config().
+    loader : callable
+        Returns the module (or object) implementing the backend protocol
+        (``csoftmax._protocol``) for its ops; called once, on first use.
+    ops : tuple of str, optional
+        The op names it implements (a subset of ``csoftmax.OPS``; default: all).
+    available : callable, optional
+        ``available() -> bool``, whether it can run here (compiled extension present,
+        library importable, device present); called lazily and cached. An exception
+        it raises also means unavailable, and its message is the reason
+        ``show_config()`` gives.
+    description : str, optional
+        One line for ``show_config()``.
+
+    See Also
+    --------
+    register_backend, get_backend
+
+    Examples
+    --------
+    >>> rec = csoftmax.get_backend(np.zeros(3))
+    >>> rec.name, rec.implements("logsumexp")
+    ('c', True)
+    >>> mine = csoftmax.Backend("mine", accepts=lambda x: False, loader=lambda: None, ops=("softmax",))
+    >>> mine.ops
+    ('softmax',)
     """
 
     name: str
@@ -52,6 +75,7 @@ class Backend:
     description: str = ""
 
     def implements(self, op: str) -> bool:
+        """Whether the backend implements the op of this name."""
         return op in self.ops
 
 
@@ -59,6 +83,7 @@ _lock = threading.RLock()
 _backends: dict[str, Backend] = {}
 _modules: dict[str, Any] = {}
 _availability: dict[str, bool] = {}
+_reasons: dict[str, str] = {}  # why an unavailable backend is unavailable
 _auto_cache: dict[tuple[type, str], Backend] = {}
 # plain dispatch of (type, op) once its backend is loaded: (backend, module, fast entry)
 _loaded_cache: dict[tuple[type, str], tuple[Backend, Any, Any]] = {}
@@ -68,8 +93,55 @@ _override: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("cso
 
 
 def register_backend(backend: Backend, *, before: str | None = None, replace: bool = False) -> None:
-    """Add a backend. It is tried after those registered earlier, or just before the one
-    named by ``before``. A name already taken is a ValueError unless ``replace=True``."""
+    """Add a backend to dispatch.
+
+    It is tried after those registered earlier, or just before the one named by
+    ``before``; registering clears the cached dispatch choices.
+
+    Parameters
+    ----------
+    backend : Backend
+        The record of the backend.
+    before : str, optional
+        The name of a registered backend to put it in front of (e.g. "reference").
+    replace : bool, optional
+        Replace a registered backend of the same name.
+
+    Raises
+    ------
+    TypeError
+        When ``backend`` is not a ``csoftmax.Backend``.
+    ValueError
+        For a name already taken (without ``replace=True``), an unknown ``before``, or
+        ops that are not csoftmax's.
+
+    See Also
+    --------
+    unregister_backend, Backend
+
+    Examples
+    --------
+    A backend for a type of one's own that computes softmax with the reference:
+
+    >>> class Boxed:
+    ...     def __init__(self, a):
+    ...         self.a = np.asarray(a, dtype=float)
+    ...         self.shape, self.dtype, self.ndim = self.a.shape, self.a.dtype, self.a.ndim
+    >>> class BoxedBackend:
+    ...     def namespace(self, x):
+    ...         return np
+    ...     def writable(self, out):
+    ...         return True
+    ...     def forward(self, op, x, /, *, axes, temperature, keepdims, where, out, dtype):
+    ...         return Boxed(csoftmax.softmax(x.a, axis=axes, temperature=temperature))
+    >>> csoftmax.register_backend(csoftmax.Backend(
+    ...     "boxed", accepts=lambda x: type(x).__name__ == "Boxed", loader=BoxedBackend, ops=("softmax",)),
+    ...     before="reference")
+    >>> csoftmax.softmax(Boxed([1.0, 2.0])).a
+    array([0.26894142, 0.73105858])
+    >>> csoftmax.unregister_backend("boxed").name
+    'boxed'
+    """
     if not isinstance(backend, Backend):
         raise TypeError(f"backend must be a csoftmax.Backend, got {type(backend).__name__}")
     unknown = set(backend.ops) - set(OPS)
@@ -92,7 +164,31 @@ def register_backend(backend: Backend, *, before: str | None = None, replace: bo
 
 
 def unregister_backend(name: str) -> Backend:
-    """Remove a registered backend (returns its record); ValueError if there is none."""
+    """Remove a registered backend: the inverse of ``register_backend``.
+
+    Parameters
+    ----------
+    name : str
+        The backend's name.
+
+    Returns
+    -------
+    Backend
+        The record removed.
+
+    Raises
+    ------
+    ValueError
+        When no backend of that name is registered.
+
+    Examples
+    --------
+    >>> csoftmax.register_backend(csoftmax.Backend("none", accepts=lambda x: False, loader=lambda: None))
+    >>> csoftmax.unregister_backend("none").name
+    'none'
+    >>> "none" in csoftmax.backends()
+    False
+    """
     with _lock:
         rec = backend_record(name)
         del _backends[name]
@@ -103,17 +199,32 @@ def unregister_backend(name: str) -> Backend:
 def _forget(name: str) -> None:
     _modules.pop(name, None)
     _availability.pop(name, None)
+    _reasons.pop(name, None)
     _auto_cache.clear()
     _loaded_cache.clear()
     _library_cache.clear()
 
 
 def backends() -> tuple[str, ...]:
-    """Names of the registered backends, in dispatch order."""
+    """The names of the registered backends, in dispatch order.
+
+    Available here or not (``show_config()`` says which, and why).
+
+    Returns
+    -------
+    tuple of str
+
+    Examples
+    --------
+    >>> csoftmax.backends()[:3]
+    ('c', 'cuda', 'reference')
+    """
     return tuple(_backends)
 
 
 def backend_record(name: str) -> Backend:
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a registered backend's name (a str), got {type(name).__name__}")
     try:
         return _backends[name]
     except KeyError:
@@ -127,13 +238,24 @@ def is_available(name: str) -> bool:
     if ok is None:
         try:
             ok = bool(b.available())
-        except Exception:
+            if not ok:
+                _reasons[name] = "its availability check says no"
+        except Exception as exc:
             ok = False
+            _reasons[name] = str(exc) or type(exc).__name__
         _availability[name] = ok
     return ok
 
 
-def load(name: str):
+def unavailable_reason(name: str) -> str | None:
+    """Why a backend cannot run here (the message its availability check raised); None
+    when it is available."""
+    if is_available(name):
+        return None
+    return _reasons.get(name, "its availability check says no")
+
+
+def load(name: str) -> Any:
     """The module implementing a backend's ops (imported on first use, and checked
     against the protocol then)."""
     mod = _modules.get(name)
@@ -154,8 +276,33 @@ def load(name: str):
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[Backend]:
-    """Within the block, calls without backend= use this backend (thread- and
-    task-local). It must be able to take the arrays passed, or the call raises."""
+    """A context in which calls without ``backend=`` use this backend.
+
+    Thread- and task-local (a context variable); blocks nest, the innermost wins. The
+    backend must be able to take the arrays passed, or the call raises.
+
+    Parameters
+    ----------
+    name : str
+        A registered backend's name.
+
+    Yields
+    ------
+    Backend
+        The backend's record.
+
+    Raises
+    ------
+    ValueError
+        For an unknown backend (on entering the block).
+
+    Examples
+    --------
+    >>> x = np.array([1.0, 2.0])
+    >>> with csoftmax.use_backend("reference") as rec:
+    ...     print(rec.name, csoftmax.get_backend(x).name, csoftmax.softmax(x))
+    reference reference [0.26894142 0.73105858]
+    """
     b = backend_record(name)
     token = _override.set(_override.get() + (b.name,))
     try:

@@ -23,11 +23,16 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any, Literal, overload
 
 import numpy as np
 
 from . import _api, _registry
 from . import _checks as C
+from ._typing import ArrayT, Axis, NumPyInput
+
+# Results for NumPy input are NumPy arrays, or NumPy scalars where the result is 0-d (as
+# scipy's): typed Any, since which one depends on the input's shape.
 
 __all__ = ["softmax", "log_softmax", "logsumexp"]
 
@@ -37,7 +42,7 @@ def _array_api_mode() -> bool:
     return bool(os.environ.get("SCIPY_ARRAY_API"))
 
 
-def _as_input(x):
+def _as_input(x: Any) -> Any:
     """x as scipy.special takes it (see the module's docstring)."""
     if type(x) is np.ndarray:
         return x
@@ -54,26 +59,73 @@ def _as_input(x):
         raise TypeError(f"x could not be converted to an array: {exc}") from None
 
 
-def _namespace(x):
+def _namespace(x: Any) -> Any:
     """The array namespace csoftmax's backend for x checks it with."""
     if type(x) is np.ndarray:
         return np
     return _registry.dispatch(x, "softmax")[1].namespace(x)
 
 
-def _is_complex(xp, a) -> bool:
+def _is_complex(xp: Any, a: Any) -> bool:
     return C.category(xp, a.dtype) == "complex"
 
 
-def _unwrap0(v):
+def _unwrap0(v: Any) -> Any:
     """scipy returns NumPy scalars where the result is 0-d."""
     if isinstance(v, np.ndarray) and v.ndim == 0:
         return v[()]
     return v
 
 
-def softmax(x, axis=None):
-    """scipy.special.softmax: exp(x) / sum(exp(x)) over axis (default: all axes)."""
+@overload
+def softmax(x: NumPyInput, axis: Axis = None) -> Any: ...
+@overload
+def softmax(x: ArrayT, axis: Axis = None) -> ArrayT: ...
+def softmax(x: Any, axis: Axis = None) -> Any:
+    """scipy.special.softmax: ``exp(x) / sum(exp(x))`` over ``axis``.
+
+    Parameters
+    ----------
+    x : array_like
+        Real or complex input: a NumPy array (or list, scalar), or any array csoftmax
+        takes.
+    axis : int, tuple of ints or None, optional
+        The axes of one softmax; None (the default, as scipy): all axes.
+
+    Returns
+    -------
+    array or scalar
+        Of x's shape; a NumPy scalar where that is 0-d (as scipy's).
+
+    Raises
+    ------
+    TypeError
+        For input that is not an array.
+    numpy.exceptions.AxisError
+        For an axis out of range.
+
+    See Also
+    --------
+    csoftmax.softmax : the same, with temperature, where, dtype and out, and axis=-1 by
+        default.
+
+    Notes
+    -----
+    Real input runs on csoftmax.softmax (the fast backends, a few ulp); complex input on
+    scipy's formula. Deliberate difference: an empty axis gives an empty result (scipy
+    raises).
+
+    Examples
+    --------
+    >>> from csoftmax import special
+    >>> special.softmax([1.0, 2.0, 3.0])
+    array([0.09003057, 0.24472847, 0.66524096])
+    >>> special.softmax([[1.0, 2.0], [3.0, 4.0]])         # axis=None: over everything
+    array([[0.0320586 , 0.08714432],
+           [0.23688282, 0.64391426]])
+    >>> special.softmax(3.0)
+    np.float64(1.0)
+    """
     x = _as_input(x)
     xp = _namespace(x)
     if _is_complex(xp, x):
@@ -85,10 +137,51 @@ def softmax(x, axis=None):
     return _unwrap0(_api.softmax(x, axis=axis))
 
 
-def log_softmax(x, axis=None):
-    """scipy.special.log_softmax: log(softmax(x)) over axis (default: all axes), computed
-    stably; a slice holding +inf (and no NaN) gives NaN at the +inf entries and -inf
-    elsewhere, as scipy's."""
+@overload
+def log_softmax(x: NumPyInput, axis: Axis = None) -> Any: ...
+@overload
+def log_softmax(x: ArrayT, axis: Axis = None) -> ArrayT: ...
+def log_softmax(x: Any, axis: Axis = None) -> Any:
+    """scipy.special.log_softmax: ``log(softmax(x))`` over ``axis``, computed stably.
+
+    Parameters
+    ----------
+    x : array_like
+        Real or complex input: a NumPy array (or list, scalar), or any array csoftmax
+        takes.
+    axis : int, tuple of ints or None, optional
+        The axes of one softmax; None (the default, as scipy): all axes.
+
+    Returns
+    -------
+    array or scalar
+        Of x's shape; a NumPy scalar where that is 0-d.
+
+    Raises
+    ------
+    TypeError
+        For input that is not an array.
+    numpy.exceptions.AxisError
+        For an axis out of range.
+
+    See Also
+    --------
+    csoftmax.log_softmax : the same, with temperature, where, dtype and out; a slice
+        holding +inf is all NaN there.
+
+    Notes
+    -----
+    A slice holding +inf (and no NaN) gives NaN at the +inf entries and -inf elsewhere,
+    as scipy's. The max entry is ``-log1p(S')`` (scipy's is 0).
+
+    Examples
+    --------
+    >>> from csoftmax import special
+    >>> special.log_softmax([np.inf, 1.0])
+    array([ nan, -inf])
+    >>> special.log_softmax([0.0, -40.0])
+    array([-4.24835426e-18, -4.00000000e+01])
+    """
     x = _as_input(x)
     xp = _namespace(x)
     axes = C.normalize_axes(axis, x.ndim)
@@ -111,7 +204,7 @@ def log_softmax(x, axis=None):
     return _unwrap0(out)
 
 
-def _complex_max_and_mask(xp, a, axes):
+def _complex_max_and_mask(xp: Any, a: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
     """scipy's shift for complex logsumexp: the element with the largest real part (one
     of ties), and where it is."""
     real = xp.real(a)
@@ -123,13 +216,71 @@ def _complex_max_and_mask(xp, a, axes):
     return xp.sum(xp.where(first, a, xp.zeros_like(a)), axis=axes, keepdims=True), first
 
 
-def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False):
-    """scipy.special.logsumexp: log(sum(b * exp(a))) over axis (default: all axes).
+@overload
+def logsumexp(a: NumPyInput, axis: Axis = None, b: Any = None, keepdims: bool = False,
+              return_sign: Literal[False] = False) -> Any: ...
+@overload
+def logsumexp(a: NumPyInput, axis: Axis = None, b: Any = None, keepdims: bool = False, *,
+              return_sign: Literal[True]) -> tuple[Any, Any]: ...
+@overload
+def logsumexp(a: ArrayT, axis: Axis = None, b: Any = None, keepdims: bool = False,
+              return_sign: Literal[False] = False) -> ArrayT: ...
+@overload
+def logsumexp(a: ArrayT, axis: Axis = None, b: Any = None, keepdims: bool = False, *,
+              return_sign: Literal[True]) -> tuple[ArrayT, ArrayT]: ...
+@overload
+def logsumexp(a: Any, axis: Axis = None, b: Any = None, keepdims: bool = False,
+              return_sign: bool = False) -> Any: ...
+def logsumexp(a: Any, axis: Axis = None, b: Any = None, keepdims: bool = False, return_sign: bool = False) -> Any:
+    """scipy.special.logsumexp: ``log(sum(b * exp(a)))`` over ``axis``.
 
-    With return_sign=True, returns (log|sum|, sign); otherwise a negative sum gives NaN.
-    Real input without b runs on the fast backends (the max entry left out of the sum,
-    so logsumexp([0, -40]) = 4.248e-18); b, return_sign and complex input follow scipy's
-    algorithm in array-API code.
+    Parameters
+    ----------
+    a : array_like
+        Real or complex input.
+    axis : int, tuple of ints or None, optional
+        The axes to reduce; None (the default): all axes.
+    b : array_like, optional
+        Weights, broadcastable against ``a``; they may be negative or zero.
+    keepdims : bool, optional
+        Keep the reduced axes, with size 1.
+    return_sign : bool, optional
+        Return ``(log|sum|, sign)`` instead; without it a negative sum gives NaN.
+
+    Returns
+    -------
+    res : array or scalar
+        The reduction; a NumPy scalar where it is 0-d.
+    sgn : array or scalar
+        With ``return_sign=True`` only: the sign of the sum (0 for an empty sum; for
+        complex input the complex phase).
+
+    Raises
+    ------
+    TypeError
+        For input that is not an array, or ``b`` of another library.
+    numpy.exceptions.AxisError
+        For an axis out of range.
+
+    See Also
+    --------
+    csoftmax.logsumexp : the real case, with where, dtype and out.
+
+    Notes
+    -----
+    Real input without ``b`` runs on the fast backends (the max entry left out of the
+    sum, so ``logsumexp([0, -40])`` is 4.248e-18); ``b``, ``return_sign`` and complex
+    input follow scipy's algorithm in array-API code.
+
+    Examples
+    --------
+    >>> from csoftmax import special
+    >>> special.logsumexp([1.0, 2.0, 3.0])
+    np.float64(3.40760596444438)
+    >>> special.logsumexp([1.0, 2.0], b=[1.0, -1.0], return_sign=True)
+    (np.float64(1.5413248546129181), np.float64(-1.0))
+    >>> special.logsumexp([1.0, 2.0], b=[1.0, -1.0])      # a negative sum: NaN
+    np.float64(nan)
     """
     a = _as_input(a)
     xp = _namespace(a)
@@ -144,7 +295,7 @@ def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False):
     return _logsumexp_general(xp, a, axis, b, keepdims, return_sign)
 
 
-def _logsumexp_general(xp, a, axis, b, keepdims, return_sign):
+def _logsumexp_general(xp: Any, a: Any, axis: Axis, b: Any, keepdims: bool, return_sign: bool) -> Any:
     """scipy's algorithm (scipy/special/_logsumexp.py) for weights, signs and complex input."""
     if b is not None:
         b = C.same_kind_array(a, _as_input(b), "b")
@@ -211,6 +362,6 @@ def _logsumexp_general(xp, a, axis, b, keepdims, return_sign):
     return (_unwrap0(out), _unwrap0(sgn)) if return_sign else _unwrap0(out)
 
 
-def _wrap_radians(xp, x):
+def _wrap_radians(xp: Any, x: Any) -> Any:
     wrapped = -((-x + math.pi) % (2 * math.pi) - math.pi)
     return xp.where(xp.abs(x) < math.pi, x, wrapped)

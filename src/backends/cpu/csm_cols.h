@@ -331,8 +331,12 @@ CSM_INLINE void csm_cols_backward_t(int kind, const REAL *g, csm_intp sg, const 
 #if REAL_IS_F32
             const csm_dd s = csm_acc_lane(&acc[u], l);
 #else
-            /* a sum of user data may be infinite: then its compensation means nothing */
-            const csm_dd s = csm_finite(acc[u].a[l]) ? csm_acc_lane(&acc[u], l) : csm_dd_make(acc[u].a[l], 0.0);
+            /* a sum of user data may be infinite: then its compensation means nothing, and
+               the running sums may have overflowed (csm_bwd_sum_rescaled) */
+            csm_dd s = csm_finite(acc[u].a[l]) ? csm_acc_lane(&acc[u], l) : csm_dd_make(acc[u].a[l], 0.0);
+            if (!csm_finite(s.hi))
+                s = csm_bwd_sum_rescaled(kind, g + u * VL + l, sg, y + u * VL + l, sy,
+                                         has_mask ? mask + (u * VL + l) * sml : NULL, smk, n, s);
 #endif
             const int ok = csm_bwd_split(s, &sum_hi[u * VL + l], &sum_lo[u * VL + l]);
             in_double[u * VL + l] = ok ? NAN : s.hi + s.lo;
@@ -345,11 +349,11 @@ CSM_INLINE void csm_cols_backward_t(int kind, const REAL *g, csm_intp sg, const 
         csm_col_prefetch(y, sy, i, n, nv, 0);
         for (int u = 0; u < nv; u++) {
             VR gv = csm_load(g + i * sg + u * VL, VL, 0), yv = csm_load(y + i * sy + u * VL, VL, 0);
-            VR o = csm_bwd_value(kind, gv, yv, csm_load(sum_hi + u * VL, VL, 0), csm_load(sum_lo + u * VL, VL, 0), inv);
+            VR o = csm_bwd_value(kind, gv, yv, csm_load(sum_hi + u * VL, VL, 0), csm_load(sum_lo + u * VL, VL, 0), inv, tp);
             if (__builtin_expect(any_in_double, 0))
                 for (int l = 0; l < VL; l++)
                     if (in_double[u * VL + l] == in_double[u * VL + l])
-                        o[l] = csm_bwd_in_double(kind, gv[l], yv[l], in_double[u * VL + l], tp->inv_tau);
+                        o[l] = csm_bwd_in_double(kind, gv[l], yv[l], in_double[u * VL + l], tp);
             if (has_mask) o = VSEL(csm_col_mask(mask + i * smk + u * VL * sml, sml), o, VSPLAT(0));
             csm_store(out + i * so + u * VL, o, VL);
         }

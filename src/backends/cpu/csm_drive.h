@@ -266,16 +266,17 @@ static void csm_split_forward(const csm_task *t, const csm_layout *L, char *cons
 }
 
 /* one row of a backward kind, slice [a, b) on this thread */
-static void csm_split_backward(const csm_task *t, char *const *p, csm_split_slot *slots, int tid, int nt,
-                               csm_intp a, csm_intp b, const csm_temp *tp, int stream)
+static void csm_split_backward(const csm_task *t, const csm_layout *L, char *const *p, csm_split_slot *slots, int tid,
+                               int nt, csm_intp a, csm_intp b, const csm_temp *tp, int stream)
 {
-    const REAL *g = (const REAL *)p[CSM_X] + a, *y = (const REAL *)p[CSM_Y] + a;
-    const uint8_t *mask = p[CSM_MASK] ? (const uint8_t *)p[CSM_MASK] + a : NULL;
-    slots[tid].sum = csm_bwd_sum(t->kind, g, y, mask, b - a);
+    const REAL *g = (const REAL *)p[CSM_X], *y = (const REAL *)p[CSM_Y];
+    const uint8_t *mask = (const uint8_t *)p[CSM_MASK];
+    slots[tid].sum = csm_bwd_sum(t->kind, g + a, y + a, mask ? mask + a : NULL, b - a);
 #pragma omp barrier
     csm_dd s = slots[0].sum;
     for (int j = 1; j < nt; j++) s = csm_dd_add(s, slots[j].sum);
-    csm_bwd_out(t->kind, g, y, mask, (REAL *)p[CSM_OUT] + a, b - a, s, tp, stream);
+    if (!csm_finite(s.hi)) s = csm_bwd_sum_rescaled(t->kind, g, 1, y, 1, mask, 1, L->n, s); /* the merge overflowed? */
+    csm_bwd_out(t->kind, g + a, y + a, mask ? mask + a : NULL, (REAL *)p[CSM_OUT] + a, b - a, s, tp, stream);
 }
 
 static int csm_drive_split(const csm_task *t, const csm_layout *L, int nth)
@@ -307,7 +308,7 @@ static int csm_drive_split(const csm_task *t, const csm_layout *L, int nth)
             } else if (CSM_KIND_IS_FORWARD(t->kind)) {
                 csm_split_forward(t, L, p, slots, tid, nt, a, b, &tp, stream);
             } else {
-                csm_split_backward(t, p, slots, tid, nt, a, b, &tp, stream);
+                csm_split_backward(t, L, p, slots, tid, nt, a, b, &tp, stream);
             }
 #pragma omp barrier
             csm_rowiter_next(&it, L);
@@ -394,9 +395,11 @@ static int csm_run_kernels(const csm_task *t, const csm_layout *L)
 {
     const csm_intp es = t->dtype == CSM_F16 ? 2 : (csm_intp)sizeof(REAL);
     const int native = t->dtype != CSM_F16;
-    /* the kinds the split and column paths take (the record kinds go row by row) */
-    const int forward_or_backward =
-        (CSM_KIND_IS_FORWARD(t->kind) && !csm_from_record(t, L)) || CSM_KIND_IS_BACKWARD(t->kind);
+    const csm_temp tp = csm_temp_make(t->temperature);
+    /* the kinds the split and column paths take (the record kinds, and rows at the rim of
+       the temperature range, go row by row) */
+    const int forward_or_backward = !CSM_TAU_RIM(&tp) && ((CSM_KIND_IS_FORWARD(t->kind) && !csm_from_record(t, L)) ||
+                                                          CSM_KIND_IS_BACKWARD(t->kind));
     if (L->nrows == 0) return CSM_OK;
 
     int direct = native && L->nred == 1;

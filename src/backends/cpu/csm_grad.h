@@ -34,44 +34,53 @@ CSM_INLINE void csm_bwd_sum_vec(int kind, const REAL *g, const REAL *y, const ui
 /*
  * softmax: y (g - s) / tau; log_softmax: (g - exp(y) s) / tau. The sum s comes as a pair
  * s_hi + s_lo in REAL, so that g - s stays accurate where g and s nearly cancel: g - s_hi
- * is exact there (Sterbenz), and exp(y) s_hi leaves g through one fused rounding.
+ * is exact there (Sterbenz), and exp(y) s_hi leaves g through one fused rounding. A value
+ * that is not finite although its inputs are is computed again, wider (csm_bwd_wide).
  */
-CSM_INLINE VR csm_bwd_value(int kind, VR gv, VR yv, VR s_hi, VR s_lo, VR inv_tau)
+CSM_INLINE VR csm_bwd_value(int kind, VR gv, VR yv, VR s_hi, VR s_lo, VR inv_tau, const csm_temp *tp)
 {
-    if (kind == CSM_SOFTMAX_BWD) return yv * ((gv - s_hi) - s_lo) * inv_tau;
-    VR e = csm_vexp(yv);
-    return (VFMA(-e, s_hi, gv) - e * s_lo) * inv_tau;
+    VR o;
+    if (kind == CSM_SOFTMAX_BWD) {
+        o = yv * ((gv - s_hi) - s_lo) * inv_tau;
+    } else {
+        VR e = csm_vexp(yv);
+        o = (VFMA(-e, s_hi, gv) - e * s_lo) * inv_tau;
+    }
+    const VI redo = ~(o - o == 0) & (gv - gv == 0) & (yv - yv == 0);
+    if (__builtin_expect(VANY(redo), 0))
+        for (int l = 0; l < VL; l++)
+            if (redo[l]) o[l] = (REAL)csm_bwd_wide(kind, gv[l], yv[l], s_hi[l], s_lo[l], tp);
+    return o;
 }
 
 CSM_INLINE void csm_bwd_out_vec(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
                                          csm_intp cnt, const int full, const int nt, const int has_mask, VR s_hi,
-                                         VR s_lo, VR inv_tau)
+                                         VR s_lo, VR inv_tau, const csm_temp *tp)
 {
     VR gv = csm_load(g, full ? VL : cnt, 0), yv = csm_load(y, full ? VL : cnt, 0);
-    VR o = csm_bwd_value(kind, gv, yv, s_hi, s_lo, inv_tau);
+    VR o = csm_bwd_value(kind, gv, yv, s_hi, s_lo, inv_tau, tp);
     if (has_mask) o = VSEL(csm_load_mask(mask, full ? VL : cnt), o, VSPLAT(0));
     csm_put(out, o, cnt, full, nt);
 }
 
 /*
- * The row's sum as the REAL pair s_hi + s_lo that csm_bwd_value takes. An infinite or NaN
- * sum has no low part (the formula then gives -inf, +inf or NaN as plain arithmetic does).
- * Returns 0 where the pair cannot carry the sum: a float row whose sum lies beyond float's
- * range (each g finite, their sum not); such a row takes csm_bwd_in_double.
+ * The row's sum as the REAL pair s_hi + s_lo that csm_bwd_value takes. Returns 0 where
+ * the pair cannot carry the sum and the row takes csm_bwd_in_double instead: an infinite
+ * or NaN sum, or a float row whose sum lies beyond float's range (each g finite, their
+ * sum not).
  */
 static inline int csm_bwd_split(csm_dd sum, REAL *s_hi, REAL *s_lo)
 {
     const double sum_d = sum.hi + sum.lo;
     *s_hi = (REAL)sum_d;
     *s_lo = csm_finite(sum_d) ? (REAL)((sum.hi - (double)*s_hi) + sum.lo) : (REAL)0;
-    return !csm_finite(sum_d) || csm_finite((double)*s_hi);
+    return csm_finite(sum_d) && csm_finite((double)*s_hi);
 }
 
-/* one dx in double, for the rare sums csm_bwd_split refuses */
-static inline REAL csm_bwd_in_double(int kind, REAL g, REAL y, double sum, double inv_tau)
+/* one dx in double, for the sums csm_bwd_split refuses (csm_rim.h's csm_bwd_scalar) */
+static inline REAL csm_bwd_in_double(int kind, REAL g, REAL y, double sum, const csm_temp *tp)
 {
-    const double v = kind == CSM_SOFTMAX_BWD ? (double)y * ((double)g - sum) : (double)g - exp((double)y) * sum;
-    return (REAL)(v * inv_tau);
+    return (REAL)csm_bwd_scalar(kind, (double)g, (double)y, sum, 0.0, tp);
 }
 
 /* pass 1: sum(g * y) (softmax) or sum(g) (log_softmax) over the unmasked entries */
@@ -90,28 +99,64 @@ CSM_INLINE csm_dd csm_bwd_sum_t(int kind, const REAL *g, const REAL *y, const ui
     return csm_acc_total2(&a0, &a1);
 }
 
+/* the term of entry i of the backward sum (element strides): g y (softmax) or g
+   (log_softmax); 0 if masked */
+static inline double csm_bwd_term(int kind, const REAL *g, csm_intp sg, const REAL *y, csm_intp sy,
+                                  const uint8_t *mask, csm_intp smk, csm_intp i)
+{
+    if (mask && !mask[i * smk]) return 0.0;
+    return kind == CSM_SOFTMAX_BWD ? (double)(g[i * sg] * y[i * sy]) : (double)g[i * sg];
+}
+
+/*
+ * The sum again where the vector sum came out infinite or NaN: if every term is finite,
+ * the running sums overflowed although the sum itself need not (double rows; terms near
+ * the largest double of both signs) -- then the terms scaled down by a power of two that
+ * no running sum of n of them can overflow, summed, and scaled back (an infinity now is
+ * the sum's own). Otherwise the sum stays what plain addition gives.
+ */
+static csm_dd csm_bwd_sum_rescaled(int kind, const REAL *g, csm_intp sg, const REAL *y, csm_intp sy,
+                                   const uint8_t *mask, csm_intp smk, csm_intp n, csm_dd sum)
+{
+    int k = 1;
+    for (csm_intp i = 0; i < n; i++)
+        if (!csm_finite(csm_bwd_term(kind, g, sg, y, sy, mask, smk, i))) return sum;
+    while (((csm_intp)1 << (k - 1)) < n && k < 62) k++;
+    const double down = ldexp(1.0, -k);
+    csm_dd t = csm_dd_make(0.0, 0.0);
+    for (csm_intp i = 0; i < n; i++) t = csm_dd_add_d(t, csm_bwd_term(kind, g, sg, y, sy, mask, smk, i) * down);
+    const double hi = ldexp(t.hi, k);
+    return csm_dd_make(hi, csm_finite(hi) ? ldexp(t.lo, k) : 0.0);
+}
+
 static csm_dd csm_bwd_sum(int kind, const REAL *g, const REAL *y, const uint8_t *mask, csm_intp n)
 {
 #define CSM_BWD_SUM(M) csm_bwd_sum_t(kind, g, y, (M) ? mask : NULL, n, M)
-    return CSM_FLAGS1(mask != NULL, CSM_BWD_SUM);
+    const csm_dd sum = CSM_FLAGS1(mask != NULL, CSM_BWD_SUM);
 #undef CSM_BWD_SUM
+    if (__builtin_expect(!csm_finite(sum.hi), 0)) return csm_bwd_sum_rescaled(kind, g, 1, y, 1, mask, 1, n, sum);
+    return sum;
 }
 
 /* pass 2: dx over [0, n), given the row's sum */
 CSM_INLINE void csm_bwd_out_t(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
-                                       csm_intp n, csm_dd sum, double inv_tau, int stream, const int has_mask)
+                                       csm_intp n, csm_dd sum, const csm_temp *tp, int stream, const int has_mask)
 {
     REAL hi, lo;
-    if (!csm_bwd_split(sum, &hi, &lo)) {
-        const double sum_d = sum.hi + sum.lo;
-        for (csm_intp i = 0; i < n; i++) /* element-wise, so in place is safe */
-            out[i] = mask && !mask[i] ? (REAL)0 : csm_bwd_in_double(kind, g[i], y[i], sum_d, inv_tau);
+    if (CSM_TAU_RIM(tp)) { /* element-wise, so in place is safe */
+        csm_rim_backward(kind, g, y, mask, out, n, sum, tp);
         return;
     }
-    const VR s_hi = VSPLAT(hi), s_lo = VSPLAT(lo), inv = VSPLAT((REAL)inv_tau);
+    if (!csm_bwd_split(sum, &hi, &lo)) {
+        const double sum_d = sum.hi + sum.lo;
+        for (csm_intp i = 0; i < n; i++)
+            out[i] = mask && !mask[i] ? (REAL)0 : csm_bwd_in_double(kind, g[i], y[i], sum_d, tp);
+        return;
+    }
+    const VR s_hi = VSPLAT(hi), s_lo = VSPLAT(lo), inv = VSPLAT((REAL)tp->inv_tau);
 #define CSM_BWD_BODY(i, cnt, full, nt)                                                                                 \
     csm_bwd_out_vec(kind, g + (i), y + (i), has_mask ? mask + (i) : NULL, out + (i), cnt, full, nt, has_mask, \
-                             s_hi, s_lo, inv)
+                             s_hi, s_lo, inv, tp)
     CSM_FINISH_LOOP(n, out, stream, CSM_BWD_BODY);
 #undef CSM_BWD_BODY
 }
@@ -119,7 +164,7 @@ CSM_INLINE void csm_bwd_out_t(int kind, const REAL *g, const REAL *y, const uint
 static void csm_bwd_out(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out, csm_intp n,
                                  csm_dd sum, const csm_temp *tp, int stream)
 {
-#define CSM_BWD_OUT(M) csm_bwd_out_t(kind, g, y, (M) ? mask : NULL, out, n, sum, tp->inv_tau, stream, M)
+#define CSM_BWD_OUT(M) csm_bwd_out_t(kind, g, y, (M) ? mask : NULL, out, n, sum, tp, stream, M)
     CSM_FLAGS1(mask != NULL, CSM_BWD_OUT);
 #undef CSM_BWD_OUT
 }
@@ -140,25 +185,41 @@ static inline double csm_xent_b(const csm_xent_params *xp, const REAL *q, int64_
 }
 
 /*
- * Where one row's -log p_j and p_j come from. Ordinary rows (logp NULL): -log p_j =
- * L + (m - x_j) / tau with L = log1p(S'), and p_j = e_j c with e_j = exp((x_j - m) / tau)
- * (stored by the expsum pass) and c = 1 / (1 + S'). Special rows (NaN, infinite max,
- * fully masked, tau = +inf): from their log_softmax, written out by csm_special_row.
+ * Where one row's -log p_j and p_j come from (j unmasked):
+ *   ordinary rows   -log p_j = L + (m - x_j) / tau, L = log1p(S'); p_j = e_j c with
+ *                   e_j = exp((x_j - m) / tau) (stored by the expsum pass), c = 1 / (1 + S')
+ *   rim rows        the same in double by csm_rim.h's division by tau (csm_temp.rim_*)
+ *   special rows    (NaN, infinite max, fully masked, tau = +inf) from their log_softmax as
+ *                   csm_special_row writes it: p_j = exp(logp_j)
  */
+enum { CSM_XENT_ORDINARY, CSM_XENT_RIM, CSM_XENT_LOGP };
+
 typedef struct {
-    const REAL *logp;
-    const REAL *x, *e;
-    double m, L, c, inv_tau;
+    int from;
+    const REAL *x, *e, *logp;
+    double m, L, c, tau, inv_tau;
 } csm_xent_src;
 
 CSM_INLINE double csm_xent_neglogp(const csm_xent_src *s, csm_intp j)
 {
-    return s->logp ? -(double)s->logp[j] : s->L + (s->m - (double)s->x[j]) * s->inv_tau;
+    if (s->from == CSM_XENT_LOGP) return -(double)s->logp[j];
+    if (s->from == CSM_XENT_ORDINARY) {
+        const double x = (double)s->x[j], d = s->m - x;
+        /* m - x overflowed although (m - x) / tau may not: no cancellation in m/tau - x/tau */
+        return s->L + (csm_finite(d) ? d * s->inv_tau : s->m * s->inv_tau - x * s->inv_tau);
+    }
+    double q, e;
+    csm_rim_diff((double)s->x[j], s->m, s->tau, &q, &e);
+    return s->L - (q + e);
 }
 
 CSM_INLINE double csm_xent_p(const csm_xent_src *s, csm_intp j)
 {
-    return s->logp ? exp((double)s->logp[j]) : (double)s->e[j] * s->c;
+    if (s->from == CSM_XENT_LOGP) return exp((double)s->logp[j]);
+    if (s->from == CSM_XENT_ORDINARY) return (double)s->e[j] * s->c;
+    double q, e;
+    csm_rim_diff((double)s->x[j], s->m, s->tau, &q, &e);
+    return csm_rim_exp(q, e) * s->c;
 }
 
 /* the loss of one row, and its gradient into grad unless NULL (grad may be src->e) */
@@ -193,9 +254,10 @@ static double csm_xent_finish(const csm_xent_src *src, const uint8_t *mask, cons
         A = (1.0 - xp->eps) * wy + eps_k * W;
     }
     if (grad) {
-        const double f = xp->scale * tp->inv_tau;
         for (csm_intp j = 0; j < n; j++)
-            grad[j] = mask && !mask[j] ? 0 : (REAL)((csm_xent_p(src, j) * A - csm_xent_b(xp, q, label, eps_k, j)) * f);
+            grad[j] = mask && !mask[j]
+                          ? 0
+                          : (REAL)csm_div_tau(tp, (csm_xent_p(src, j) * A - csm_xent_b(xp, q, label, eps_k, j)) * xp->scale);
     }
     return loss;
 }
@@ -214,18 +276,25 @@ static double csm_row_xent(const REAL *x, const REAL *q, int64_t label, const ui
     csm_stats st;
     csm_row_scan(x, mask, n, &st);
     csm_xent_src src = {0};
-    if (csm_row_is_special(&st, tp)) {
+    src.x = x;
+    src.m = (double)st.m;
+    src.tau = tp->tau;
+    src.inv_tau = tp->inv_tau;
+    const int special = csm_row_is_special(&st, tp), rim = !special && CSM_TAU_RIM(tp);
+    if (rim) st.s = csm_rim_sum(x, mask, n, src.m, tp);
+    if (special || st.s.hi != st.s.hi) { /* the latter: a NaN at the rim */
         csm_special_row(CSM_LOG_SOFTMAX, x, 1, mask, 1, buf, 1, n, &st, tp->tau_inf);
+        src.from = CSM_XENT_LOGP;
         src.logp = buf;
+    } else if (rim) {
+        src.from = CSM_XENT_RIM;
     } else {
         st.k = csm_row_find(x, mask, n, st.m);
         st.s = csm_row_expsum(x, mask, grad, n, &st, tp); /* grad holds exp((x_j - m) / tau) */
-        src.x = x;
+        src.from = CSM_XENT_ORDINARY;
         src.e = grad;
-        src.m = (double)st.m;
-        src.L = csm_dd_log1p(st.s);
-        src.c = csm_dd_inv_1p(st.s);
-        src.inv_tau = tp->inv_tau;
     }
+    src.L = csm_dd_log1p(st.s);
+    src.c = csm_dd_inv_1p(st.s);
     return csm_xent_finish(&src, mask, q, label, grad, n, xp, tp);
 }

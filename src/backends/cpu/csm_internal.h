@@ -80,11 +80,19 @@ static inline void csm_rowiter_next(csm_rowiter *it, const csm_layout *L)
     }
 }
 
-/* temperature: x is divided by tau before the softmax */
+/*
+ * temperature: x is divided by tau before the softmax. The kernels multiply by 1/tau;
+ * where 1/tau is no normal number of the compute type (float rows: of float; double
+ * rows: of double) -- tau finite but below ~2.9e-39 or above ~8.5e37 for float rows,
+ * below ~5.6e-309 or above ~4.5e307 for double rows -- a multiply would give 0 * inf or
+ * lose the digits of a subnormal, so those rows take the rim kernels (csm_rim.h), which
+ * divide by tau (docs/design.md, "Temperature").
+ */
 typedef struct csm_temp {
     double tau, inv_tau;
     int scaled;  /* tau != 1 */
     int tau_inf; /* tau == +inf: uniform over the entries that are not -inf */
+    int rim_f32, rim_f64; /* 1/tau is no normal finite float, double (tau finite) */
 } csm_temp;
 
 static inline csm_temp csm_temp_make(double tau)
@@ -94,8 +102,13 @@ static inline csm_temp csm_temp_make(double tau)
     tp.inv_tau = 1.0 / tau;
     tp.scaled = tau != 1.0;
     tp.tau_inf = isinf(tau);
+    tp.rim_f64 = !tp.tau_inf && !(tp.inv_tau >= 0x1p-1022 && tp.inv_tau <= 0x1.fffffffffffffp1023);
+    tp.rim_f32 = !tp.tau_inf && !(tp.inv_tau >= 0x1p-126 && tp.inv_tau <= 0x1.fffffep127);
     return tp;
 }
+
+/* v / tau, in double: a multiply by 1/tau, or where 1/tau is no normal double a division */
+static inline double csm_div_tau(const csm_temp *tp, double v) { return tp->rim_f64 ? v / tp->tau : v * tp->inv_tau; }
 
 /* the entry of one kernel build: csm_run_<isa>_f32 (float32 and float16 storage) and
    csm_run_<isa>_f64, one for each instruction set compiled (csm_kernels.c) */

@@ -22,6 +22,7 @@
 
 #include "csm_vec.h"
 #include "csm_exp.h"
+#include "csm_rim.h"
 #include "csm_rows.h"
 #include "csm_long.h"
 #include "csm_buffers.h"

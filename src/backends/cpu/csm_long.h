@@ -72,6 +72,7 @@ static void csm_part_finish(int kind, const REAL *x, const uint8_t *mask, REAL *
 static double csm_row_forward_long(int kind, const REAL *x, const uint8_t *mask, REAL *out, csm_intp n,
                                             const csm_temp *tp, int stream)
 {
+    if (CSM_TAU_RIM(tp)) return csm_row_forward(kind, x, mask, out, NULL, n, tp, 0); /* csm_rim.h's scalar passes */
     csm_part c;
     csm_part_init(&c);
     csm_part_add(&c, x, mask, n, tp);
@@ -92,15 +93,21 @@ static void csm_row_stats(const REAL *x, const uint8_t *mask, csm_intp n, const 
 {
     csm_part c;
     csm_part_init(&c);
-    if (!tp->tau_inf) {
+    if (CSM_TAU_RIM(tp)) {
+        csm_stats st;
+        csm_row_scan(x, mask, n, &st);
+        c.m = c.r = (double)st.m;
+        c.any = st.any;
+        if (st.m > -R_INF && st.m < R_INF) c.s = csm_rim_sum(x, mask, n, c.m, tp);
+    } else if (!tp->tau_inf) {
         csm_part_add(&c, x, mask, n, tp);
         csm_part_settle(&c, tp);
     }
     int nan = 0;
     csm_intp cnt = 0;
-    if (tp->tau_inf || c.m == CSM_INF || c.s.hi != c.s.hi) {
-        /* special rows: what the table needs exactly, in one scalar pass (a +inf stops
-           csm_part_add before it sees a NaN further on) */
+    if (tp->tau_inf || !(c.m > -CSM_INF && c.m < CSM_INF) || c.s.hi != c.s.hi) {
+        /* special rows (and rows without a finite entry): what the table needs exactly, in
+           one scalar pass (a +inf stops csm_part_add before it sees a NaN further on) */
         c.m = -CSM_INF;
         for (csm_intp j = 0; j < n; j++) {
             if (mask && !mask[j]) continue;
@@ -130,5 +137,8 @@ static void csm_row_finish_from(int kind, const REAL *x, const uint8_t *mask, RE
         return;
     }
     const csm_part c = csm_part_from_record(rec);
-    csm_part_finish(kind, x, mask, out, n, &c, tp, stream);
+    if (CSM_TAU_RIM(tp))
+        csm_rim_finish(kind, x, mask, out, NULL, n, c.m, c.s, tp);
+    else
+        csm_part_finish(kind, x, mask, out, n, &c, tp, stream);
 }

@@ -48,6 +48,8 @@
 #endif
 
 #define R_INF ((REAL)INFINITY)
+/* whether a row of this dtype takes the rim kernels at a temperature (csm_internal.h) */
+#define CSM_TAU_RIM(tp) (REAL_IS_F32 ? (tp)->rim_f32 : (tp)->rim_f64)
 /* broadcast a scalar to every lane */
 #define VSPLAT(s) ((VR){0} + (REAL)(s))
 /* lane-wise select: m ? a : b, for a comparison mask m */

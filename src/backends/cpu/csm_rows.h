@@ -24,8 +24,9 @@
  * tau or not, store or not; CSM_FLAGS*), so the hot loops carry no tests. A NaN needs no
  * scan of its own: it makes S' NaN. Rows whose max is not finite, whose S' is NaN, that
  * are fully masked, or that use tau = +inf go to csm_special_row, a plain scalar loop over
- * a strided row that writes the values of the semantics table (common/csm_special.h).
- * Tails shorter than a vector run through the same vector code as partial vectors.
+ * a strided row that writes the values of the semantics table (common/csm_special.h);
+ * rows at the rim of the temperature range go to csm_rim.h. Tails shorter than a vector
+ * run through the same vector code as partial vectors.
  */
 
 typedef struct {
@@ -312,6 +313,12 @@ static double csm_row_forward(int kind, const REAL *x, const uint8_t *mask, REAL
     csm_row_scan(x, mask, n, &st);
     if (csm_row_is_special(&st, tp))
         return csm_special_row(kind, x, 1, mask, 1, out, 1, n, &st, tp->tau_inf);
+    if (CSM_TAU_RIM(tp)) { /* logsumexp takes no temperature: never here */
+        st.s = csm_rim_sum(x, mask, n, (double)st.m, tp);
+        if (st.s.hi != st.s.hi) return csm_special_row(kind, x, 1, mask, 1, out, 1, n, &st, tp->tau_inf);
+        csm_rim_finish(kind, x, mask, out, NULL, n, (double)st.m, st.s, tp);
+        return 0.0;
+    }
     st.k = csm_row_find(x, mask, n, st.m);
     REAL *e = kind != CSM_SOFTMAX ? NULL : buf ? buf : out;
     st.s = csm_row_expsum(x, mask, e, n, &st, tp);

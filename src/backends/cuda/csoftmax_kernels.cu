@@ -935,9 +935,25 @@ __global__ void csm_fwd_cols(const T *x, i64 x_gs, i64 x_rs, T *out, i64 o_gs, i
 /* ---- backward: dx = y (g - sum(g y)) / tau  or  (g - exp(y) sum(g)) / tau ---- */
 template <typename C> __device__ __forceinline__ C csm_bwd_value(int kind, C g, C y, csm_dd sum, double inv_tau)
 {
-    if (kind == CSM_SOFTMAX_BWD) return csm_n<C>(csm_w(y) * ((csm_w(g) - sum.hi) - sum.lo) * inv_tau);
-    C e = csm_exp_dd(y, (C)0);
-    return csm_n<C>((fma(-csm_w(e), sum.hi, csm_w(g)) - csm_w(e) * sum.lo) * inv_tau);
+    const double gw = csm_w(g), yw = csm_w(y);
+    double v;
+    if (kind == CSM_SOFTMAX_BWD) {
+        v = yw * ((gw - sum.hi) - sum.lo);
+    } else if (!csm_finite(sum.hi) && y > -(C)CSM_INF) { /* exp(y) * inf is inf for every finite y */
+        v = gw - sum.hi;
+    } else {
+        const double e = csm_w(csm_exp_dd(y, (C)0));
+        v = fma(-e, sum.hi, gw) - e * sum.lo;
+    }
+    if (!csm_finite(v) && csm_finite(gw) && csm_finite(yw) && csm_finite(sum.hi)) {
+        /* overflowed although the value need not (g and the sum near the largest double):
+           in halves, as the C core's csm_bwd_wide */
+        const double gh = gw * 0.5, sh = sum.hi * 0.5, sl = sum.lo * 0.5;
+        const double e = kind == CSM_SOFTMAX_BWD ? 0.0 : exp(yw);
+        const double half = kind == CSM_SOFTMAX_BWD ? yw * ((gh - sh) - sl) : (gh - e * sh) - e * sl;
+        return csm_n<C>(half * inv_tau * 2.0);
+    }
+    return csm_n<C>(v * inv_tau);
 }
 
 template <typename T, int E>

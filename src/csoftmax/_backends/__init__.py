@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
+from typing import Any
 
 from .._registry import Backend, register_backend
 
 
-def _has_class(x, test) -> bool:
+def _has_class(x: Any, test: Callable[[str, str], bool]) -> bool:
     """Whether x's class, or a class it derives from, passes test(module, name)."""
     return any(test(k.__module__, k.__name__) for k in type(x).__mro__)
 
 
-def _is_numpy(x) -> bool:
+def _is_numpy(x: Any) -> bool:
     """numpy.ndarray and its subclasses (np.matrix, np.memmap, ...), masked arrays aside."""
     cls = type(x)
     if cls.__module__ == "numpy" and cls.__name__ == "ndarray":
@@ -26,46 +28,58 @@ def _is_numpy(x) -> bool:
     return not cls.__module__.startswith("numpy.ma") and _has_class(x, lambda m, n: m == "numpy" and n == "ndarray")
 
 
-def _is_cupy(x) -> bool:
+def _is_cupy(x: Any) -> bool:
     cls = type(x)
     return cls.__module__.startswith("cupy") and cls.__name__ == "ndarray"
 
 
-def _is_torch(x) -> bool:
+def _is_torch(x: Any) -> bool:
     """torch.Tensor and its subclasses (torch.nn.Parameter, ...)."""
     return _has_class(x, lambda m, n: m == "torch" and n == "Tensor")
 
 
-def _is_jax(x) -> bool:
+def _is_jax(x: Any) -> bool:
     """JAX's arrays and its tracers (inside jit, grad, vmap): one library."""
     return _has_class(x, lambda m, n: (m.startswith("jaxlib") and n == "ArrayImpl")
                       or (m.startswith("jax.") and n == "Tracer"))
 
 
-def _is_dask(x) -> bool:
+def _is_dask(x: Any) -> bool:
     return _has_class(x, lambda m, n: m == "dask.array.core" and n == "Array")
 
 
+# The availability checks raise, instead of returning False, to say why a backend is
+# unavailable: the registry keeps the message for show_config().
 def _c_available() -> bool:
-    return importlib.util.find_spec("csoftmax._ckernels") is not None
+    if importlib.util.find_spec("csoftmax._ckernels") is None:
+        raise ImportError("the compiled extension csoftmax._ckernels is not built (a source tree without a build?)")
+    return True
 
 
 def _cuda_available() -> bool:
     if importlib.util.find_spec("cupy") is None:
-        return False
+        raise ImportError("CuPy is not installed (pip install 'csoftmax[cuda]' or 'csoftmax[cuda12]')")
     try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
-
-
-def _importable(name):
-    return lambda: _c_available() and importlib.util.find_spec(name) is not None
+        cupy = importlib.import_module("cupy")
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as exc:
+        raise RuntimeError(f"CuPy cannot reach a CUDA driver or device: {type(exc).__name__}: {exc}") from None
+    if count == 0:
+        raise RuntimeError("CuPy is installed but there is no CUDA GPU (cupy.cuda.runtime.getDeviceCount() is 0)")
+    return True
 
 
-def _load(name):
+def _library_available(module: str, library: str) -> Callable[[], bool]:
+    """The check of a backend computing on the C core the arrays of an installed library."""
+    def check() -> bool:
+        _c_available()
+        if importlib.util.find_spec(module) is None:
+            raise ImportError(f"{library} is not installed")
+        return True
+    return check
+
+
+def _load(name: str) -> Callable[[], Any]:
     return lambda: importlib.import_module(f"csoftmax._backends.{name}")
 
 
@@ -73,11 +87,18 @@ register_backend(Backend("c", _is_numpy, _load("c"), available=_c_available,
                          description="NumPy arrays on the compiled C core"))
 register_backend(Backend("cuda", _is_cupy, _load("cuda"), available=_cuda_available,
                          description="CuPy arrays on CUDA kernels (CuPy RawModule)"))
-register_backend(Backend("torch", _is_torch, _load("torch"), available=_importable("torch"),
+register_backend(Backend("torch", _is_torch, _load("torch"), available=_library_available("torch", "torch"),
                          description="torch tensors: CPU on the C core, CUDA on the CUDA kernels; autograd"))
-register_backend(Backend("jax", _is_jax, _load("jax"), available=_importable("jax"),
+register_backend(Backend("jax", _is_jax, _load("jax"), available=_library_available("jax", "JAX"),
                          description="JAX arrays on the C core; under jit/grad/vmap through callbacks"))
-register_backend(Backend("dask", _is_dask, _load("dask"), available=_importable("dask.array"),
+register_backend(Backend("dask", _is_dask, _load("dask"), available=_library_available("dask.array", "dask[array]"),
                          description="Dask arrays, lazily: the C core (or CUDA) chunk by chunk"))
-register_backend(Backend("reference", lambda x: True, _load("reference"),
+
+
+def _is_array(x: Any) -> bool:
+    """Anything array-like: an array-API namespace, or a shape and a dtype."""
+    return hasattr(x, "__array_namespace__") or (hasattr(x, "shape") and hasattr(x, "dtype"))
+
+
+register_backend(Backend("reference", _is_array, _load("reference"),
                          description="any array-API array, in plain array-API code"))

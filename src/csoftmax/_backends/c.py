@@ -6,24 +6,32 @@ or float64 in native byte order and aligned, any strides. Anything else (integer
 byte-swapped or misaligned data) is first cast into the output array, which the core then
 computes in place, so the output stays the only allocation; logsumexp, whose output is
 smaller than its input, casts into a temporary instead. An `out=` that overlaps the input
-without being the same array is computed into a fresh array and copied. Plain calls on
+without being the same array, or that is misaligned, byte-swapped or overlaps itself (an
+as_strided view), is computed into a fresh array and copied into. Plain calls on
 NumPy arrays reach the core through its fast entry (fast_entry) without this module.
 
 Besides the protocol, the statistics-record interface for callers that cut the softmax
 axes into parts themselves (the Dask backend): row_stats per part, merge_stats to combine
 parts exactly, finish and stats_logsumexp from the merged records (src/backends/cpu/
 csm_part.h).
+
+NumPy's subclasses (np.matrix, np.memmap, ...) are computed on base-class views; results
+of the input's shape (softmax, log_softmax, the backward passes, cross-entropy's gradient)
+come back through the input's __array_wrap__, as NumPy's elementwise ufuncs return them
+(np.exp of a matrix is a matrix, of a memmap an ndarray); reductions and Jacobians, whose
+shapes a matrix cannot hold, are plain ndarrays.
 """
 from __future__ import annotations
 
 import functools
 import os
 import warnings
+from typing import Any
 
 import numpy as np
 
 from .. import _ckernels as ck
-from .._ops import BY_NAME, Family, Kind
+from .._ops import BY_NAME, Family, Kind, Op
 
 # ---- instruction set: the best the CPU runs, capped by CSOFTMAX_ISA ----
 _isa_note = ""
@@ -69,23 +77,23 @@ _apply_isa_env()
 
 
 # ---- the protocol's interface ----
-def namespace(x):
+def namespace(x: Any) -> Any:
     return np
 
 
-def writable(out) -> bool:
+def writable(out: Any) -> bool:
     return bool(out.flags.writeable)
 
 
-def from_numpy(a):
+def from_numpy(a: Any) -> Any:
     return a
 
 
-def to_numpy(a):
+def to_numpy(a: Any) -> Any:
     return a
 
 
-def fast_entry(op, cls):
+def fast_entry(op: Op, cls: Any) -> Any:
     """The core's fast entry for plain calls of op on exact NumPy arrays (csoftmax._api)."""
     if cls is not np.ndarray or op.kind is None:
         return None
@@ -97,47 +105,59 @@ def fast_entry(op, cls):
 
 
 # ---- helpers ----
-def _plain(a):
+def _plain(a: Any) -> Any:
     """a as a base-class ndarray (None stays None): the adapter computes on those."""
     return a if a is None or type(a) is np.ndarray else a.view(np.ndarray)
 
 
-def _like_input(x, res):
+def _like_input(x: Any, res: Any) -> Any:
     """A result of x's shape as NumPy's elementwise ufuncs return it for x's class."""
     if type(x) is np.ndarray or res is None:
         return res
     return x.__array_wrap__(res, None, False)
 
 
-def _takes(x, rdt) -> bool:
+def _kind(op: Op) -> int:
+    """The kernel kind of an op the core computes (every op but the Jacobians)."""
+    assert op.kind is not None, op.name
+    return int(op.kind)
+
+
+def _takes(x: Any, rdt: Any) -> bool:
     """Whether the core can read x directly for result dtype rdt."""
-    return x.dtype == rdt and x.dtype.isnative and x.flags.aligned
+    return bool(x.dtype == rdt and x.dtype.isnative and x.flags.aligned)
 
 
-def _ready(a, rdt):
-    return a if _takes(a, rdt) else a.astype(rdt)
+def _ready(a: Any, rdt: Any) -> Any:
+    if _takes(a, rdt):
+        return a
+    with np.errstate(all="ignore"):  # a cast may round to +-inf: the input as the dtype holds it
+        return a.astype(rdt)
 
 
-def _same_memory(a, b) -> bool:
+def _same_memory(a: Any, b: Any) -> bool:
     """a and b are the same elements in the same order (an in-place call)."""
     return a is b or ck.same_layout(a, b)
 
 
-def _bits(axes) -> int:
+def _bits(axes: Any) -> int:
     b = 0
     for a in axes:
         b |= 1 << a
     return b
 
 
-def _elementwise(inputs, out, rdt, call):
+def _elementwise(inputs: Any, out: Any, rdt: Any, call: Any) -> Any:
     """Run a same-shape kind: inputs are the arrays read, out the result or None.
     call(xs..., res) runs the core on arrays it can take."""
     if out is not None and (
         not out.flags.aligned
+        or not out.dtype.isnative
+        or ck.self_overlaps(out)
         or (not any(_same_memory(out, a) for a in inputs) and any(np.may_share_memory(out, a) for a in inputs))
     ):
-        # out is misaligned, or overlaps an input without being it: compute aside, then copy
+        # out is misaligned, byte-swapped, overlaps itself, or overlaps an input without
+        # being it: compute aside, then copy
         np.copyto(out, _elementwise(inputs, None, rdt, call))
         return out
     res = out if out is not None else np.empty_like(inputs[0], dtype=rdt)
@@ -146,18 +166,20 @@ def _elementwise(inputs, out, rdt, call):
         if _takes(a, rdt):
             ready.append(a)
         elif len(inputs) == 1:
-            np.copyto(res, a, casting="unsafe")  # cast into the output, compute in place
+            with np.errstate(all="ignore"):  # the cast may round to +-inf, as the dtype holds it
+                np.copyto(res, a, casting="unsafe")  # cast into the output, compute in place
             ready.append(res)
         else:
-            ready.append(a.astype(rdt))
+            ready.append(_ready(a, rdt))
     call(*ready, res)
     return res
 
 
-def _logsumexp(x, axes, keepdims, where, out, rdt):
+def _logsumexp(x: Any, axes: Any, keepdims: Any, where: Any, out: Any, rdt: Any) -> Any:
     kshape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
     xs = _ready(x, rdt)
-    if out is None or not out.flags.aligned or np.may_share_memory(out, x):
+    if out is None or not out.flags.aligned or not out.dtype.isnative or ck.self_overlaps(out) \
+            or np.may_share_memory(out, x):
         row = np.empty(kshape, dtype=rdt)
         result = row if keepdims else row.reshape(tuple(s for i, s in enumerate(x.shape) if i not in axes))
     else:
@@ -171,20 +193,21 @@ def _logsumexp(x, axes, keepdims, where, out, rdt):
 
 
 # ---- the families ----
-def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
+def forward(op: Op, x: Any, /, *, axes: Any, temperature: Any, keepdims: Any, where: Any, out: Any, dtype: Any) -> Any:
     px, pw, po = _plain(x), _plain(where), _plain(out)
     if op.kind is Kind.LOGSUMEXP:
         res = _logsumexp(px, axes, keepdims, pw, po, dtype)
         return out if out is not None else res
-    kind, reduce = int(op.kind), _bits(axes)
+    kind, reduce = _kind(op), _bits(axes)
     res = _elementwise(
         (px,), po, dtype, lambda xs, r: ck.run(kind, xs, out=r, mask=pw, reduce=reduce, temperature=temperature)
     )
     return out if out is not None else _like_input(x, res)
 
 
-def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype):
-    kind, reduce, pw = int(op.kind), _bits(axes), _plain(where)
+def backward(op: Op, grad_output: Any, output: Any, /, *, axes: Any, temperature: Any, where: Any, out: Any,
+             dtype: Any) -> Any:
+    kind, reduce, pw = _kind(op), _bits(axes), _plain(where)
     res = _elementwise(
         (_plain(grad_output), _plain(output)),
         _plain(out),
@@ -194,31 +217,41 @@ def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype
     return out if out is not None else _like_input(grad_output, res)
 
 
-def jacobian(op, x, /, *, axis, temperature, dtype):
-    """J from the core's softmax and log_softmax, filled in place (one n*n allocation)."""
+_JACOBIAN_BLOCK = 1 << 20  # float64 entries of J computed at a time
+
+
+def jacobian(op: Op, x: Any, /, *, axis: Any, temperature: Any, dtype: Any) -> Any:
+    """J from the core's softmax and log_softmax in float64 (exact for float16 and float32
+    input), formed and divided by tau in float64 a block of rows at a time and rounded once
+    into the result (a division, so that every tau gives the formula's value)."""
     xl = np.moveaxis(_plain(x), axis, -1)
-    last = (xl.ndim - 1,)
-    kw = dict(axes=last, temperature=temperature, keepdims=False, where=None, out=None, dtype=dtype)
-    s = forward(BY_NAME["softmax"], xl, **kw)
-    lp = forward(BY_NAME["log_softmax"], xl, **kw)
     n = xl.shape[-1]
-    J = np.empty(xl.shape + (n,), dtype=dtype)
-    om = -np.expm1(lp)  # 1 - s, exact also where s is close to 1
-    if op.log:
-        J[...] = -s[..., None, :]
-        diag = om
-    else:
-        np.multiply(s[..., :, None], s[..., None, :], out=J)
-        np.negative(J, out=J)
-        diag = s * om
-    J.reshape(J.shape[:-2] + (n * n,))[..., :: n + 1] = diag
-    if temperature != 1.0:
-        np.divide(J, temperature, out=J)
-    return J
+    kw = dict(axes=(xl.ndim - 1,), temperature=temperature, keepdims=False, where=None, out=None,
+              dtype=np.dtype(np.float64))
+    s = forward(BY_NAME["softmax"], xl, **kw).reshape(-1, n)
+    lp = forward(BY_NAME["log_softmax"], xl, **kw).reshape(-1, n)
+    J = np.empty((s.shape[0], n, n), dtype=dtype)
+    rows = max(1, _JACOBIAN_BLOCK // (n * n))
+    with np.errstate(all="ignore"):  # a result beyond the dtype's range rounds to +-inf, as it should
+        for r0 in range(0, s.shape[0], rows):
+            sb, om = s[r0 : r0 + rows], -np.expm1(lp[r0 : r0 + rows])  # 1 - s, exact also where s ~ 1
+            if op.log:
+                Jb = np.repeat(-sb[:, None, :], n, axis=1)
+                diag = om
+            else:
+                Jb = sb[:, :, None] * sb[:, None, :]
+                np.negative(Jb, out=Jb)
+                diag = sb * om
+            Jb.reshape(Jb.shape[0], n * n)[:, :: n + 1] = diag
+            if temperature != 1.0:
+                np.divide(Jb, temperature, out=Jb)
+            J[r0 : r0 + rows] = Jb
+    return J.reshape(xl.shape + (n,))
 
 
-def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, label_smoothing, temperature, where,
-                  grad_scale, want_grad, dtype):
+def cross_entropy(op: Op, logits: Any, /, *, axis: Any, labels: Any, probs: Any, weight: Any, ignore_index: Any,
+                  label_smoothing: Any, temperature: Any, where: Any,
+                  grad_scale: Any, want_grad: Any, dtype: Any) -> Any:
     xs = _ready(_plain(logits), dtype)
     ps = None if probs is None else _ready(_plain(probs), dtype)
     labels, weight, where = _plain(labels), _plain(weight), _plain(where)
@@ -227,7 +260,7 @@ def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, l
     lab = None if labels is None else np.expand_dims(labels.astype(np.int64, copy=False), axis)
     w = None if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
     grad = np.empty_like(xs, dtype=dtype) if want_grad else None
-    ck.run(int(op.kind), xs, y=ps, out=grad, mask=where, row=row, label=lab, reduce=1 << axis,
+    ck.run(_kind(op), xs, y=ps, out=grad, mask=where, row=row, label=lab, reduce=1 << axis,
            temperature=temperature, weight=w, smoothing=label_smoothing, ignore_index=ignore_index,
            grad_scale=grad_scale)
     return np.squeeze(row, axis=axis), _like_input(logits, grad)
@@ -237,7 +270,7 @@ def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, l
 STATS_FIELDS = ck.STAT_FIELDS  # m, s_hi, s_lo, any, nan, count (csm_core.h, CSM_STAT_*)
 
 
-def _records(x, axes):
+def _records(x: Any, axes: Any) -> Any:
     """A float64 array for the records of x's slices over axes: x's shape with the axes
     kept as size 1, then STATS_FIELDS; and the view of its first field the core writes."""
     kshape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
@@ -245,7 +278,7 @@ def _records(x, axes):
     return rec, rec[..., 0]
 
 
-def row_stats(x, axes, temperature, where):
+def row_stats(x: Any, axes: Any, temperature: Any, where: Any) -> Any:
     """The statistics record of each slice of x over axes (x a NumPy array of any real
     dtype, where a boolean mask broadcastable to it): m, S' as s_hi + s_lo, any, nan and
     (temperature +inf) count -- see csm_core.h's CSM_STAT_* for their meaning."""
@@ -255,7 +288,7 @@ def row_stats(x, axes, temperature, where):
     return rec
 
 
-def merge_stats(a, b, temperature):
+def merge_stats(a: Any, b: Any, temperature: Any) -> Any:
     """The records of two disjoint parts of the same slices (a and b of one shape), merged
     exactly: a new array."""
     out = np.array(a, dtype=np.float64, order="C", copy=True)
@@ -263,20 +296,20 @@ def merge_stats(a, b, temperature):
     return out
 
 
-def finish(op, x, stats, axes, temperature, where, out, dtype):
+def finish(op: Op, x: Any, stats: Any, axes: Any, temperature: Any, where: Any, out: Any, dtype: Any) -> Any:
     """softmax or log_softmax (op) of x -- a part of each slice over axes -- given the whole
     slices' merged records (stats: x's shape with the axes as size 1, then STATS_FIELDS).
     Returns out (or a new array of dtype)."""
     rec = np.ascontiguousarray(stats, dtype=np.float64)
     first = rec[..., 0]
-    kind, reduce = int(op.kind), _bits(axes)
+    kind, reduce = _kind(op), _bits(axes)
     return _elementwise(
         (x,), out, dtype,
         lambda xs, res: ck.run(kind, xs, out=res, mask=where, row=first, reduce=reduce, temperature=temperature),
     )
 
 
-def stats_logsumexp(stats, dtype):
+def stats_logsumexp(stats: Any, dtype: Any) -> Any:
     """The logsumexp of each slice from its record (temperature 1), of dtype."""
     rec = np.ascontiguousarray(stats, dtype=np.float64)
     lse = np.empty(rec.shape[:-1], dtype=np.float64)

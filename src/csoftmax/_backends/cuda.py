@@ -24,12 +24,14 @@ or few rows of at least SPLIT_MIN_N: chunks in their own blocks merged in double
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .._ops import Kind
+from .._ops import Kind, Op
 
 _CTYPE = {"float16": "csm_half", "float32": "float", "float64": "double"}
 _WARP_E = (1, 2, 4, 8, 16, 32)  # entries per lane of csm_bwd_warp's instantiations
@@ -55,13 +57,13 @@ def kernel_names(dtype_name: str) -> list[str]:
     return names
 
 
-def _rows_shapes(dtype_name):
+def _rows_shapes(dtype_name: Any) -> Any:
     """The (lanes per row G, chunks per lane NC) of csm_fwd_rows' instantiations."""
     v = _CHUNK[dtype_name]
     return [(g, 1) for g in (1, 2, 4, 8, 16)] + [(32, nc) for nc in (1, 2, 4, 8, 16) if nc * v <= 32]
 
 
-def _rows_shape(n, dtype_name):
+def _rows_shape(n: Any, dtype_name: Any) -> Any:
     """(G, NC) for rows of n <= ROWS_MAX_N entries: the fewest lanes that hold a row in
     chunks of 16 bytes, then the fewest chunks per lane."""
     chunks = _cdiv(n, _CHUNK[dtype_name])
@@ -70,7 +72,7 @@ def _rows_shape(n, dtype_name):
     return 32, 1 << (_cdiv(chunks, 32) - 1).bit_length()
 
 
-def kernel_dirs() -> list:
+def kernel_dirs() -> list[Path]:
     """Directories holding the CUDA source and the headers it includes: the package's
     _cuda_kernels (an installation), or the source tree's cuda and common folders."""
     here = Path(__file__).resolve().parent.parent
@@ -96,14 +98,12 @@ class _CupyDevice:
     SPLIT_CHUNK = 8192  # entries per block of the split kernels
     SPLIT_MIN_N = 16384  # rows this long go to the split kernels when they are few
 
-    def __init__(self):
-        import cupy
+    def __init__(self) -> None:
+        self.xp: Any = importlib.import_module("cupy")
+        self._modules: dict[str, Any] = {}
+        self._functions: dict[tuple[int, str], Any] = {}  # (device id, kernel name): a loaded kernel
 
-        self.xp = cupy
-        self._modules = {}
-        self._functions = {}  # (device id, kernel name): a loaded kernel
-
-    def module(self, dtype_name):
+    def module(self, dtype_name: Any) -> Any:
         mod = self._modules.get(dtype_name)
         if mod is None:
             names = kernel_names(dtype_name) + ["csm_fwd_split_merge"]
@@ -112,7 +112,7 @@ class _CupyDevice:
             self._modules[dtype_name] = mod
         return mod
 
-    def launch(self, dtype_name, name, grid, block, args, shared_mem=0):
+    def launch(self, dtype_name: Any, name: Any, grid: Any, block: Any, args: Any, shared_mem: Any=0) -> None:
         key = (self.xp.cuda.Device().id, name)
         fn = self._functions.get(key)
         if fn is None:
@@ -123,29 +123,29 @@ class _CupyDevice:
         fn(grid, block, tuple(args), shared_mem=shared_mem)
 
     @staticmethod
-    def ptr(a):
+    def ptr(a: Any) -> Any:
         return a.data.ptr
 
     @functools.cached_property
-    def num_sms(self):
+    def num_sms(self) -> Any:
         dev = self.xp.cuda.Device()
         return int(dev.attributes["MultiProcessorCount"])
 
 
 # ---- planning ----------------------------------------------------------------------------------
-def _elems(a):
+def _elems(a: Any) -> Any:
     """Strides of an array in elements (they are multiples of the itemsize here)."""
     return tuple(s // a.itemsize for s in a.strides)
 
 
-def _outer_order(x, skip):
+def _outer_order(x: Any, skip: Any) -> Any:
     """x's dimensions other than `skip` (and of size > 1), outermost first by x's strides:
     every operand's rows are enumerated in this one order."""
     es = _elems(x)
     return sorted((d for d in range(x.ndim) if d not in skip and x.shape[d] > 1), key=lambda d: -abs(es[d]))
 
 
-def _merge(a, order):
+def _merge(a: Any, order: Any) -> Any:
     """(count, stride) of a's dimensions `order` walked as one, or None if they are not
     evenly spaced in a."""
     if not order:
@@ -163,17 +163,17 @@ class _View:
     """An operand as a kernel takes it: its pointer (or NULL) and its strides in elements
     -- (row stride, entry stride) of rows, or the strides a column kernel names."""
 
-    def __init__(self, array=None, *strides):
+    def __init__(self, array: Any=None, *strides: Any) -> None:
         self.array, self.strides = array, strides
 
-    def args(self):
+    def args(self) -> Any:
         return [self.array if self.array is not None else NULL] + [i64(s) for s in self.strides]
 
 
 _NO_VIEW = _View(None, 0, 0)
 
 
-def _rows(arrays, axis, order):
+def _rows(arrays: Any, axis: Any, order: Any) -> Any:
     """(nrows, [_View per array]) if every array is evenly spaced rows along `axis` in
     `order`, else None. None entries get a NULL view."""
     views, nrows = [], None
@@ -192,18 +192,18 @@ def _rows(arrays, axis, order):
 class Ops:
     """The planning and launches on one device (CuPy's, or the tests' emulated one)."""
 
-    def __init__(self, device):
+    def __init__(self, device: Any) -> None:
         self.dev = device
         self.xp = device.xp
 
     # -- helpers --
-    def _storage(self, a, rdt):
+    def _storage(self, a: Any, rdt: Any) -> Any:
         return a if a.dtype == rdt else a.astype(rdt)
 
-    def _mask(self, where, shape):
+    def _mask(self, where: Any, shape: Any) -> Any:
         return None if where is None else self.xp.broadcast_to(where, shape)
 
-    def _overlaps(self, a, b):
+    def _overlaps(self, a: Any, b: Any) -> Any:
         if a is b:
             return False
         try:
@@ -211,31 +211,32 @@ class Ops:
         except Exception:
             return True
 
-    def _flat_rows(self, a, axes):
+    def _flat_rows(self, a: Any, axes: Any) -> Any:
         """a's softmax axes moved last and made contiguous rows (a copy)."""
         perm = [i for i in range(a.ndim) if i not in axes] + list(axes)
         n = math.prod(a.shape[i] for i in axes) if axes else 1
         return self.xp.ascontiguousarray(a.transpose(perm)).reshape(-1, n), perm
 
-    def _unflat(self, flat, perm, shape):
+    def _unflat(self, flat: Any, perm: Any, shape: Any) -> Any:
         moved = tuple(shape[i] for i in perm)
         return flat.reshape(moved).transpose(tuple(np.argsort(perm)))
 
-    def _vectorizable(self, view):
+    def _vectorizable(self, view: Any) -> Any:
         """Whether a row view starts on 16 bytes and is contiguous, so whole 16-byte chunks
         can be loaded and stored."""
         a, (rs, es) = view.array, view.strides
         return a is None or (es == 1 and self.dev.ptr(a) % 16 == 0 and (rs * a.itemsize) % 16 == 0)
 
     # -- forward --
-    def forward(self, kind, x, axes, tau, where, out, rdt, keepdims=False):
+    def forward(self, kind: Any, x: Any, axes: Any, tau: Any, where: Any, out: Any, rdt: Any,
+                keepdims: Any=False) -> Any:
         xp = self.xp
         xs = self._storage(x, rdt)
         mask = self._mask(where, x.shape)
         lse = kind == Kind.LOGSUMEXP
         if lse:
             res = xp.empty(tuple(1 if i in axes else s for i, s in enumerate(x.shape)), dtype=rdt)
-        elif out is not None and not self._overlaps(out, xs):
+        elif out is not None and out.dtype == rdt and not self._overlaps(out, xs):
             res = out
         else:
             res = xp.empty_like(xs)
@@ -254,7 +255,7 @@ class Ops:
             return out
         return res
 
-    def _forward_flat(self, kind, xs, res, mask, axes, tau):
+    def _forward_flat(self, kind: Any, xs: Any, res: Any, mask: Any, axes: Any, tau: Any) -> None:
         if len(axes) == 1:
             axis = axes[0]
             rv = _rows([xs, res, mask], axis, _outer_order(xs, (axis,)))
@@ -279,7 +280,7 @@ class Ops:
         else:
             res[...] = self._unflat(ofl, perm, xs.shape)
 
-    def _rows_launch(self, kind, rv, n, tau):
+    def _rows_launch(self, kind: Any, rv: Any, n: Any, tau: Any) -> None:
         """The forward row kernels; rv = (nrows, [x, out (logsumexp: its values), mask views])."""
         nrows, (xv, ov, mv) = rv
         if kind == Kind.LOGSUMEXP:  # the per-row value: out's row stride is lse_out's
@@ -304,7 +305,7 @@ class Ops:
         else:
             self._split_launch(kind, xv, mv, common, nrows, n, tau, vec)
 
-    def _split_launch(self, kind, xv, mv, common, nrows, n, tau, vec):
+    def _split_launch(self, kind: Any, xv: Any, mv: Any, common: Any, nrows: Any, n: Any, tau: Any, vec: Any) -> None:
         """Rows in chunks of their own blocks: enough chunks to keep every multiprocessor
         busy, each a multiple of 8 entries (whole 16-byte pieces), at most 65535 per row."""
         dt = xv.array.dtype.name
@@ -320,7 +321,7 @@ class Ops:
         self.dev.launch(dt, f"csm_fwd_split_finish<{_CTYPE[dt]}>", (nrows, nchunks), (256,),
                         common + [ws] + sizes + [np.int32(kind), np.int32(vec)])
 
-    def _cols_launch(self, kind, xs, res, mask, axis, tau):
+    def _cols_launch(self, kind: Any, xs: Any, res: Any, mask: Any, axis: Any, tau: Any) -> Any:
         """The column kernel, if x (and out) are contiguous along a dimension other than
         axis and the rest is evenly spaced groups; returns whether it launched."""
         ex = _elems(xs)
@@ -349,10 +350,10 @@ class Ops:
         return True
 
     # -- backward --
-    def backward(self, kind, g, y, axes, tau, where, out, rdt):
+    def backward(self, kind: Any, g: Any, y: Any, axes: Any, tau: Any, where: Any, out: Any, rdt: Any) -> Any:
         xp = self.xp
         gs, ys = self._storage(g, rdt), self._storage(y, rdt)
-        inplace_ok = out is not None and not (self._overlaps(out, gs) or self._overlaps(out, ys))
+        inplace_ok = out is not None and out.dtype == rdt and not (self._overlaps(out, gs) or self._overlaps(out, ys))
         res = out if inplace_ok else xp.empty_like(gs)
         mask = self._mask(where, g.shape)
         if g.size:
@@ -370,7 +371,7 @@ class Ops:
             return out
         return res
 
-    def _bwd_launch(self, kind, rv, n, tau):
+    def _bwd_launch(self, kind: Any, rv: Any, n: Any, tau: Any) -> None:
         nrows, views = rv
         dt = views[0].array.dtype.name
         args = [a for v in views for a in v.args()] + [i64(nrows), i64(n), np.float64(tau), np.int32(kind)]
@@ -381,7 +382,7 @@ class Ops:
             self.dev.launch(dt, f"csm_bwd_block<{_CTYPE[dt]}>", (nrows,), (512 if n >= 8192 else 256,), args)
 
     # -- Jacobians --
-    def jacobian(self, x, axis, tau, rdt, log):
+    def jacobian(self, x: Any, axis: Any, tau: Any, rdt: Any, log: Any) -> Any:
         xp = self.xp
         flat, perm = self._flat_rows(self._storage(x, rdt), (axis,))
         nrows, n = flat.shape
@@ -396,7 +397,8 @@ class Ops:
         return J.reshape(tuple(x.shape[i] for i in perm[:-1]) + (n, n))
 
     # -- cross-entropy --
-    def cross_entropy(self, x, axis, labels, probs, weight, ignore_index, eps, tau, where, grad_scale, want_grad, rdt):
+    def cross_entropy(self, x: Any, axis: Any, labels: Any, probs: Any, weight: Any, ignore_index: Any, eps: Any,
+                      tau: Any, where: Any, grad_scale: Any, want_grad: Any, rdt: Any) -> Any:
         xp = self.xp
         flat, perm = self._flat_rows(self._storage(x, rdt), (axis,))
         nrows, n = flat.shape
@@ -427,44 +429,47 @@ class CudaBackend:
     """The backend protocol on one device's Ops (the module's own is CuPy's; the tests
     bind an emulated one)."""
 
-    def __init__(self, ops):
+    def __init__(self, ops: Any) -> None:
         self.ops = ops
         self.xp = ops.xp
 
-    def namespace(self, x):
+    def namespace(self, x: Any) -> Any:
         return self.xp
 
-    def writable(self, out):
+    def writable(self, out: Any) -> Any:
         flags = getattr(out, "flags", None)
         return bool(getattr(flags, "writeable", True))
 
-    def from_numpy(self, a):
+    def from_numpy(self, a: Any) -> Any:
         return self.xp.asarray(a)
 
-    def to_numpy(self, a):
+    def to_numpy(self, a: Any) -> Any:
         return a.get() if hasattr(a, "get") else np.asarray(a)
 
-    def forward(self, op, x, /, *, axes, temperature, keepdims, where, out, dtype):
+    def forward(self, op: Op, x: Any, /, *, axes: Any, temperature: Any, keepdims: Any, where: Any, out: Any,
+                dtype: Any) -> Any:
         return self.ops.forward(op.kind, x, axes, temperature, where, out, dtype, keepdims=keepdims)
 
-    def backward(self, op, grad_output, output, /, *, axes, temperature, where, out, dtype):
+    def backward(self, op: Op, grad_output: Any, output: Any, /, *, axes: Any, temperature: Any, where: Any, out: Any,
+                 dtype: Any) -> Any:
         return self.ops.backward(op.kind, grad_output, output, axes, temperature, where, out, dtype)
 
-    def jacobian(self, op, x, /, *, axis, temperature, dtype):
+    def jacobian(self, op: Op, x: Any, /, *, axis: Any, temperature: Any, dtype: Any) -> Any:
         return self.ops.jacobian(x, axis, temperature, dtype, op.log)
 
-    def cross_entropy(self, op, logits, /, *, axis, labels, probs, weight, ignore_index, label_smoothing, temperature,
-                      where, grad_scale, want_grad, dtype):
+    def cross_entropy(self, op: Op, logits: Any, /, *, axis: Any, labels: Any, probs: Any, weight: Any,
+                      ignore_index: Any, label_smoothing: Any, temperature: Any,
+                      where: Any, grad_scale: Any, want_grad: Any, dtype: Any) -> Any:
         return self.ops.cross_entropy(logits, axis, labels, probs, weight, ignore_index, label_smoothing, temperature,
                                       where, grad_scale, want_grad, dtype)
 
 
 @functools.lru_cache(maxsize=None)
-def _module():
+def _module() -> Any:
     return CudaBackend(Ops(_CupyDevice()))
 
 
-def __getattr__(name):
+def __getattr__(name: Any) -> Any:
     """The protocol's functions, bound to the CuPy device on first use (importing this
     module imports nothing of CuPy)."""
     if not name.startswith("_") and hasattr(CudaBackend, name):

@@ -9,34 +9,28 @@ here; in the tests it is the oracle every other backend is compared with.
 """
 from __future__ import annotations
 
-import contextlib
-import sys
+from typing import Any
 
 from .. import _reference as R
+from .._checks import quiet  # NumPy warns of the inf - inf in rows the special values then overwrite
+from .._ops import Op
 
 namespace = R.namespace
 
 
-def _quiet(xp):
-    """NumPy warns about the inf - inf inside rows the special-value table then overwrites
-    (also under namespaces computing with NumPy, as array-api-strict does)."""
-    np = sys.modules.get("numpy")
-    return contextlib.nullcontext() if np is None else np.errstate(all="ignore")
-
-
-def _to_compute(xp, a, rdt):
+def _to_compute(xp: Any, a: Any, rdt: Any) -> Any:
     if a.dtype != rdt:
         a = xp.astype(a, rdt)
     return xp.astype(a, xp.float64)
 
 
-def _to_result(xp, v, rdt):
+def _to_result(xp: Any, v: Any, rdt: Any) -> Any:
     if rdt == getattr(xp, "float16", None):  # float16 is not in every namespace (array-api-strict)
         v = xp.astype(v, xp.float32)
     return xp.astype(v, rdt)
 
 
-def _deliver(xp, v, rdt, out):
+def _deliver(xp: Any, v: Any, rdt: Any, out: Any) -> Any:
     v = _to_result(xp, v, rdt)
     if out is None:
         return v
@@ -44,25 +38,25 @@ def _deliver(xp, v, rdt, out):
     return out
 
 
-def writable(out) -> bool:
+def writable(out: Any) -> bool:
     flags = getattr(out, "flags", None)
     return bool(getattr(flags, "writeable", True))
 
 
-def from_numpy(a):
+def from_numpy(a: Any) -> Any:
     return a
 
 
-def to_numpy(a):
+def to_numpy(a: Any) -> Any:
     import numpy as np
 
     return np.asarray(a)
 
 
 # ---- the families: each op is the function of its name in csoftmax._reference ----
-def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
+def forward(op: Op, x: Any, /, *, axes: Any, temperature: Any, keepdims: Any, where: Any, out: Any, dtype: Any) -> Any:
     xp = namespace(x)
-    with _quiet(xp):
+    with quiet(xp):
         if 0 in [x.shape[a] for a in axes]:  # empty rows: nothing to compute
             if op.name == "logsumexp":
                 shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
@@ -78,17 +72,18 @@ def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
         return _deliver(xp, v, dtype, out)
 
 
-def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype):
+def backward(op: Op, grad_output: Any, output: Any, /, *, axes: Any, temperature: Any, where: Any, out: Any,
+             dtype: Any) -> Any:
     xp = namespace(grad_output)
-    with _quiet(xp):
+    with quiet(xp):
         g, y = _to_compute(xp, grad_output, dtype), _to_compute(xp, output, dtype)
         v = getattr(R, op.name)(xp, g, y, axes, temperature, where)
         return _deliver(xp, v, dtype, out)
 
 
-def jacobian(op, x, /, *, axis, temperature, dtype):
+def jacobian(op: Op, x: Any, /, *, axis: Any, temperature: Any, dtype: Any) -> Any:
     xp = namespace(x)
-    with _quiet(xp):
+    with quiet(xp):
         xc = xp.moveaxis(_to_compute(xp, x, dtype), axis, -1)
         last = (xc.ndim - 1,)
         s = R.softmax(xp, xc, last, temperature, None)
@@ -96,10 +91,11 @@ def jacobian(op, x, /, *, axis, temperature, dtype):
         return _to_result(xp, R.jacobian(xp, s, lp, temperature, op.log), dtype)
 
 
-def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, label_smoothing, temperature, where,
-                  grad_scale, want_grad, dtype):
+def cross_entropy(op: Op, logits: Any, /, *, axis: Any, labels: Any, probs: Any, weight: Any, ignore_index: Any,
+                  label_smoothing: Any, temperature: Any, where: Any,
+                  grad_scale: Any, want_grad: Any, dtype: Any) -> Any:
     xp = namespace(logits)
-    with _quiet(xp):
+    with quiet(xp):
         xc = _to_compute(xp, logits, dtype)
         pc = None if probs is None else _to_compute(xp, probs, dtype)
         loss, grad = R.cross_entropy_rows(

@@ -1,0 +1,131 @@
+"""The rim of the documented domain, class by class: results that must be values (+-inf,
+NaN) rather than warnings, in place on a view that overlaps itself, byte-swapped out=,
+every dtype spelling NumPy accepts, axes far beyond any array's dimensions -- on every
+backend, each call under helpers.strict() (warnings and NumPy floating-point events are
+errors). The wrong arguments' messages are in test_errors.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import as_strided
+
+import csoftmax
+from helpers import assert_matches, call, oracle, strict, to_backend, to_numpy
+
+# ---- values where NumPy would warn ----------------------------------------------------------
+
+
+def test_casts_beyond_the_result_dtype_are_inf(backend):
+    """dtype= casts first (torch's rule): values beyond the dtype's range become +-inf."""
+    x = np.array([[70000, 1, -70000, 2]])
+    got = call(backend, "softmax", x, dtype="float16")
+    with np.errstate(over="ignore"):
+        x16 = x.astype(np.float16)  # [inf, 1, -inf, 2]
+    want = oracle("softmax", x16, against=backend)
+    assert_matches(got, want, "float16", "softmax of ints beyond float16")
+    lse = call(backend, "logsumexp", np.array([1e5, 1.0]), dtype=np.float16)
+    assert lse == np.inf
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_cross_entropy_losses_beyond_float32_are_inf(backend, reduction):
+    x = np.array([[3e38, -3e38], [3e38, -3e38]], dtype=np.float32)
+    loss = call(backend, "softmax_cross_entropy", x, np.array([1, 1]), reduction=reduction)
+    assert np.all(loss == np.inf), loss  # the exact loss, 6e38, lies beyond float32: rounds to inf
+    loss10 = call(backend, "softmax_cross_entropy", x, np.array([1, 1]), reduction=reduction, temperature=10.0)
+    assert np.all(np.isfinite(loss10)) and np.allclose(loss10, 6e37 * (2 if reduction == "sum" else 1), rtol=1e-6)
+
+
+def test_infinite_class_weight_is_a_value(backend):
+    x = np.zeros((2, 3))
+    w = np.array([np.inf, 1.0, 1.0])
+    loss, grad = call(backend, "softmax_cross_entropy", x, np.array([0, 1]), weight=w, return_grad=True)
+    assert np.isnan(loss)  # (inf + log 3) / inf: as torch gives
+    want_loss, want_grad = oracle("softmax_cross_entropy", x, np.array([0, 1]), weight=w, return_grad=True,
+                                  reduction="sum", against=backend)
+    loss_sum = call(backend, "softmax_cross_entropy", x, np.array([0, 1]), weight=w, reduction="sum")
+    assert loss_sum == want_loss == np.inf
+
+
+def test_large_ignore_index_is_refused_with_its_name():
+    with pytest.raises(ValueError, match="ignore_index"):
+        csoftmax.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), ignore_index=2**70)
+
+
+# ---- out= and in place ----------------------------------------------------------------------
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_in_place_on_a_view_that_overlaps_itself(op):
+    """as_strided rows that share memory: computed aside, then copied in -- the buffer ends as
+    NumPy's own copy into that view leaves it."""
+    base = np.linspace(-2.0, 3.0, 9)
+    v = as_strided(base, shape=(4, 6), strides=(8, 8))
+    want_buf = base.copy()
+    np.copyto(as_strided(want_buf, shape=(4, 6), strides=(8, 8)), oracle(op, v.copy()))
+    with strict():
+        res = getattr(csoftmax, op)(v, out=v)
+    assert res is v
+    np.testing.assert_allclose(base, want_buf, rtol=1e-15)
+
+
+@pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
+def test_backward_into_a_view_that_overlaps_itself(op):
+    g0, y0 = np.linspace(-1, 1, 9), np.log(np.linspace(0.05, 0.5, 9))
+    g = as_strided(g0.copy(), shape=(4, 6), strides=(8, 8))
+    y = as_strided(y0.copy(), shape=(4, 6), strides=(8, 8))
+    want = oracle(op, g.copy(), y.copy())
+    buf = np.zeros(9)
+    out = as_strided(buf, shape=(4, 6), strides=(8, 8))
+    want_buf = np.zeros(9)
+    np.copyto(as_strided(want_buf, shape=(4, 6), strides=(8, 8)), want)
+    with strict():
+        getattr(csoftmax, op)(g, y, out=out)
+    np.testing.assert_allclose(buf, want_buf, rtol=1e-14, atol=1e-15)
+
+
+def test_byte_swapped_out(backend):
+    x = np.linspace(-2, 2, 12).reshape(3, 4)
+    out_np = np.zeros((3, 4), dtype=np.dtype(np.float64).newbyteorder())
+    out = to_backend(backend, out_np)
+    if getattr(out.dtype, "isnative", True):
+        pytest.skip(f"{backend}'s arrays have no byte order of their own")
+    with strict():
+        res = csoftmax.softmax(to_backend(backend, x), out=out, backend=backend)
+    assert res is out
+    assert_matches(to_numpy(backend, out).astype(np.float64), oracle("softmax", x), "float64", "byte-swapped out=")
+
+
+# ---- spellings ------------------------------------------------------------------------------
+SPELLINGS = ["f2", "e", "half", "float16", "f4", "single", "float32", "<f4", "f8", "d", "float", "double", "float64",
+             "=f8", np.float32, np.dtype(">f8")]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS, ids=[str(s) for s in SPELLINGS])
+def test_every_float_dtype_numpy_accepts(backend, spelling):
+    got = call(backend, "softmax", np.array([1.0, 2.0, 3.0]), dtype=spelling)
+    want = np.dtype(spelling).newbyteorder("=")
+    assert got.dtype == want
+    assert_matches(got, oracle("softmax", np.array([1.0, 2.0, 3.0])), want, f"dtype={spelling!r}")
+
+
+@pytest.mark.parametrize("spelling", ["i4", "int32", "complex64", "c16", "pi", "M8[s]", "bogus"])
+def test_dtypes_that_are_no_float_are_refused(spelling):
+    with pytest.raises(TypeError, match="dtype"):
+        csoftmax.softmax(np.zeros(3), dtype=spelling)
+
+
+@pytest.mark.parametrize("axis", [2**31, -(2**31) - 1, 2**63, -(2**63), 2**64, 10**40])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp", "softmax_backward"])
+def test_axes_beyond_any_c_integer_are_axis_errors(op, axis):
+    """The fast entry declines them (compared as Python ints), the general path names them."""
+    args = (np.zeros(3),) if op != "softmax_backward" else (np.zeros(3), np.full(3, 1 / 3))
+    with pytest.raises(np.exceptions.AxisError, match="axis"):
+        getattr(csoftmax, op)(*args, axis=axis)
+
+
+def test_complex_backward_does_not_point_to_special():
+    z = np.zeros(3, dtype=complex)
+    with pytest.raises(TypeError) as info:
+        csoftmax.softmax_backward(z, z)
+    assert "grad_output" in str(info.value) and "special" not in str(info.value)
+    with pytest.raises(TypeError, match="special"):
+        csoftmax.softmax(z)
