@@ -42,6 +42,12 @@ def mutable(name):
     return backend_module(name).writable(to_backend(name, np.zeros(1)))
 
 
+def has_float16(name):
+    """Whether a backend's namespace has float16 (array-api-strict's, like the standard, not)."""
+    x = to_backend(name, np.zeros(1))
+    return getattr(backend_module(name).namespace(x), "float16", None) is not None
+
+
 def skip_unless_mutable(name):
     if not mutable(name):
         pytest.skip(f"{name}: the library's arrays are immutable, so there is no out= to test")

@@ -190,7 +190,7 @@ def normalize_dtype(xp: Any, dtype: Any) -> Any:
             raise _float_dtype_error(repr(dtype)) from None
     else:
         dt = dtype
-        if category(xp, dt) == "other":  # not a dtype of xp: a NumPy dtype, spelled by xp
+        if isinstance(dt, np.dtype) or category(xp, dt) == "other":  # a NumPy dtype, spelled by xp
             try:
                 name = np.dtype(dtype).name
             except TypeError:

@@ -323,11 +323,11 @@ def cross_entropy_rows(xp: Any, x: Any, axis: Any, labels: Any, probs: Any, weig
 # Written in whole-array operations of the caller's namespace, so that an autodiff library
 # records them and can differentiate once more. Sums here are the namespace's own: these
 # are derivatives of derivatives and of targets, not the accuracy-critical forward passes.
-def _sum_keep(xp, v, axes):
+def _sum_keep(xp: Any, v: Any, axes: Any) -> Any:
     return xp.sum(v, axis=axes, keepdims=True) if axes else v
 
 
-def softmax_backward_vjp(xp, h, g, y, axes, tau, mask):
+def softmax_backward_vjp(xp: Any, h: Any, g: Any, y: Any, axes: Any, tau: float, mask: Any) -> tuple[Any, Any]:
     """The vector-Jacobian product of softmax_backward (dx = y (g - sum(g y)) / tau, 0 at
     masked entries) with respect to (g, y), for the incoming gradient h."""
     if math.isinf(tau):
@@ -340,7 +340,7 @@ def softmax_backward_vjp(xp, h, g, y, axes, tau, mask):
     return _masked_fill(xp, dg, mask, 0.0), _masked_fill(xp, dy, mask, 0.0)
 
 
-def log_softmax_backward_vjp(xp, h, g, y, axes, tau, mask):
+def log_softmax_backward_vjp(xp: Any, h: Any, g: Any, y: Any, axes: Any, tau: float, mask: Any) -> tuple[Any, Any]:
     """The vector-Jacobian product of log_softmax_backward (dx = (g - exp(y) sum(g)) / tau,
     0 at masked entries) with respect to (g, y), for the incoming gradient h."""
     if math.isinf(tau):
@@ -353,7 +353,8 @@ def log_softmax_backward_vjp(xp, h, g, y, axes, tau, mask):
     return _masked_fill(xp, dg, mask, 0.0), _masked_fill(xp, dy, mask, 0.0)
 
 
-def cross_entropy_target_vjp(xp, logp, axis, labels, ignore_index, probs, weight, eps, mask, g):
+def cross_entropy_target_vjp(xp: Any, logp: Any, axis: int, labels: Any, ignore_index: int, probs: Any, weight: Any,
+                             eps: float, mask: Any, g: Any) -> tuple[Any, Any]:
     """The vector-Jacobian products of cross_entropy_rows' per-row losses with respect to
     the probability targets and the class weights, for the incoming per-row gradient g
     (logp's shape without axis), from logp = log_softmax(logits / tau) (-inf at masked

@@ -216,8 +216,8 @@ def backends() -> tuple[str, ...]:
 
     Examples
     --------
-    >>> csoftmax.backends()[:3]
-    ('c', 'cuda', 'reference')
+    >>> csoftmax.backends()[:5]
+    ('c', 'cuda', 'torch', 'jax', 'dask')
     """
     return tuple(_backends)
 

@@ -26,18 +26,22 @@ array-API names dask.array lacks (astype, isdtype).
 """
 from __future__ import annotations
 
+import importlib
 import operator
 from functools import partial
+from typing import Any
 
-import dask.array as da
 import numpy as np
-from dask.array.utils import meta_from_array
 
 import csoftmax
 
 from .. import _api
-from .._ops import BY_NAME, Kind
+from .._ops import BY_NAME, Kind, Op
 from . import c as _c
+
+# typed as Any: Dask is optional, and absent where mypy may run
+da: Any = importlib.import_module("dask.array")
+meta_from_array: Any = importlib.import_module("dask.array.utils").meta_from_array
 
 STATS = np.dtype([("r", np.float64, (_c.STATS_FIELDS,))])  # one slice's statistics record
 
@@ -50,15 +54,15 @@ class _Namespace:
     int8, int64, bool = np.int8, np.int64, np.bool_
     isdtype = staticmethod(np.isdtype)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: Any) -> Any:
         return getattr(da, name)
 
     @staticmethod
-    def astype(a, dtype):
+    def astype(a: Any, dtype: Any) -> Any:
         return a.astype(dtype)
 
     @staticmethod
-    def asarray(v, dtype=None):
+    def asarray(v: Any, dtype: Any = None) -> Any:
         return da.asarray(v, dtype=dtype)
 
 
@@ -66,83 +70,85 @@ _NAMESPACE = _Namespace()
 
 
 # ---- the protocol's interface ----
-def namespace(x):
+def namespace(x: Any) -> Any:
     return _NAMESPACE
 
 
-def writable(out) -> bool:
+def writable(out: Any) -> bool:
     return True
 
 
-def deferred(a) -> bool:
+def deferred(a: Any) -> bool:
     return True
 
 
-def from_numpy(a):
+def from_numpy(a: Any) -> Any:
     """A Dask array of a's values, every dimension of two or more cut into two chunks (so
     that the test matrix runs the plans of chunked axes)."""
     return da.from_array(a, chunks=tuple(max(1, -(-s // 2)) for s in a.shape))
 
 
-def to_numpy(a):
+def to_numpy(a: Any) -> Any:
     return np.asarray(a.compute(scheduler="synchronous"))
 
 
 # ---- helpers ----
-def _on_gpu(x) -> bool:
+def _on_gpu(x: Any) -> bool:
     return type(x._meta).__module__.startswith("cupy")
 
 
-def _whole(x, axes):
+def _whole(x: Any, axes: Any) -> Any:
     return len(axes) == 0 or all(len(x.chunks[a]) == 1 for a in axes)
 
 
-def _mask_like(where, x):
+def _mask_like(where: Any, x: Any) -> Any:
     """where broadcast to x's shape and chunked like x (None stays None)."""
     if where is None:
         return None
     return da.broadcast_to(where, x.shape).rechunk(x.chunks)
 
 
-def _rechunk_whole(x, axes):
+def _rechunk_whole(x: Any, axes: Any) -> Any:
     return x.rechunk({a: -1 for a in axes})
 
 
-def _deliver(res, out):
+def _deliver(res: Any, out: Any) -> Any:
     if out is None:
         return res
     out[...] = res
     return out
 
 
-def _letters(n):
+def _letters(n: Any) -> Any:
     return tuple(chr(ord("a") + i) for i in range(n))
 
 
 # ---- tasks (module-level: picklable for dask.distributed) ----
 # Each names the backend of its chunks' library: a task may run in a thread where the
 # caller's use_backend() is in force, or in another process.
-def _chunk_backend(b) -> str:
+def _chunk_backend(b: Any) -> str:
     return "cuda" if type(b).__module__.startswith("cupy") else "c"
 
 
-def _block_forward(xb, wb=None, *, op_name, axes, temperature, keepdims, rdt):
+def _block_forward(xb: Any, wb: Any = None, *, op_name: str, axes: Any, temperature: float, keepdims: bool,
+                   rdt: Any) -> Any:
     if op_name == "logsumexp":
         return csoftmax.logsumexp(xb, axis=axes, keepdims=keepdims, where=wb, dtype=rdt, backend=_chunk_backend(xb))
     return getattr(csoftmax, op_name)(xb, axis=axes, temperature=temperature, where=wb, dtype=rdt,
                                       backend=_chunk_backend(xb))
 
 
-def _records(rec):
+def _records(rec: Any) -> Any:
     """A float64 (..., STATS_FIELDS) array of records as an array of STATS."""
     return np.ascontiguousarray(rec).view(STATS).reshape(rec.shape[:-1])
 
 
-def _stats_chunk(xb, weights=None, axis=None, keepdims=True, *, temperature):  # weights: the where mask
+def _stats_chunk(xb: Any, weights: Any = None, axis: Any = None, keepdims: bool = True, *,
+                 temperature: float) -> Any:  # weights: the where mask
     return _records(_c.row_stats(xb, tuple(axis), temperature, weights))
 
 
-def _merged(parts, temperature):
+def _merged(parts: Any, temperature: Any) -> Any:
     """The merge of a (nested, as da.reduction passes it) list of records."""
     if isinstance(parts, (list, tuple)):
         merged = None
@@ -153,32 +159,32 @@ def _merged(parts, temperature):
     return parts
 
 
-def _stats_combine(parts, axis=None, keepdims=True, *, temperature):
+def _stats_combine(parts: Any, axis: Any = None, keepdims: Any = True, *, temperature: Any) -> Any:
     return _merged(parts, temperature)
 
 
-def _lse_aggregate(parts, axis=None, keepdims=False, *, rdt):
+def _lse_aggregate(parts: Any, axis: Any = None, keepdims: Any = False, *, rdt: Any) -> Any:
     rec = _merged(parts, 1.0)
     lse = _c.stats_logsumexp(rec["r"], rdt)
     return lse if keepdims else np.squeeze(lse, axis=tuple(axis))
 
 
-def _block_finish(xb, sb, wb=None, *, op_name, axes, temperature, rdt):
+def _block_finish(xb: Any, sb: Any, wb: Any = None, *, op_name: Any, axes: Any, temperature: Any, rdt: Any) -> Any:
     return _c.finish(BY_NAME[op_name], xb, sb["r"], axes, temperature, wb, None, rdt)
 
 
-def _block_backward(gb, yb, wb=None, *, op_name, axes, temperature):
+def _block_backward(gb: Any, yb: Any, wb: Any = None, *, op_name: Any, axes: Any, temperature: Any) -> Any:
     return getattr(csoftmax, op_name)(gb, yb, axis=axes, temperature=temperature, where=wb, backend=_chunk_backend(gb))
 
 
-def _block_jacobian(xb, *, op_name, axis, temperature, rdt):
+def _block_jacobian(xb: Any, *, op_name: Any, axis: Any, temperature: Any, rdt: Any) -> Any:
     # the whole array's size was checked against max_bytes by the front end
     J = getattr(csoftmax, op_name)(xb, axis=axis, temperature=temperature, max_bytes=2**62, backend=_chunk_backend(xb))
     return J.astype(rdt, copy=False)
 
 
-def _block_cross_entropy(xb, tb, wb, weight, scale, *, axis, is_labels, ignore_index, eps, temperature, want_grad,
-                         rdt):
+def _block_cross_entropy(xb: Any, tb: Any, wb: Any, weight: Any, scale: Any, *, axis: int, is_labels: bool,
+                         ignore_index: int, eps: float, temperature: float, want_grad: bool, rdt: Any) -> Any:
     """(per-row losses in float64, the gradient or None) of one chunk of whole rows, from
     the backend of the chunk's library; label values checked here. One task gives both:
     the two arrays of cross_entropy pick them from its result. scale: the gradient's scale
@@ -198,7 +204,7 @@ def _block_cross_entropy(xb, tb, wb, weight, scale, *, axis, is_labels, ignore_i
 
 
 # ---- the families ----
-def _stats(x, axes, temperature, where):
+def _stats(x: Any, axes: Any, temperature: Any, where: Any) -> Any:
     """The merged statistics records of x's slices over axes: a Dask array of STATS of
     x's shape with the axes kept as size 1 (one chunk along them)."""
     merge = partial(_stats_combine, temperature=temperature)
@@ -207,9 +213,12 @@ def _stats(x, axes, temperature, where):
                         weights=where, name="csoftmax-stats")
 
 
-def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
+def forward(op: Op, x: Any, /, *, axes: Any, temperature: Any, keepdims: Any, where: Any, out: Any, dtype: Any) -> Any:
     where = _mask_like(where, x)
     gpu = _on_gpu(x)
+    stats_plan = not gpu and (op.kind is Kind.LOGSUMEXP and bool(axes) or not _whole(x, axes))
+    if stats_plan and x.dtype != dtype:  # dtype= casts first, as in memory: the records are of the cast values
+        x = x.astype(dtype)
     if op.kind is Kind.LOGSUMEXP and axes and not gpu:
         res = da.reduction(x, partial(_stats_chunk, temperature=1.0), partial(_lse_aggregate, rdt=dtype), axis=axes,
                            keepdims=keepdims, dtype=dtype, combine=partial(_stats_combine, temperature=1.0),
@@ -219,7 +228,7 @@ def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
         return _deliver(res, out)
     if op.kind is not Kind.LOGSUMEXP and not _whole(x, axes) and not gpu:
         stats = _stats(x, axes, temperature, where)
-        args = (x, stats) if where is None else (x, stats, where)
+        args: tuple[Any, ...] = (x, stats) if where is None else (x, stats, where)
         res = da.map_blocks(_block_finish, *args, op_name=op.name, axes=axes, temperature=temperature, rdt=dtype,
                             meta=meta_from_array(x, dtype=dtype), token="csoftmax-" + op.name)
         return _deliver(res, out)
@@ -239,19 +248,20 @@ def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
     return _deliver(res, out)
 
 
-def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype):
+def backward(op: Op, grad_output: Any, output: Any, /, *, axes: Any, temperature: Any, where: Any, out: Any,
+             dtype: Any) -> Any:
     g, y = grad_output, output
     if not _whole(g, axes) or g.chunks != y.chunks:
         g = _rechunk_whole(g, axes)
         y = y.rechunk(g.chunks)
     where = _mask_like(where, g)
-    args = (g, y) if where is None else (g, y, where)
+    args: tuple[Any, ...] = (g, y) if where is None else (g, y, where)
     res = da.map_blocks(_block_backward, *args, op_name=op.name, axes=axes, temperature=temperature,
                         meta=meta_from_array(g, dtype=dtype), token="csoftmax-" + op.name)
     return _deliver(res.astype(dtype, copy=False), out)
 
 
-def jacobian(op, x, /, *, axis, temperature, dtype):
+def jacobian(op: Op, x: Any, /, *, axis: Any, temperature: Any, dtype: Any) -> Any:
     x = _rechunk_whole(x, (axis,))
     ind = _letters(x.ndim)
     n = x.shape[axis]
@@ -261,8 +271,9 @@ def jacobian(op, x, /, *, axis, temperature, dtype):
                         meta=meta_from_array(x, ndim=len(out_ind), dtype=dtype), token="csoftmax-" + op.name)
 
 
-def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, label_smoothing, temperature, where,
-                  grad_scale, want_grad, dtype):
+def cross_entropy(op: Op, logits: Any, /, *, axis: Any, labels: Any, probs: Any, weight: Any, ignore_index: Any,
+                  label_smoothing: Any, temperature: Any, where: Any, grad_scale: Any, want_grad: Any,
+                  dtype: Any) -> Any:
     x = _rechunk_whole(logits, (axis,))
     ind = _letters(x.ndim)
     row_ind = tuple(c for i, c in enumerate(ind) if i != axis)
@@ -271,7 +282,7 @@ def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, l
         target, target_ind = labels.rechunk(row_chunks), row_ind
     else:
         target, target_ind = probs.rechunk(x.chunks), ind
-    args = [x, ind, target, target_ind]
+    args: list[Any] = [x, ind, target, target_ind]
     args += [None, None] if where is None else [_mask_like(where, x), ind]
     args += [None, None] if weight is None else [weight.rechunk(-1), (ind[axis],)]
     args += [grad_scale, None] if isinstance(grad_scale, float) else [grad_scale, ()]

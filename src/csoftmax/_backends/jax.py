@@ -23,52 +23,56 @@ front end asks the namespace, csoftmax._checks.default_float), so no call warns.
 from __future__ import annotations
 
 import functools
+import importlib
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import csoftmax
 
 from .. import _reference as R
-from .._ops import Family, Kind
+from .._ops import Family, Kind, Op
 from . import c as _c
+
+# typed as Any: JAX is optional, and absent where mypy may run
+jax: Any = importlib.import_module("jax")
+jnp: Any = importlib.import_module("jax.numpy")
 
 _Tracer = jax.core.Tracer
 _ALIGN = 64  # what jnp.from_dlpack takes without a copy
 
 
 # ---- the protocol's interface ----
-def namespace(x):
+def namespace(x: Any) -> Any:
     return jnp
 
 
-def writable(out) -> bool:
+def writable(out: Any) -> bool:
     return False
 
 
-def deferred(a) -> bool:
+def deferred(a: Any) -> bool:
     return isinstance(a, _Tracer)
 
 
-def from_numpy(a):
+def from_numpy(a: Any) -> Any:
     return jnp.asarray(a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("=")))
 
 
-def to_numpy(a):
+def to_numpy(a: Any) -> Any:
     return np.asarray(a)
 
 
 # ---- concrete arrays: views onto the C core (CPU) or CuPy (GPU) ----
-def _traced(*arrays) -> bool:
+def _traced(*arrays: Any) -> bool:
     return any(isinstance(a, _Tracer) for a in arrays)
 
 
-def _on_cpu(a) -> bool:
-    return a.device.platform == "cpu"
+def _on_cpu(a: Any) -> bool:
+    return bool(a.device.platform == "cpu")
 
 
-def _empty(shape, dtype):
+def _empty(shape: Any, dtype: Any) -> Any:
     """An uninitialised NumPy array whose data starts on a 64-byte boundary."""
     dtype = np.dtype(dtype)
     n = int(np.prod(shape)) * dtype.itemsize
@@ -77,7 +81,7 @@ def _empty(shape, dtype):
     return buf[start:start + n].view(dtype).reshape(shape)
 
 
-def _down(a):
+def _down(a: Any) -> Any:
     if a is None or not isinstance(a, jax.Array):
         return a
     if _on_cpu(a):
@@ -85,7 +89,7 @@ def _down(a):
     if a.device.platform != "gpu":
         raise TypeError(f"csoftmax takes JAX arrays on the CPU and on CUDA GPUs, not on {a.device.platform}")
     try:
-        import cupy
+        cupy = importlib.import_module("cupy")
     except ImportError:
         raise TypeError(
             f"JAX arrays on {a.device.platform} need CuPy for csoftmax's CUDA kernels (pip install csoftmax[cuda]); "
@@ -94,7 +98,7 @@ def _down(a):
     return cupy.from_dlpack(a)
 
 
-def _up(r):
+def _up(r: Any) -> Any:
     if r is None:
         return None
     if isinstance(r, np.ndarray):
@@ -105,47 +109,47 @@ def _up(r):
     return jnp.from_dlpack(r)
 
 
-def _np_dtype(dtype):
+def _np_dtype(dtype: Any) -> Any:
     return np.dtype(dtype)
 
 
-def _compute(x, family, *args, out_shape=None, **kw):
+def _compute(x: Any, family: Any, *args: Any, out_shape: Any = None, **kw: Any) -> Any:
     """A family method of the backend of x's memory on views of the JAX arrays among args
     and kw. Families with out= give out_shape: on the CPU the result is then written into
     an aligned buffer, which becomes the JAX array without a copy."""
-    args = [_down(a) for a in args]
+    low = [_down(a) for a in args]
     kw = {k: _down(v) for k, v in kw.items()}
     kw["dtype"] = _np_dtype(kw["dtype"])
     if out_shape is not None:
         kw["out"] = _empty(out_shape, kw["dtype"]) if _on_cpu(x) else None
     if _on_cpu(x):
-        res = getattr(_c, family)(*args, **kw)
+        res = getattr(_c, family)(*low, **kw)
     else:
         from . import cuda
 
-        res = getattr(cuda, family)(*args, **kw)
+        res = getattr(cuda, family)(*low, **kw)
     if isinstance(res, tuple):
         return tuple(_up(r) for r in res)
     return _up(res)
 
 
-def _forward_shape(op, shape, axes, keepdims):
+def _forward_shape(op: Op, shape: Any, axes: Any, keepdims: Any) -> Any:
     if op.kind is not Kind.LOGSUMEXP:
         return tuple(shape)
     return tuple((1 if i in axes else s) for i, s in enumerate(shape) if keepdims or i not in axes)
 
 
 # ---- traced arrays: host callbacks with csoftmax's own backward ----
-def _shift(axes, nb):
+def _shift(axes: Any, nb: Any) -> Any:
     """The axes of an unbatched call, in an array with nb leading batch axes."""
     return tuple(a + nb for a in axes)
 
 
-def _host(a):
+def _host(a: Any) -> Any:
     return None if a is None else np.asarray(a)
 
 
-def _mask(where, nb, nd):
+def _mask(where: Any, nb: Any, nd: Any) -> Any:
     """A where mask made for nd dimensions, as vmap passes it (its batch axes leading):
     the dimensions it omits put back after the batch axes, so that it broadcasts."""
     if where is None:
@@ -157,16 +161,16 @@ def _mask(where, nb, nd):
     return where
 
 
-def _host_forward(static, nd, x, where):
+def _host_forward(static: Any, nd: Any, x: Any, where: Any) -> Any:
     op, axes, tau, keepdims, dtype, _ = static
     x = np.asarray(x)
     nb = x.ndim - nd
-    r = _c.forward(op, x, axes=_shift(axes, nb), temperature=tau, keepdims=keepdims, where=_mask(where, nb, nd), out=None,
-                   dtype=np.dtype(dtype))
+    r = _c.forward(op, x, axes=_shift(axes, nb), temperature=tau, keepdims=keepdims, where=_mask(where, nb, nd),
+                   out=None, dtype=np.dtype(dtype))
     return np.asarray(r, dtype=dtype)
 
 
-def _host_backward(static, nd, g, y, where):
+def _host_backward(static: Any, nd: Any, g: Any, y: Any, where: Any) -> Any:
     op, axes, tau, dtype = static
     g = np.asarray(g)
     nb = g.ndim - nd
@@ -175,7 +179,7 @@ def _host_backward(static, nd, g, y, where):
     return np.asarray(r, dtype=dtype)
 
 
-def _host_cross_entropy(static, nd, logits, probs, weight, labels, where):
+def _host_cross_entropy(static: Any, nd: Any, logits: Any, probs: Any, weight: Any, labels: Any, where: Any) -> Any:
     """Per-row losses and the gradient of each row's loss, through the public function on
     NumPy arrays: the label values are checked there, with its messages. Under vmap
     (nb leading batch axes) with class weights, one call per batch element, each with its
@@ -185,7 +189,7 @@ def _host_cross_entropy(static, nd, logits, probs, weight, labels, where):
     nb = logits.ndim - nd
     weight, where = _host(weight), _mask(where, nb, nd)
 
-    def rows(i, w):
+    def rows(i: Any, w: Any) -> Any:
         return csoftmax.softmax_cross_entropy(
             logits[i], target[i], axis=axis + nb - len(i), weight=w, ignore_index=ignore_index, label_smoothing=eps,
             reduction="none", temperature=tau, where=None if where is None else where[i], return_grad=True,
@@ -202,25 +206,30 @@ def _host_cross_entropy(static, nd, logits, probs, weight, labels, where):
     return np.asarray(loss, dtype=dtype), np.asarray(grad, dtype=dtype)
 
 
-def _callback(fn, result, *args):
+def _as_jax(*arrays: Any) -> list[Any]:
+    """Residuals and cotangents as JAX arrays (None stays None): they may come as NumPy
+    arrays or JAX's literals (jax.test_util's do)."""
+    return [None if a is None else jnp.asarray(a) for a in arrays]
+
+
+def _callback(fn: Any, result: Any, *args: Any) -> Any:
     return jax.pure_callback(fn, result, *args, vmap_method="broadcast_all")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _forward_op(static, x, where):
+def _forward_op(static: Any, x: Any, where: Any) -> Any:
     op, axes, tau, keepdims, dtype, _ = static
     result = jax.ShapeDtypeStruct(_forward_shape(op, x.shape, axes, keepdims), dtype)
     return _callback(functools.partial(_host_forward, static, x.ndim), result, x, where)
 
 
-def _forward_op_fwd(static, x, where):
+def _forward_op_fwd(static: Any, x: Any, where: Any) -> Any:
     y = _forward_op(static, x, where)
     return y, (x if static[0].kind is Kind.LOGSUMEXP else y, where)
 
 
-def _forward_op_bwd(static, res, g):
-    # residuals and cotangents may come as NumPy arrays or JAX's literals (jax.test_util's do)
-    saved, where, g = (None if a is None else jnp.asarray(a) for a in (*res, g))
+def _forward_op_bwd(static: Any, res: Any, g: Any) -> Any:
+    saved, where, g = _as_jax(*res, g)
     op, axes, tau, keepdims, _, x_dtype = static
     if op.kind is Kind.LOGSUMEXP:
         s = csoftmax.softmax(saved, axis=axes, where=where, dtype=g.dtype, backend="jax")
@@ -235,17 +244,17 @@ _forward_op.defvjp(_forward_op_fwd, _forward_op_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _backward_op(static, g, y, where):
+def _backward_op(static: Any, g: Any, y: Any, where: Any) -> Any:
     result = jax.ShapeDtypeStruct(g.shape, static[3])
     return _callback(functools.partial(_host_backward, static, g.ndim), result, g, y, where)
 
 
-def _backward_op_fwd(static, g, y, where):
+def _backward_op_fwd(static: Any, g: Any, y: Any, where: Any) -> Any:
     return _backward_op(static, g, y, where), (g, y, where)
 
 
-def _backward_op_bwd(static, res, h):
-    g, y, where, h = (None if a is None else jnp.asarray(a) for a in (*res, h))
+def _backward_op_bwd(static: Any, res: Any, h: Any) -> Any:
+    g, y, where, h = _as_jax(*res, h)
     op, axes, tau, _ = static
     dg, dy = getattr(R, f"{op.name}_vjp")(jnp, h, g.astype(h.dtype), y.astype(h.dtype), axes, tau, where)
     return dg.astype(g.dtype), dy.astype(y.dtype), None
@@ -255,7 +264,7 @@ _backward_op.defvjp(_backward_op_fwd, _backward_op_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _cross_entropy_op(static, logits, probs, weight, labels, where):
+def _cross_entropy_op(static: Any, logits: Any, probs: Any, weight: Any, labels: Any, where: Any) -> Any:
     _, axis, _, _, _, dtype = static
     rows = tuple(s for i, s in enumerate(logits.shape) if i != axis)
     result = (jax.ShapeDtypeStruct(rows, dtype), jax.ShapeDtypeStruct(logits.shape, dtype))
@@ -263,13 +272,13 @@ def _cross_entropy_op(static, logits, probs, weight, labels, where):
                      labels, where)
 
 
-def _cross_entropy_op_fwd(static, logits, probs, weight, labels, where):
+def _cross_entropy_op_fwd(static: Any, logits: Any, probs: Any, weight: Any, labels: Any, where: Any) -> Any:
     row_loss, grad = _cross_entropy_op(static, logits, probs, weight, labels, where)
     return (row_loss, grad), (grad, logits, probs, weight, labels, where)
 
 
-def _cross_entropy_op_bwd(static, res, cotangents):
-    grad, logits, probs, weight, labels, where = (None if a is None else jnp.asarray(a) for a in res)
+def _cross_entropy_op_bwd(static: Any, res: Any, cotangents: Any) -> Any:
+    grad, logits, probs, weight, labels, where = _as_jax(*res)
     _, axis, ignore_index, eps, tau, _ = static
     g_row = jnp.asarray(cotangents[0])  # the returned gradient is a constant to autodiff
     d_logits = (grad * jnp.expand_dims(g_row, axis).astype(grad.dtype)).astype(logits.dtype)
@@ -286,21 +295,22 @@ _cross_entropy_op.defvjp(_cross_entropy_op_fwd, _cross_entropy_op_bwd)
 
 
 # ---- the families ----
-def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
+def forward(op: Op, x: Any, /, *, axes: Any, temperature: Any, keepdims: Any, where: Any, out: Any, dtype: Any) -> Any:
     if _traced(x, where):
         return _forward_op((op, axes, temperature, keepdims, _np_dtype(dtype), _np_dtype(x.dtype)), x, where)
     return _compute(x, "forward", op, x, out_shape=_forward_shape(op, x.shape, axes, keepdims), axes=axes,
                     temperature=temperature, keepdims=keepdims, where=where, dtype=dtype)
 
 
-def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype):
+def backward(op: Op, grad_output: Any, output: Any, /, *, axes: Any, temperature: Any, where: Any, out: Any,
+             dtype: Any) -> Any:
     if _traced(grad_output, output, where):
         return _backward_op((op, axes, temperature, _np_dtype(dtype)), grad_output, output, where)
     return _compute(grad_output, "backward", op, grad_output, output, out_shape=grad_output.shape, axes=axes,
                     temperature=temperature, where=where, dtype=dtype)
 
 
-def jacobian(op, x, /, *, axis, temperature, dtype):
+def jacobian(op: Op, x: Any, /, *, axis: Any, temperature: Any, dtype: Any) -> Any:
     if _traced(x):
         xl = jnp.moveaxis(x, axis, -1)
         s = csoftmax.softmax(xl, axis=-1, temperature=temperature, dtype=dtype, backend="jax")
@@ -309,8 +319,9 @@ def jacobian(op, x, /, *, axis, temperature, dtype):
     return _compute(x, "jacobian", op, x, axis=axis, temperature=temperature, dtype=dtype)
 
 
-def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, label_smoothing, temperature, where,
-                  grad_scale, want_grad, dtype):
+def cross_entropy(op: Op, logits: Any, /, *, axis: Any, labels: Any, probs: Any, weight: Any, ignore_index: Any,
+                  label_smoothing: Any, temperature: Any, where: Any, grad_scale: Any, want_grad: Any,
+                  dtype: Any) -> Any:
     if _traced(logits, labels, probs, weight, where) or not isinstance(grad_scale, float):
         static = (op, axis, ignore_index, label_smoothing, temperature, _np_dtype(dtype))
         row_loss, grad = _cross_entropy_op(static, logits, probs, weight, labels, where)
@@ -321,30 +332,33 @@ def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, l
 
 
 # ---- plain calls: the C core's fast entry on the views ----
-def fast_entry(op, cls):
+def fast_entry(op: Op, cls: Any) -> Any:
     """For plain calls on concrete JAX arrays on the CPU: the C core's fast entry on their
     NumPy views (None, to decline, for anything else)."""
     core = _c.fast_entry(op, np.ndarray)
     if core is None or issubclass(cls, _Tracer):
         return None
+
+    def logsumexp_entry(x: Any, axis: Any, temperature: Any, out: Any) -> Any:
+        if out is not None or not _on_cpu(x):
+            return None
+        r = core(np.asarray(x), axis, temperature, None)
+        return None if r is None else _up(r)
+
+    def forward_entry(x: Any, axis: Any, temperature: Any, out: Any) -> Any:
+        if out is not None or not _on_cpu(x):
+            return None
+        xn = np.asarray(x)
+        res = _empty(xn.shape, xn.dtype)
+        return None if core(xn, axis, temperature, res) is None else jnp.from_dlpack(res)
+
+    def backward_entry(g: Any, y: Any, axis: Any, temperature: Any, out: Any) -> Any:
+        if out is not None or not (_on_cpu(g) and _on_cpu(y)):
+            return None
+        gn, yn = np.asarray(g), np.asarray(y)
+        res = _empty(gn.shape, gn.dtype)
+        return None if core(gn, yn, axis, temperature, res) is None else jnp.from_dlpack(res)
+
     if op.kind is Kind.LOGSUMEXP:
-        def entry(x, axis, temperature, out):
-            if out is not None or not _on_cpu(x):
-                return None
-            r = core(np.asarray(x), axis, temperature, None)
-            return None if r is None else _up(r)
-    elif op.family is Family.FORWARD:
-        def entry(x, axis, temperature, out):
-            if out is not None or not _on_cpu(x):
-                return None
-            xn = np.asarray(x)
-            res = _empty(xn.shape, xn.dtype)
-            return None if core(xn, axis, temperature, res) is None else jnp.from_dlpack(res)
-    else:
-        def entry(g, y, axis, temperature, out):
-            if out is not None or not (_on_cpu(g) and _on_cpu(y)):
-                return None
-            gn, yn = np.asarray(g), np.asarray(y)
-            res = _empty(gn.shape, gn.dtype)
-            return None if core(gn, yn, axis, temperature, res) is None else jnp.from_dlpack(res)
-    return entry
+        return logsumexp_entry
+    return forward_entry if op.family is Family.FORWARD else backward_entry

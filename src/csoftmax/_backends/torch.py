@@ -32,15 +32,18 @@ csoftmax uses (csoftmax._protocol.NAMESPACE), creating arrays on the tensor's de
 from __future__ import annotations
 
 import functools
+import importlib
+from typing import Any
 
 import numpy as np
-import torch
 
 import csoftmax
 
 from .. import _reference as R
-from .._ops import Family, Kind
+from .._ops import Family, Kind, Op
 from . import c as _c
+
+torch: Any = importlib.import_module("torch")  # typed as Any: torch is optional, and absent where mypy may run
 
 _increment_version = torch.autograd.graph.increment_version
 
@@ -53,14 +56,14 @@ class _Namespace:
     float16, float32, float64 = torch.float16, torch.float32, torch.float64
     int8, int64, bool = torch.int8, torch.int64, torch.bool
 
-    def __init__(self, device):
+    def __init__(self, device: Any) -> None:
         self.device = device
 
-    def __getattr__(self, name):  # the rest of the standard's names that torch spells alike
+    def __getattr__(self, name: Any) -> Any:  # the rest of the standard's names that torch spells alike
         return getattr(torch, name)
 
     @staticmethod
-    def isdtype(dt, kind):
+    def isdtype(dt: Any, kind: Any) -> Any:
         if not isinstance(dt, torch.dtype):
             raise TypeError(f"not a torch dtype: {dt!r}")
         if kind == "bool":
@@ -74,67 +77,67 @@ class _Namespace:
         raise ValueError(f"unknown dtype kind {kind!r}")
 
     @staticmethod
-    def astype(a, dtype):
+    def astype(a: Any, dtype: Any) -> Any:
         return a.to(dtype)
 
     @staticmethod
-    def result_type(a, b):
+    def result_type(a: Any, b: Any) -> Any:
         return torch.promote_types(a, b)
 
-    def asarray(self, v, dtype=None):
+    def asarray(self, v: Any, dtype: Any = None) -> Any:
         if isinstance(v, torch.Tensor):
             return v if dtype is None else v.to(dtype)
         return torch.as_tensor(v, dtype=dtype, device=self.device)
 
-    def zeros(self, shape, dtype=None):
+    def zeros(self, shape: Any, dtype: Any = None) -> Any:
         return torch.zeros(shape, dtype=dtype, device=self.device)
 
-    def arange(self, n):
+    def arange(self, n: Any) -> Any:
         return torch.arange(n, device=self.device)
 
-    def eye(self, n, dtype=None):
+    def eye(self, n: Any, dtype: Any = None) -> Any:
         return torch.eye(n, dtype=dtype, device=self.device)
 
     @staticmethod
-    def expand_dims(a, axis):
+    def expand_dims(a: Any, axis: Any) -> Any:
         return torch.unsqueeze(a, axis)
 
     @staticmethod
-    def take(a, indices, axis):
+    def take(a: Any, indices: Any, axis: Any) -> Any:
         return torch.index_select(a, axis, indices)
 
     @staticmethod
-    def any(a, axis=None, keepdims=False):
+    def any(a: Any, axis: Any = None, keepdims: Any = False) -> Any:
         if axis is None:
             return torch.any(a)
         return a.clone() if axis == () else torch.any(a, dim=axis, keepdim=keepdims)
 
     @staticmethod
-    def sum(a, axis=None, keepdims=False):
+    def sum(a: Any, axis: Any = None, keepdims: Any = False) -> Any:
         if axis is None:
             return torch.sum(a)
         return a.clone() if axis == () else torch.sum(a, dim=axis, keepdim=keepdims)
 
     @staticmethod
-    def max(a):
+    def max(a: Any) -> Any:
         return torch.max(a)
 
 
 @functools.lru_cache(maxsize=None)
-def _namespace_on(device):
+def _namespace_on(device: Any) -> Any:
     return _Namespace(device)
 
 
 # ---- the protocol's interface ----
-def namespace(x):
+def namespace(x: Any) -> Any:
     return _namespace_on(x.device)
 
 
-def writable(out) -> bool:
+def writable(out: Any) -> bool:
     return True
 
 
-def from_numpy(a):
+def from_numpy(a: Any) -> Any:
     """A tensor of a's values: a view where torch can hold a's layout (native byte order,
     non-negative strides, writable), else a copy."""
     if a.dtype.isnative and a.flags.writeable and all(s >= 0 for s in a.strides):
@@ -142,7 +145,7 @@ def from_numpy(a):
     return torch.from_numpy(np.array(a, dtype=a.dtype.newbyteorder("=")))
 
 
-def to_numpy(t):
+def to_numpy(t: Any) -> Any:
     return t.detach().cpu().numpy()
 
 
@@ -151,7 +154,7 @@ _NP_DTYPES = {torch.float16: np.dtype(np.float16), torch.float32: np.dtype(np.fl
               torch.float64: np.dtype(np.float64)}
 
 
-def _down(t):
+def _down(t: Any) -> Any:
     """The NumPy (CPU) or CuPy (CUDA) view of a tensor; None stays None."""
     if t is None:
         return None
@@ -160,27 +163,25 @@ def _down(t):
         return t.numpy()
     if not t.is_cuda:
         raise TypeError(f"csoftmax takes CPU and CUDA tensors, not tensors on {t.device.type}")
-    import cupy
-
-    return cupy.from_dlpack(t)
+    return importlib.import_module("cupy").from_dlpack(t)
 
 
-def _up(a):
+def _up(a: Any) -> Any:
     return torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
 
 
-def _compute(t, family, *args, **kw):
+def _compute(t: Any, family: Any, *args: Any, **kw: Any) -> Any:
     """Run a family method of the backend of t's memory on views of the tensors among
     args and kw (the result dtype as NumPy spells it); results come back as tensors,
     an out= tensor as itself."""
-    args = [_down(a) if isinstance(a, torch.Tensor) else a for a in args]
+    low = [_down(a) if isinstance(a, torch.Tensor) else a for a in args]
     out = kw.get("out")
     kw = {k: (_down(v) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
     kw["dtype"] = _NP_DTYPES[kw["dtype"]]
     if t.is_cpu:
-        res = getattr(_c, family)(*args, **kw)
+        res = getattr(_c, family)(*low, **kw)
     else:
-        res = _on_device(t, family, args, kw)
+        res = _on_device(t, family, low, kw)
     if out is not None:
         _increment_version(out)
         return out
@@ -189,10 +190,9 @@ def _compute(t, family, *args, **kw):
     return _up(res)
 
 
-def _on_device(t, family, args, kw):
+def _on_device(t: Any, family: Any, args: Any, kw: Any) -> Any:
     """The `cuda` backend on t's device and torch's current stream there."""
-    import cupy
-
+    cupy = importlib.import_module("cupy")
     from . import cuda
 
     with cupy.cuda.Device(t.device.index):
@@ -201,26 +201,26 @@ def _on_device(t, family, args, kw):
 
 
 # ---- autograd ----
-def _grad_on(*tensors) -> bool:
+def _grad_on(*tensors: Any) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _refuse_out(op):
+def _refuse_out(op: Any) -> Any:
     return ValueError(f"{op.name}(): functions with out=... arguments don't support automatic differentiation, "
                       "but one of the arguments requires grad.")
 
 
-def _unsqueeze_axes(g, axes):
+def _unsqueeze_axes(g: Any, axes: Any) -> Any:
     for a in axes:  # ascending: each lands where it was
         g = g.unsqueeze(a)
     return g
 
 
-class _Forward(torch.autograd.Function):
+class _Forward(torch.autograd.Function):  # type: ignore[misc]
     """softmax, log_softmax, logsumexp; backward by csoftmax's backward passes."""
 
     @staticmethod
-    def forward(ctx, x, where, op, axes, tau, keepdims, dtype):
+    def forward(ctx: Any, x: Any, where: Any, op: Any, axes: Any, tau: Any, keepdims: Any, dtype: Any) -> Any:
         y = _compute(x, "forward", op, x, axes=axes, temperature=tau, keepdims=keepdims, where=where, out=None,
                      dtype=dtype)
         ctx.op, ctx.axes, ctx.tau, ctx.keepdims, ctx.x_dtype = op, axes, tau, keepdims, x.dtype
@@ -228,7 +228,7 @@ class _Forward(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx: Any, g: Any) -> Any:
         saved, where = ctx.saved_tensors
         op, axes = ctx.op, ctx.axes
         if op.kind is Kind.LOGSUMEXP:
@@ -240,25 +240,25 @@ class _Forward(torch.autograd.Function):
         return dx.to(ctx.x_dtype), None, None, None, None, None, None
 
 
-class _Backward(torch.autograd.Function):
+class _Backward(torch.autograd.Function):  # type: ignore[misc]
     """softmax_backward, log_softmax_backward; backward in torch operations."""
 
     @staticmethod
-    def forward(ctx, g, y, where, op, axes, tau, dtype):
+    def forward(ctx: Any, g: Any, y: Any, where: Any, op: Any, axes: Any, tau: Any, dtype: Any) -> Any:
         dx = _compute(g, "backward", op, g, y, axes=axes, temperature=tau, where=where, out=None, dtype=dtype)
         ctx.op, ctx.axes, ctx.tau = op, axes, tau
         ctx.save_for_backward(g, y, where)
         return dx
 
     @staticmethod
-    def backward(ctx, h):
+    def backward(ctx: Any, h: Any) -> Any:
         g, y, where = ctx.saved_tensors
         vjp = getattr(R, f"{ctx.op.name}_vjp")
         dg, dy = vjp(namespace(h), h, g.to(h.dtype), y.to(h.dtype), ctx.axes, ctx.tau, where)
         return dg.to(g.dtype), dy.to(y.dtype), None, None, None, None, None
 
 
-class _CrossEntropy(torch.autograd.Function):
+class _CrossEntropy(torch.autograd.Function):  # type: ignore[misc]
     """Per-row losses and their gradient in one fused pass, the gradient scaled by the
     reduction's grad_scale (as return_grad gives it); it is saved and is the backward (the
     second output, that gradient itself, is not differentiable). 'mean' and 'sum' give
@@ -266,7 +266,8 @@ class _CrossEntropy(torch.autograd.Function):
     the saved gradient is the answer as it stands, with no pass over it."""
 
     @staticmethod
-    def forward(ctx, logits, probs, weight, labels, where, op, axis, ignore_index, eps, tau, grad_scale, dtype):
+    def forward(ctx: Any, logits: Any, probs: Any, weight: Any, labels: Any, where: Any, op: Op, axis: int,
+                ignore_index: int, eps: float, tau: float, grad_scale: float, dtype: Any) -> Any:
         row_loss, grad = _compute(logits, "cross_entropy", op, logits, axis=axis, labels=labels, probs=probs,
                                   weight=weight, ignore_index=ignore_index, label_smoothing=eps, temperature=tau,
                                   where=where, grad_scale=grad_scale, want_grad=True, dtype=dtype)
@@ -276,8 +277,8 @@ class _CrossEntropy(torch.autograd.Function):
         return row_loss, grad
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # the saved gradient is first-order only
-    def backward(ctx, g_row, _g_grad):
+    @torch.autograd.function.once_differentiable  # type: ignore[untyped-decorator]  # first-order only
+    def backward(ctx: Any, g_row: Any, _g_grad: Any) -> Any:
         grad, logits, probs, weight, labels, where = ctx.saved_tensors
         axis, scale = ctx.axis, ctx.grad_scale
         d_logits = d_probs = d_weight = None
@@ -299,7 +300,7 @@ class _CrossEntropy(torch.autograd.Function):
 
 
 # ---- the families ----
-def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
+def forward(op: Op, x: Any, /, *, axes: Any, temperature: Any, keepdims: Any, where: Any, out: Any, dtype: Any) -> Any:
     if _grad_on(x, out):
         if out is not None:
             raise _refuse_out(op)
@@ -308,7 +309,8 @@ def forward(op, x, /, *, axes, temperature, keepdims, where, out, dtype):
                     dtype=dtype)
 
 
-def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype):
+def backward(op: Op, grad_output: Any, output: Any, /, *, axes: Any, temperature: Any, where: Any, out: Any,
+             dtype: Any) -> Any:
     if _grad_on(grad_output, output, out):
         if out is not None:
             raise _refuse_out(op)
@@ -317,7 +319,7 @@ def backward(op, grad_output, output, /, *, axes, temperature, where, out, dtype
                     out=out, dtype=dtype)
 
 
-def jacobian(op, x, /, *, axis, temperature, dtype):
+def jacobian(op: Op, x: Any, /, *, axis: Any, temperature: Any, dtype: Any) -> Any:
     if _grad_on(x):
         xl = torch.movedim(x, axis, -1)
         s = csoftmax.softmax(xl, axis=-1, temperature=temperature, dtype=dtype, backend="torch")
@@ -326,8 +328,9 @@ def jacobian(op, x, /, *, axis, temperature, dtype):
     return _compute(x, "jacobian", op, x, axis=axis, temperature=temperature, dtype=dtype)
 
 
-def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, label_smoothing, temperature, where,
-                  grad_scale, want_grad, dtype):
+def cross_entropy(op: Op, logits: Any, /, *, axis: Any, labels: Any, probs: Any, weight: Any, ignore_index: Any,
+                  label_smoothing: Any, temperature: Any, where: Any, grad_scale: Any, want_grad: Any,
+                  dtype: Any) -> Any:
     if _grad_on(logits, probs, weight):
         row_loss, grad = _CrossEntropy.apply(logits, probs, weight, labels, where, op, axis, ignore_index,
                                              label_smoothing, temperature, grad_scale, dtype)
@@ -338,43 +341,43 @@ def cross_entropy(op, logits, /, *, axis, labels, probs, weight, ignore_index, l
 
 
 # ---- plain calls: the C core's fast entry on the views ----
-def fast_entry(op, cls):
+def fast_entry(op: Op, cls: Any) -> Any:
     """For plain calls on CPU tensors that need no autograd: the C core's fast entry on
     their NumPy views (None, to decline, for anything else: the general path takes it)."""
     core = _c.fast_entry(op, np.ndarray)
     if core is None:
         return None
-    if op.family is Family.FORWARD:
-        def entry(x, axis, temperature, out):
-            if x.requires_grad or not x.is_cpu:
-                return None
-            try:
-                if out is None:
-                    r = core(x.numpy(), axis, temperature, None)
-                    return None if r is None else torch.from_numpy(r)
-                if not isinstance(out, torch.Tensor) or out.requires_grad or not out.is_cpu:
-                    return None
-                if core(x.numpy(), axis, temperature, out.numpy()) is None:
-                    return None
-            except (TypeError, RuntimeError):  # a dtype NumPy cannot view (bfloat16, ...)
-                return None
-            _increment_version(out)
-            return out
-    else:
-        def entry(g, y, axis, temperature, out):
-            if g.requires_grad or y.requires_grad or not (g.is_cpu and y.is_cpu):
-                return None
-            try:
-                if out is None:
-                    r = core(g.numpy(), y.numpy(), axis, temperature, None)
-                    return None if r is None else torch.from_numpy(r)
-                if not isinstance(out, torch.Tensor) or out.requires_grad or not out.is_cpu:
-                    return None
-                if core(g.numpy(), y.numpy(), axis, temperature, out.numpy()) is None:
-                    return None
-            except (TypeError, RuntimeError):
-                return None
-            _increment_version(out)
-            return out
-    return entry
 
+    def forward_entry(x: Any, axis: Any, temperature: Any, out: Any) -> Any:
+        if x.requires_grad or not x.is_cpu:
+            return None
+        try:
+            if out is None:
+                r = core(x.numpy(), axis, temperature, None)
+                return None if r is None else torch.from_numpy(r)
+            if not isinstance(out, torch.Tensor) or out.requires_grad or not out.is_cpu:
+                return None
+            if core(x.numpy(), axis, temperature, out.numpy()) is None:
+                return None
+        except (TypeError, RuntimeError):  # a dtype NumPy cannot view (bfloat16, ...)
+            return None
+        _increment_version(out)
+        return out
+
+    def backward_entry(g: Any, y: Any, axis: Any, temperature: Any, out: Any) -> Any:
+        if g.requires_grad or y.requires_grad or not (g.is_cpu and y.is_cpu):
+            return None
+        try:
+            if out is None:
+                r = core(g.numpy(), y.numpy(), axis, temperature, None)
+                return None if r is None else torch.from_numpy(r)
+            if not isinstance(out, torch.Tensor) or out.requires_grad or not out.is_cpu:
+                return None
+            if core(g.numpy(), y.numpy(), axis, temperature, out.numpy()) is None:
+                return None
+        except (TypeError, RuntimeError):
+            return None
+        _increment_version(out)
+        return out
+
+    return forward_entry if op.family is Family.FORWARD else backward_entry
