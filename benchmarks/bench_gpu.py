@@ -10,7 +10,8 @@ training step) after warm-up, median of repeats, implementations alternating wit
 repeat; the (10,) per-call figure is host wall time, launch overhead included. Bytes counted: every array read once and written once (forward: x
 in, y out; backward: g and y in, dx out; cross-entropy: logits in, gradient out).
 
-    python benchmarks/bench_gpu.py [--repeats 20] [--dtypes float16,float32] [--markdown out.md]
+    python benchmarks/bench_gpu.py [--repeats 20] [--dtypes float16,float32] [--markdown out.md] [--json out.json]
+    python benchmarks/bench_gpu.py --profile     # a few shapes, each called twice (for Nsight Compute)
 
 Needs CuPy and a CUDA GPU; torch and cupyx are optional peers.
 """
@@ -78,8 +79,21 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--dtypes", default="float16,float32")
     ap.add_argument("--markdown", default=None)
+    ap.add_argument("--json", default=None, help="every median in seconds, and the copy's, as JSON")
+    ap.add_argument("--profile", action="store_true", help="run a few shapes twice each, untimed")
     args = ap.parse_args(argv)
     import cupy
+
+    if args.profile:
+        rng = cupy.random.default_rng(0)
+        for shape, dt in (((ELEMS // 1024, 1024), "float32"), ((ELEMS // 16384, 16384), "float32"),
+                          ((ELEMS // 1024, 1024), "float16"), ((4096, ELEMS // 4096), "float32")):
+            x = (rng.standard_normal(shape, dtype=cupy.float32) * 3).astype(dt)
+            for _ in range(2):
+                csoftmax.softmax(x, axis=-1)
+                csoftmax.softmax(x, axis=0)
+            cupy.cuda.Device().synchronize()
+        return 0
 
     torch, cupyx_special = _peers()
     dev = cupy.cuda.Device()
@@ -87,7 +101,7 @@ def main(argv=None):
     header = f"GPU: {name}; median of {args.repeats} CUDA-event timings; 2^27 elements per input"
     print(header, flush=True)
     rng = cupy.random.default_rng(0)
-    rows = []
+    rows, raw = [], []
     for op, dt, shape, axis in cases(args.dtypes.split(",")):
         x = (rng.standard_normal(shape, dtype=cupy.float32) * 3).astype(dt)
         impls, nbytes = {}, 2 * x.nbytes
@@ -134,6 +148,8 @@ def main(argv=None):
         med = {k: statistics.median(v) for k, v in times.items()}
         copy_bw = (nbytes // 2) * 2 / med["copy"]
         row = {"op": op, "dtype": dt, "shape": "x".join(map(str, shape)), "axis": axis}
+        raw.append(dict(row, bytes=nbytes, **{f"{k}_s": t for k, t in med.items()},
+                        **{f"{k}_of_copy": nbytes / t / copy_bw for k, t in med.items() if k != "copy"}))
         for k, t in med.items():
             if k == "copy":
                 continue
@@ -152,6 +168,7 @@ def main(argv=None):
         calls["torch"] = lambda: torch.softmax(t10, -1)
     if cupyx_special is not None:
         calls["cupyx"] = lambda: cupyx_special.softmax(x10)
+    per_call = {}
     for k, fn in calls.items():
         for _ in range(100):
             fn()
@@ -160,7 +177,13 @@ def main(argv=None):
         for _ in range(2000):
             fn()
         cupy.cuda.Device().synchronize()
-        print(f"(10,) float64 per call, {k}: {(time.perf_counter() - t) / 2000 * 1e6:.1f} us")
+        per_call[k] = (time.perf_counter() - t) / 2000
+        print(f"(10,) float64 per call, {k}: {per_call[k] * 1e6:.1f} us")
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "repeats": args.repeats, "cases": raw, "per_call_10_s": per_call}, f, indent=1)
     if args.markdown:
         cols = ["op", "dtype", "shape", "axis", "csoftmax", "torch", "cupyx"]
         with open(args.markdown, "w") as f:
