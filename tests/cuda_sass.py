@@ -114,7 +114,7 @@ def analyse(names, jobs=None):
     cache = Path(tempfile.gettempdir()) / f"csoftmax-cuda-sass-{key}.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    jobs = jobs or max(1, min(8, os.cpu_count() or 1))
+    jobs = jobs or max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
     per = max(1, -(-len(names) // (jobs * 3)))
     parts = [names[i:i + per] for i in range(0, len(names), per)]
     result = {}
