@@ -39,6 +39,24 @@ def test_cross_entropy_losses_beyond_float32_are_inf(backend, reduction):
     assert np.all(np.isfinite(loss10)) and np.allclose(loss10, 6e37 * (2 if reduction == "sum" else 1), rtol=1e-6)
 
 
+def test_cross_entropy_terms_of_weight_zero_are_zero(backend):
+    """A class of weight exactly 0 in the loss adds nothing even where its -log p is +inf
+    (0 * inf would be NaN): at smoothing 1 the label's own term, a class weight of 0 on a
+    logit of -inf, a probability of 0 there. Closed forms."""
+    x = np.array([0.25, -0.25])  # the exact loss is 0.25 / tau: finite at 1e-300, beyond range at 5e-324
+    for t, want in ((1e-300, 0.25 / 1e-300), (5e-324, np.inf)):
+        loss = call(backend, "softmax_cross_entropy", x, np.array(1), axis=0, temperature=t, label_smoothing=1.0)
+        assert loss == want or np.isclose(loss, want, rtol=1e-14), (t, loss)
+    z = np.array([[0.0, -np.inf, 1.0]])
+    w = np.array([1.0, 0.0, 1.0])
+    lse = np.log(1 + np.e)
+    got = call(backend, "softmax_cross_entropy", z, np.array([0]), weight=w, label_smoothing=0.3, reduction="sum")
+    np.testing.assert_allclose(got, 0.7 * lse + 0.1 * (lse + (lse - 1)), rtol=1e-14)
+    q = np.array([[0.5, 0.0, 0.5]])
+    got = call(backend, "softmax_cross_entropy", z, q, reduction="sum")
+    np.testing.assert_allclose(got, 0.5 * lse + 0.5 * (lse - 1), rtol=1e-14)
+
+
 def test_infinite_class_weight_is_a_value(backend):
     x = np.zeros((2, 3))
     w = np.array([np.inf, 1.0, 1.0])

@@ -290,7 +290,7 @@ def cross_entropy_rows(xp: Any, x: Any, axis: Any, labels: Any, probs: Any, weig
     neg_logp = -logp
     if probs is not None:
         q = xp.where(live, (1.0 - eps) * probs + eps_k, zero)
-        term = xp.where(q == 0.0, zero, w * q * neg_logp)  # 0 * log 0 = 0
+        term = xp.where((w == 0.0) | (q == 0.0), zero, w * q * neg_logp)  # a term of weight 0 is 0 (0 * log 0 = 0)
         loss = xp.sum(term, axis=axis)
         A = xp.sum(w * q, axis=axis, keepdims=True)
         B = w * q
@@ -301,8 +301,11 @@ def cross_entropy_rows(xp: Any, x: Any, axis: Any, labels: Any, probs: Any, weig
         idx = xp.reshape(xp.arange(n), tuple(shape_w))
         onehot = idx == xp.expand_dims(lab, axis=axis)
         w_y = xp.sum(xp.where(onehot, w, zero), axis=axis, keepdims=True)
-        nll = (1.0 - eps) * w_y * xp.sum(xp.where(onehot, neg_logp, zero), axis=axis, keepdims=True)
-        smooth = eps_k * xp.sum(xp.where(live, w * neg_logp, zero), axis=axis, keepdims=True)
+        nll_y = xp.sum(xp.where(onehot, neg_logp, zero), axis=axis, keepdims=True)
+        nll = (1.0 - eps) * xp.where(w_y == 0.0, xp.zeros_like(w_y), w_y * nll_y)  # a term of weight 0 is 0
+        if eps == 1.0:
+            nll = xp.zeros_like(nll)
+        smooth = eps_k * xp.sum(xp.where(live & (w != 0.0), w * neg_logp, zero), axis=axis, keepdims=True)
         loss_k = nll + smooth if eps != 0.0 else nll
         valid_k = xp.expand_dims(valid, axis=axis)
         loss = xp.squeeze(xp.where(valid_k, loss_k, xp.zeros_like(loss_k)), axis=axis)

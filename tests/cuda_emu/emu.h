@@ -51,6 +51,7 @@ dim3 threadIdx_, blockIdx_, blockDim_, gridDim_;
 #define gridDim emu::gridDim_
 
 using std::fma;
+using std::fabs;
 using std::fmax;
 using std::ldexp;
 using std::log;

@@ -22,12 +22,6 @@ import numpy as np
 from csoftmax._backends import cuda
 
 HERE = Path(__file__).resolve().parent
-_CTYPES = {
-    np.dtype(np.int64): ctypes.c_int64,
-    np.dtype(np.int32): ctypes.c_int32,
-    np.dtype(np.uint64): ctypes.c_uint64,
-    np.dtype(np.float64): ctypes.c_double,
-}
 
 
 def compiler():
@@ -35,10 +29,7 @@ def compiler():
 
 
 def _names():
-    names = ["csm_fwd_split_merge"]
-    for dt in ("float16", "float32", "float64"):
-        names += cuda.kernel_names(dt)
-    return names
+    return cuda.all_kernel_names()
 
 
 def _harness(names):
@@ -101,14 +92,22 @@ def library():
     return dll
 
 
+def _arg(a):
+    """A kernel argument as CuPy passes it: an array's data pointer, a Python int as int64,
+    a float as double."""
+    if isinstance(a, np.ndarray):
+        return ctypes.c_void_p(a.ctypes.data if a.size else 0)
+    if isinstance(a, bool) or not isinstance(a, (int, float)):
+        raise TypeError(f"kernel argument of type {type(a).__name__}: pass arrays, ints or floats")
+    return ctypes.c_int64(a) if isinstance(a, int) else ctypes.c_double(a)
+
+
 class EmulatedDevice:
-    """A device for cuda.Ops: NumPy arrays, kernels run by the emulator. Thresholds are
-    smaller than on a GPU so that the tests' arrays reach every kernel."""
+    """A device for cuda.Ops: NumPy arrays, kernels run by the emulator. The split kernels'
+    chunks are smaller than on a GPU so that the tests' arrays reach every path."""
 
     xp = np
-    SMEM_CACHE_BYTES = 16 * 1024
     num_sms = 2
-    SPLIT_MIN_N = 2048
     SPLIT_CHUNK = 4096
 
     def __init__(self):
@@ -119,22 +118,21 @@ class EmulatedDevice:
     def ptr(a):
         return a.ctypes.data
 
-    def launch(self, dtype_name, name, grid, block, args, shared_mem=0):
-        keep, ptrs = [], []
-        for a in args:
-            if isinstance(a, np.ndarray):
-                obj = ctypes.c_void_p(a.ctypes.data if a.size else 0)
-            elif isinstance(a, np.generic):
-                obj = _CTYPES[a.dtype](a.item())
-            else:
-                raise TypeError(f"kernel argument of type {type(a).__name__}: pass NumPy arrays or NumPy scalars")
-            keep.append(obj)
-            ptrs.append(ctypes.cast(ctypes.pointer(obj), ctypes.c_void_p))
+    def function(self, name):
+        """The kernel `name` as a callable (grid, block, args), as CuPy's functions are."""
+        return functools.partial(self._run, name)
+
+    def launch(self, name, grid, block, args):
+        self._run(name, grid, block, args)
+
+    def _run(self, name, grid, block, args):
+        keep = [_arg(a) for a in args]
+        ptrs = [ctypes.cast(ctypes.pointer(obj), ctypes.c_void_p) for obj in keep]
         argv = (ctypes.c_void_p * len(ptrs))(*ptrs)
         g = tuple(grid) + (1,) * (3 - len(grid))
         b = tuple(block) + (1,) * (3 - len(block))
         self.launches.append(name)
-        err = self.lib.emu_launch(name.encode(), *g, *b, int(shared_mem), ctypes.cast(argv, ctypes.c_void_p))
+        err = self.lib.emu_launch(name.encode(), *g, *b, 0, ctypes.cast(argv, ctypes.c_void_p))
         if err:
             raise RuntimeError(f"{name}: {err.decode()}")
 

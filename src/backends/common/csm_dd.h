@@ -122,6 +122,24 @@ CSM_FN csm_dd csm_dd_exp(csm_dd a)
     return sum;
 }
 
+/* a * exp(d) for d <= 0 (d may be -inf): exp(d) = 2^k exp(r) with |r| <= ln(2)/2, and the
+   power of two applied last, so that a product in the subnormal range is rounded once
+   instead of vanishing where exp(d) alone would underflow (rescaling a running sum to a
+   new, much larger maximum keeps every term that is representable) */
+CSM_FN csm_dd csm_dd_mul_exp(csm_dd a, csm_dd d)
+{
+    if (d.hi != d.hi || a.hi != a.hi) return csm_dd_make(d.hi + a.hi, 0.0);
+    if (d.hi < -1.0e4) return csm_dd_make(0.0, 0.0); /* below 2^-14000: nothing survives */
+    const double ln2_1 = 0x1.62e42fee00000p-1, ln2_2 = 0x1.a39ef35600000p-33, ln2_3 = 4.275175589747649e-20;
+    double k = rint(d.hi * 1.4426950408889634074); /* |k| < 2^14: k * ln2_1, k * ln2_2 exact */
+    csm_dd r = csm_two_sum(d.hi, -k * ln2_1);
+    r = csm_dd_add_d(r, -k * ln2_2);
+    r = csm_dd_add_d(r, d.lo - k * ln2_3);
+    csm_dd p = csm_dd_mul(a, csm_dd_exp(r));
+    int ki = (int)k;
+    return csm_dd_make(ldexp(p.hi, ki), ldexp(p.lo, ki));
+}
+
 /* exp((a - b) / tau) in double-double, for a <= b; tau > 0 finite */
 CSM_FN csm_dd csm_dd_expdiff(double a, double b, double tau)
 {

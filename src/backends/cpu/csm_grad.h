@@ -15,6 +15,8 @@
  *                                       B_j = (1 - eps) w_y [j == y] + eps / K * w_j
  *   probabilities q  q' = (1 - eps) q + eps / K;  loss = sum_j w_j q'_j (-logp_j), with
  *                    0 * log 0 = 0;  grad = p * sum_l w_l q'_l - w q'
+ * A term of weight 0 (w_j t_j = 0) is 0 even where -logp_j is infinite: (1 - eps) = 0,
+ * a class weight 0 or a probability 0 drops its class from the loss
  * (torch.nn.functional.cross_entropy). The gradient is then multiplied by the reduction
  * scale and by 1/tau. -logp_j is computed as log1p(S') + (m - x_j) / tau, a sum of two
  * non-negative terms, and p_j as exp((x_j - m) / tau) / (1 + S') from the same stats as
@@ -240,15 +242,16 @@ static double csm_xent_finish(const csm_xent_src *src, const uint8_t *mask, cons
             if (mask && !mask[j]) continue;
             const double wj = csm_xent_weight(xp, j), tj = (1.0 - xp->eps) * (double)q[j] + eps_k;
             A += wj * tj;
-            if (tj != 0.0) loss += wj * tj * csm_xent_neglogp(src, j); /* 0 * log 0 = 0 */
+            if (tj != 0.0 && wj != 0.0) loss += wj * tj * csm_xent_neglogp(src, j); /* weight 0: no term (0 log 0 = 0) */
         }
     } else {
         const double wy = csm_xent_weight(xp, label);
-        loss = (1.0 - xp->eps) * wy * csm_xent_neglogp(src, label);
+        loss = xp->eps != 1.0 && wy != 0.0 ? (1.0 - xp->eps) * wy * csm_xent_neglogp(src, label) : 0.0; /* weight 0: no term */
         if (xp->eps != 0.0) {
             double sm = 0.0;
             for (csm_intp j = 0; j < n; j++)
-                if (!mask || mask[j]) sm += csm_xent_weight(xp, j) * csm_xent_neglogp(src, j);
+                if ((!mask || mask[j]) && csm_xent_weight(xp, j) != 0.0)
+                    sm += csm_xent_weight(xp, j) * csm_xent_neglogp(src, j);
             loss += eps_k * sm;
         }
         A = (1.0 - xp->eps) * wy + eps_k * W;

@@ -2,74 +2,114 @@
 protocol (csoftmax._protocol).
 
 The kernels (src/backends/cuda/csoftmax_kernels.cu, shipped in the package as
-csoftmax/_cuda_kernels/) are compiled by NVRTC through cupy.RawModule with
-name_expressions: lazily, one module per dtype, cached by CuPy per device. Launches go to
-the current device and stream; results are CuPy arrays on the input's device.
+csoftmax/_cuda_kernels/) are compiled by NVRTC through cupy.RawModule, one module per
+instantiation, lazily (CuPy caches the binaries on disk). Launches go to the current device
+and stream; results are CuPy arrays on the input's device.
 
-This module plans the launches -- which kernel for a row length, grid and block sizes,
-strides -- against a small device interface (`_CupyDevice` here; the test suite plugs in
-a host emulator that runs the same kernel source on the CPU), so the planning is tested
-everywhere and only the CuPy calls need a GPU.
+This module plans the launches -- which kernel instantiation for a layout and row length,
+grid and block sizes, strides, the temperature's mode -- against a small device interface
+(`_CupyDevice` here; the test suite plugs in a host emulator that runs the same kernel
+source on the CPU), so the planning is tested everywhere and only the CuPy calls need a
+GPU. Plain calls (fast_entry) replay a launch plan cached per (op, shape, strides, dtype,
+axis, temperature, alignment, device): no planning, one allocation, the kernel function
+called directly.
 
-Layouts: rows evenly spaced with any entry stride run in place; a strided softmax axis
-whose neighbouring dimension is contiguous runs the column kernel; anything else (several
-non-mergeable softmax axes, say) is first copied to contiguous rows, and the result
-copied back. Kernel choice by row length n (docs/design.md, "The CUDA kernels"):
-n <= ROWS_MAX_N: csm_fwd_rows, G lanes per row (the fewest that hold the row in 16-byte
-chunks), the row in registers; longer rows whose compute values fit SMEM_CACHE_BYTES: a
-block per row with the row cached in shared memory (csm_fwd_block); longer rows still,
-or few rows of at least SPLIT_MIN_N: chunks in their own blocks merged in double-double
-(csm_fwd_split_*). Backward passes: a warp per row up to 32 * 32 entries, else a block.
+Layouts: rows evenly spaced run in place (contiguous entries with no mask: 16-byte
+accesses, `F = 0`; anything else the general instantiation, `F = GEN`); a strided softmax
+axis whose neighbouring dimension is contiguous runs the column kernel; anything else is
+first copied to contiguous rows, and the result copied back. Kernel tiers by row length n
+(docs/design.md, "The CUDA kernels"): n <= rows_max: csm_fwd_rows with G lanes per row (the
+fewest that hold the row in registers; G > 32 is a block per row); longer rows: the split
+kernels (per-chunk statistics merged exactly per row). Backward passes: csm_bwd_rows, then
+csm_bwd_long; cross-entropy with class indices: csm_xent_rows, else csm_xent_block.
 """
 from __future__ import annotations
 
 import functools
 import importlib
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._ops import Kind, Op
+from .._ops import Family, Kind, Op
+
+Array = Any  # a CuPy array (or the emulator's NumPy one): CuPy has no type stubs
 
 _CTYPE = {"float16": "csm_half", "float32": "float", "float64": "double"}
-_WARP_E = (1, 2, 4, 8, 16, 32)  # entries per lane of csm_bwd_warp's instantiations
-_CHUNK = {"float16": 8, "float32": 4, "float64": 2}  # entries per 16-byte chunk
-_COMPUTE_BYTES = {"float16": 4, "float32": 4, "float64": 8}  # float16 is computed in float
-ROWS_MAX_N = 1024  # rows up to this long are held in registers (32 entries per lane at most)
-NULL = np.uint64(0)  # a null pointer argument (for optional operands)
-i64 = np.int64
+_CHUNK = {"float16": 8, "float32": 4, "float64": 2}  # entries per 16-byte piece (V)
+# pieces per lane of the row kernels (E = NC V entries: 16 for float rows, 4 for double rows
+# forward; half as many for the backward passes, which hold two operands)
+_NCMIN = {"fwd": {"float16": 2, "float32": 4, "float64": 2}, "bwd": {"float16": 1, "float32": 2, "float64": 2}}
+_GROUPS = tuple(1 << k for k in range(11))  # lanes per row, 1 .. 1024
+_GROUPS_GENERAL = (1, 4, 32, 256, 1024)  # the general instantiations' (F = GEN or TM = WIDE)
+TM_ONE, TM_PAIR, TM_WIDE = 0, 1, 2  # the temperature modes (csoftmax_kernels.cu, CSM_TAU_*)
+F_FAST, F_GEN = 0, 1  # layouts (CSM_F_GEN)
+_FWD_KINDS = (int(Kind.SOFTMAX), int(Kind.LOG_SOFTMAX))  # the row kernels' K (logsumexp is LOG_SOFTMAX's)
+_BWD_KINDS = (int(Kind.SOFTMAX_BWD), int(Kind.LOG_SOFTMAX_BWD))
+_F32_MIN_INV, _F32_MAX_INV = 2.0**-101, 2.0**127  # 1/tau as a float pair: both parts normal
+_F64_MIN_INV = 2.0**-1000
+COLS_TILE = (32, 8)  # csm_fwd_cols' block: 32 columns x CSM_COLS_R slices of rows
+WAVES = 8  # grid-stride kernels: at most this many resident grids' worth of blocks
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _pow2_at_least(v: int) -> int:
+    return 1 << max(0, (v - 1).bit_length())
+
+
+# ---- instantiations -------------------------------------------------------------------------
+def row_shapes(family: str, dtype_name: str, general: bool = False) -> list[tuple[int, int]]:
+    """The (G lanes per row, NC pieces per lane) of the row kernels of a family ("fwd": the
+    forward ops and cross-entropy; "bwd") for a dtype, by capacity; the general
+    instantiations have a coarser set."""
+    nc0 = _NCMIN[family][dtype_name]
+    if general:
+        return [(g, nc0) for g in _GROUPS_GENERAL]
+    return [(1, 1 << k) for k in range(nc0.bit_length()) if (1 << k) <= nc0] + [(g, nc0) for g in _GROUPS[1:]]
+
+
+def rows_max(family: str, dtype_name: str) -> int:
+    """The longest row the row kernels of a family hold in registers."""
+    g, nc = row_shapes(family, dtype_name)[-1]
+    return g * nc * _CHUNK[dtype_name]
+
+
+def _is_general(tm: int, f: int) -> bool:
+    return tm == TM_WIDE or f == F_GEN
+
+
 def kernel_names(dtype_name: str) -> list[str]:
     """Every kernel instantiation the backend may launch for one storage dtype."""
     t = _CTYPE[dtype_name]
-    names = [f"csm_fwd_rows<{t}, {g}, {nc}>" for g, nc in _rows_shapes(dtype_name)]
-    names += [f"csm_fwd_block<{t}>"]
-    names += [f"csm_fwd_split_stats<{t}>", f"csm_fwd_split_finish<{t}>", f"csm_fwd_cols<{t}>"]
-    names += [f"csm_bwd_warp<{t}, {e}>" for e in _WARP_E] + [f"csm_bwd_block<{t}>"]
+    names = []
+    for fam, kernel, kinds in (("fwd", "csm_fwd_rows", _FWD_KINDS), ("bwd", "csm_bwd_rows", _BWD_KINDS)):
+        for k in kinds:
+            for tm in (TM_ONE, TM_PAIR, TM_WIDE):
+                for f in (F_FAST, F_GEN):
+                    names += [f"{kernel}<{t}, {g}, {nc}, {k}, {tm}, {f}>"
+                              for g, nc in row_shapes(fam, dtype_name, _is_general(tm, f))]
+    names += [f"csm_xent_rows<{t}, {g}, {nc}, {tm}, {F_FAST}>" for tm in (TM_ONE, TM_PAIR)
+              for g, nc in row_shapes("fwd", dtype_name)]
+    for tm in (TM_ONE, TM_PAIR, TM_WIDE):
+        for f in (F_FAST, F_GEN):
+            names.append(f"csm_fwd_split_stats<{t}, {tm}, {f}>")
+            names += [f"csm_fwd_split_finish<{t}, {k}, {tm}, {f}>" for k in _FWD_KINDS]
+            names += [f"csm_fwd_cols<{t}, {k}, {tm}, {f}>" for k in _FWD_KINDS]
+            names += [f"csm_bwd_long<{t}, {k}, {tm}, {f}>" for k in _BWD_KINDS]
+    names += [f"csm_fwd_split_merge<{'double' if dtype_name == 'float64' else 'float'}>"]
     names += [f"csm_xent_block<{t}>", f"csm_jacobian<{t}>"]
     return names
 
 
-def _rows_shapes(dtype_name: Any) -> Any:
-    """The (lanes per row G, chunks per lane NC) of csm_fwd_rows' instantiations."""
-    v = _CHUNK[dtype_name]
-    return [(g, 1) for g in (1, 2, 4, 8, 16)] + [(32, nc) for nc in (1, 2, 4, 8, 16) if nc * v <= 32]
-
-
-def _rows_shape(n: Any, dtype_name: Any) -> Any:
-    """(G, NC) for rows of n <= ROWS_MAX_N entries: the fewest lanes that hold a row in
-    chunks of 16 bytes, then the fewest chunks per lane."""
-    chunks = _cdiv(n, _CHUNK[dtype_name])
-    if chunks <= 32:
-        return 1 << (chunks - 1).bit_length(), 1
-    return 32, 1 << (_cdiv(chunks, 32) - 1).bit_length()
+def all_kernel_names() -> list[str]:
+    """Every instantiation, all dtypes (each once)."""
+    return list(dict.fromkeys(n for dt in _CTYPE for n in kernel_names(dt)))
 
 
 def kernel_dirs() -> list[Path]:
@@ -90,67 +130,102 @@ def kernel_source() -> str:
     return (kernel_dirs()[0] / "csoftmax_kernels.cu").read_text()
 
 
-# ---- the device: CuPy ---------------------------------------------------------------------
-class _CupyDevice:
-    """Arrays, launches and properties through CuPy."""
+def compile_options() -> tuple[str, ...]:
+    """What the backend passes to NVRTC (CuPy appends -ftz=true and the architecture)."""
+    return ("-std=c++17",) + tuple(f"-I{d}" for d in kernel_dirs())
 
-    SMEM_CACHE_BYTES = 96 * 1024  # two such blocks fit in a Hopper multiprocessor (228 KiB)
+
+# ---- the temperature ------------------------------------------------------------------------
+def tau_args(tau: float, dtype_name: str) -> tuple[int, float, float, float]:
+    """(mode, tau, inv, inv_lo) as the kernels take the temperature: TM_ONE for tau = 1;
+    TM_PAIR where 1/tau is a normal number
+    of the compute type, given as the pair inv + inv_lo (float rows: two floats); TM_WIDE
+    otherwise (tau = +inf too) -- (x - m) / tau in double, by division where 1/tau is not a
+    normal double."""
+    tau = float(tau)
+    if tau == 1.0:
+        return TM_ONE, tau, 1.0, 0.0
+    if math.isinf(tau):  # the forward kernels' rows are special; the backward passes divide by it
+        return TM_WIDE, tau, 0.0, 0.0
+    inv = 1.0 / tau
+    if dtype_name == "float64":
+        if math.isfinite(inv) and inv >= _F64_MIN_INV:
+            return TM_PAIR, tau, inv, 0.0
+    elif math.isfinite(inv) and _F32_MIN_INV <= inv <= _F32_MAX_INV:
+        return TM_PAIR, tau, inv, inv - float(np.float32(inv))
+    return TM_WIDE, tau, inv, 0.0
+
+
+def _float_pair(v: float, dtype_name: str) -> tuple[float, float] | None:
+    """v as hi + lo in the compute type, or None if hi would not be a normal number (0 is)."""
+    if dtype_name == "float64":
+        return (v, 0.0) if math.isfinite(v) else None
+    if v == 0.0:
+        return 0.0, 0.0
+    if not (math.isfinite(v) and _F32_MIN_INV <= abs(v) <= _F32_MAX_INV):
+        return None
+    return v, v - float(np.float32(v))
+
+
+# ---- the device: CuPy -------------------------------------------------------------------------
+class _CupyDevice:
+    """Kernel functions, arrays and properties through CuPy."""
+
     SPLIT_CHUNK = 8192  # entries per block of the split kernels
-    SPLIT_MIN_N = 16384  # rows this long go to the split kernels when they are few
 
     def __init__(self) -> None:
         self.xp: Any = importlib.import_module("cupy")
-        self._modules: dict[str, Any] = {}
         self._functions: dict[tuple[int, str], Any] = {}  # (device id, kernel name): a loaded kernel
 
-    def module(self, dtype_name: Any) -> Any:
-        mod = self._modules.get(dtype_name)
-        if mod is None:
-            names = kernel_names(dtype_name) + ["csm_fwd_split_merge"]
-            options = ("-std=c++17",) + tuple(f"-I{d}" for d in kernel_dirs())
-            mod = self.xp.RawModule(code=kernel_source(), options=options, name_expressions=names)
-            self._modules[dtype_name] = mod
-        return mod
+    def device_id(self) -> int:
+        return int(self.xp.cuda.runtime.getDevice())
 
-    def launch(self, dtype_name: Any, name: Any, grid: Any, block: Any, args: Any, shared_mem: Any=0) -> None:
-        key = (self.xp.cuda.Device().id, name)
+    def function(self, name: str) -> Any:
+        """The kernel `name`, loaded on the current device: a callable (grid, block, args,
+        shared_mem=0)."""
+        key = (self.device_id(), name)
         fn = self._functions.get(key)
         if fn is None:
-            fn = self.module(dtype_name).get_function(name)
-            if name.startswith("csm_fwd_block"):  # more dynamic shared memory than the default 48 KiB
-                fn.max_dynamic_shared_size_bytes = self.SMEM_CACHE_BYTES
-            self._functions[key] = fn
-        fn(grid, block, tuple(args), shared_mem=shared_mem)
+            mod = self.xp.RawModule(code=kernel_source(), options=compile_options(), name_expressions=[name])
+            fn = self._functions[key] = mod.get_function(name)
+        return fn
+
+    def launch(self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: Sequence[Any]) -> None:
+        self.function(name)(grid, block, tuple(args))
 
     @staticmethod
-    def ptr(a: Any) -> Any:
-        return a.data.ptr
+    def ptr(a: Array) -> int:
+        return int(a.data.ptr)
 
     @functools.cached_property
-    def num_sms(self) -> Any:
+    def num_sms(self) -> int:
         dev = self.xp.cuda.Device()
         return int(dev.attributes["MultiProcessorCount"])
 
 
-# ---- planning ----------------------------------------------------------------------------------
-def _elems(a: Any) -> Any:
-    """Strides of an array in elements (they are multiples of the itemsize here)."""
+# ---- planning ------------------------------------------------------------------------------------
+def _elems(a: Array) -> tuple[int, ...] | None:
+    """Strides of an array in elements (they are multiples of the itemsize here), or None."""
+    if any(s % a.itemsize for s in a.strides):
+        return None
     return tuple(s // a.itemsize for s in a.strides)
 
 
-def _outer_order(x: Any, skip: Any) -> Any:
+def _outer_order(x: Array, skip: Sequence[int]) -> list[int]:
     """x's dimensions other than `skip` (and of size > 1), outermost first by x's strides:
     every operand's rows are enumerated in this one order."""
-    es = _elems(x)
+    es = x.strides
     return sorted((d for d in range(x.ndim) if d not in skip and x.shape[d] > 1), key=lambda d: -abs(es[d]))
 
 
-def _merge(a: Any, order: Any) -> Any:
+def _merge(a: Array, order: list[int]) -> tuple[int, int] | None:
     """(count, stride) of a's dimensions `order` walked as one, or None if they are not
     evenly spaced in a."""
     if not order:
         return 1, 0
     es = _elems(a)
+    if es is None:
+        return None
     count, stride = a.shape[order[-1]], es[order[-1]]
     for d in reversed(order[:-1]):
         if es[d] != stride * count:
@@ -160,33 +235,51 @@ def _merge(a: Any, order: Any) -> Any:
 
 
 class _View:
-    """An operand as a kernel takes it: its pointer (or NULL) and its strides in elements
-    -- (row stride, entry stride) of rows, or the strides a column kernel names."""
+    """An operand as a kernel takes it: the array (or None: a null pointer) and its strides
+    in elements -- (row stride, entry stride) of rows, or the strides a column kernel names."""
 
-    def __init__(self, array: Any=None, *strides: Any) -> None:
+    def __init__(self, array: Array = None, *strides: int) -> None:
         self.array, self.strides = array, strides
 
-    def args(self) -> Any:
-        return [self.array if self.array is not None else NULL] + [i64(s) for s in self.strides]
+    def args(self) -> list[Any]:
+        return [self.array if self.array is not None else 0] + [int(s) for s in self.strides]
 
 
 _NO_VIEW = _View(None, 0, 0)
 
 
-def _rows(arrays: Any, axis: Any, order: Any) -> Any:
+def _rows(arrays: Sequence[Array], axis: int, order: list[int]) -> tuple[int, list[_View]] | None:
     """(nrows, [_View per array]) if every array is evenly spaced rows along `axis` in
-    `order`, else None. None entries get a NULL view."""
-    views, nrows = [], None
+    `order`, else None. None entries get a null view."""
+    views: list[_View] = []
+    nrows: int | None = None
     for a in arrays:
         if a is None:
             views.append(_NO_VIEW)
             continue
         m = _merge(a, order)
-        if m is None or (nrows is not None and m[0] != nrows):
+        es = _elems(a)
+        if m is None or es is None or (nrows is not None and m[0] != nrows):
             return None
         nrows = m[0]
-        views.append(_View(a, m[1], _elems(a)[axis]))
-    return nrows, views
+        views.append(_View(a, m[1], es[axis]))
+    return (1 if nrows is None else nrows), views
+
+
+class _Recorder:
+    """Stands in for a device while a call is planned: records the launches, so that a plain
+    call's plan can be replayed (Ops.fast_forward)."""
+
+    def __init__(self, dev: Any) -> None:
+        self.dev, self.xp = dev, dev.xp
+        self.launches: list[tuple[str, tuple[int, ...], tuple[int, ...], list[Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.dev, name)
+
+    def launch(self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: Sequence[Any]) -> None:
+        self.launches.append((name, grid, block, list(args)))
+        self.dev.launch(name, grid, block, args)
 
 
 class Ops:
@@ -195,15 +288,21 @@ class Ops:
     def __init__(self, device: Any) -> None:
         self.dev = device
         self.xp = device.xp
+        self._plans: dict[tuple[Any, ...], tuple[int, list[tuple[Any, tuple[int, ...], tuple[int, ...], list[Any]]]]] = {}
 
     # -- helpers --
-    def _storage(self, a: Any, rdt: Any) -> Any:
-        return a if a.dtype == rdt else a.astype(rdt)
+    def _storage(self, a: Array, rdt: Any) -> Array:
+        """a in the compute dtype: itself, or a cast in which values out of range become
+        inf as NumPy's own casts make them (without its overflow warning)."""
+        if a.dtype == rdt:
+            return a
+        with np.errstate(over="ignore", invalid="ignore"):
+            return a.astype(rdt)
 
-    def _mask(self, where: Any, shape: Any) -> Any:
+    def _mask(self, where: Array, shape: tuple[int, ...]) -> Array:
         return None if where is None else self.xp.broadcast_to(where, shape)
 
-    def _overlaps(self, a: Any, b: Any) -> Any:
+    def _overlaps(self, a: Array, b: Array) -> bool:
         if a is b:
             return False
         try:
@@ -211,25 +310,58 @@ class Ops:
         except Exception:
             return True
 
-    def _flat_rows(self, a: Any, axes: Any) -> Any:
+    def _flat_rows(self, a: Array, axes: Sequence[int]) -> tuple[Array, list[int]]:
         """a's softmax axes moved last and made contiguous rows (a copy)."""
         perm = [i for i in range(a.ndim) if i not in axes] + list(axes)
         n = math.prod(a.shape[i] for i in axes) if axes else 1
         return self.xp.ascontiguousarray(a.transpose(perm)).reshape(-1, n), perm
 
-    def _unflat(self, flat: Any, perm: Any, shape: Any) -> Any:
+    def _unflat(self, flat: Array, perm: list[int], shape: tuple[int, ...]) -> Array:
         moved = tuple(shape[i] for i in perm)
         return flat.reshape(moved).transpose(tuple(np.argsort(perm)))
 
-    def _vectorizable(self, view: Any) -> Any:
-        """Whether a row view starts on 16 bytes and is contiguous, so whole 16-byte chunks
-        can be loaded and stored."""
-        a, (rs, es) = view.array, view.strides
-        return a is None or (es == 1 and self.dev.ptr(a) % 16 == 0 and (rs * a.itemsize) % 16 == 0)
+    def _layout(self, views: Sequence[_View], nrows: int, mask_view: _View | None = None) -> tuple[int, bool]:
+        """(F, aligned) for row operands: F_FAST when every operand has contiguous entries,
+        its pointer on its element size and every operand's rows on the same 16-byte phase
+        (then pieces are 16-byte aligned in all at once), and there is no mask; aligned: every
+        row starts on 16 bytes."""
+        if mask_view is not None and mask_view.array is not None:
+            return F_GEN, False
+        phase: int | None = None
+        rphase: int | None = None
+        for v in views:
+            a = v.array
+            if a is None:
+                continue
+            rs, es = v.strides
+            p = self.dev.ptr(a)
+            if es != 1 or p % a.itemsize:
+                return F_GEN, False
+            ph, rph = p % 16, (rs * a.itemsize) % 16 if nrows > 1 else 0
+            if phase is None:
+                phase, rphase = ph, rph
+            elif (ph, rph) != (phase, rphase):
+                return F_GEN, False
+        return F_FAST, phase in (0, None) and rphase in (0, None)
+
+    def _shape(self, family: str, dt: str, n: int, f: int, tm: int, aligned: bool) -> tuple[int, int] | None:
+        """(G, NC) for rows of n entries, or None if they do not fit in registers."""
+        n_eff = n if (f == F_GEN or aligned) else n + _CHUNK[dt] - 1
+        for g, nc in row_shapes(family, dt, _is_general(tm, f)):
+            if g * nc * _CHUNK[dt] >= n_eff:
+                return g, nc
+        return None
+
+    def _grid(self, nrows: int, g: int, bwd: bool = False) -> tuple[tuple[int], tuple[int]]:
+        """Blocks of a grid-stride row kernel: enough for every row, at most WAVES resident grids."""
+        block = 256 if g <= 32 else g
+        per_sm = max(1, (512 if bwd else 768) // block)
+        need = _cdiv(nrows, 256 // g) if g <= 32 else nrows
+        return (max(1, min(need, self.dev.num_sms * per_sm * WAVES)),), (block,)
 
     # -- forward --
-    def forward(self, kind: Any, x: Any, axes: Any, tau: Any, where: Any, out: Any, rdt: Any,
-                keepdims: Any=False) -> Any:
+    def forward(self, kind: Kind, x: Array, axes: tuple[int, ...], tau: float, where: Array, out: Array, rdt: Any,
+                keepdims: bool = False) -> Array:
         xp = self.xp
         xs = self._storage(x, rdt)
         mask = self._mask(where, x.shape)
@@ -255,7 +387,7 @@ class Ops:
             return out
         return res
 
-    def _forward_flat(self, kind: Any, xs: Any, res: Any, mask: Any, axes: Any, tau: Any) -> None:
+    def _forward_flat(self, kind: Kind, xs: Array, res: Array, mask: Array, axes: tuple[int, ...], tau: float) -> None:
         if len(axes) == 1:
             axis = axes[0]
             rv = _rows([xs, res, mask], axis, _outer_order(xs, (axis,)))
@@ -274,65 +406,62 @@ class Ops:
         mflat = None if mask is None else self._flat_rows(mask, axes)[0]
         n = flat.shape[1]
         ofl = self.xp.empty((flat.shape[0], 1 if kind == Kind.LOGSUMEXP else n), dtype=res.dtype)
-        self._rows_launch(kind, _rows([flat, ofl, mflat], 1, [0]), n, tau)
+        self._rows_launch(kind, _flat_views([flat, ofl, mflat]), n, tau)
         if kind == Kind.LOGSUMEXP:
             res[...] = ofl.reshape(res.shape)
         else:
             res[...] = self._unflat(ofl, perm, xs.shape)
 
-    def _rows_launch(self, kind: Any, rv: Any, n: Any, tau: Any) -> None:
+    def _rows_launch(self, kind: Kind, rv: tuple[int, list[_View]], n: int, tau: float) -> None:
         """The forward row kernels; rv = (nrows, [x, out (logsumexp: its values), mask views])."""
         nrows, (xv, ov, mv) = rv
-        if kind == Kind.LOGSUMEXP:  # the per-row value: out's row stride is lse_out's
+        lse = kind == Kind.LOGSUMEXP
+        if lse:  # the per-row value: out's row stride is lse's
             outv, lsev = _NO_VIEW, _View(ov.array, ov.strides[0])
         else:
             outv, lsev = ov, _View(None, 0)
         dt = xv.array.dtype.name
-        vec = self._vectorizable(xv) and (kind == Kind.LOGSUMEXP or self._vectorizable(ov))
+        t = _CTYPE[dt]
+        k = int(Kind.LOG_SOFTMAX) if lse else int(kind)
+        tm, tau_, inv, inv_lo = tau_args(tau, dt)
+        f, aligned = self._layout([xv] if lse else [xv, outv], nrows, mv)
+        tail = [nrows, n, tau_, inv, inv_lo]
         common = xv.args() + outv.args() + mv.args() + lsev.args()
-        tail = [i64(nrows), i64(n), np.float64(tau), np.int32(kind)]
-        if n <= ROWS_MAX_N:
-            g, nc = _rows_shape(n, dt)
-            threads = 256
-            self.dev.launch(dt, f"csm_fwd_rows<{_CTYPE[dt]}, {g}, {nc}>", (_cdiv(nrows * g, threads),), (threads,),
-                            common + tail + [np.int32(vec)])
+        shape = self._shape("fwd", dt, n, f, tm, aligned)
+        if shape is not None:
+            g, nc = shape
+            grid, block = self._grid(nrows, g)
+            self.dev.launch(f"csm_fwd_rows<{t}, {g}, {nc}, {k}, {tm}, {f}>", grid, block, common + tail)
             return
-        cached = n * _COMPUTE_BYTES[dt] <= self.dev.SMEM_CACHE_BYTES
-        if cached and not (n >= self.dev.SPLIT_MIN_N and nrows < 2 * self.dev.num_sms):
-            threads = 512 if n >= 8192 else 256
-            self.dev.launch(dt, f"csm_fwd_block<{_CTYPE[dt]}>", (nrows,), (threads,), common + tail + [np.int32(vec)],
-                            shared_mem=n * _COMPUTE_BYTES[dt])
-        else:
-            self._split_launch(kind, xv, mv, common, nrows, n, tau, vec)
-
-    def _split_launch(self, kind: Any, xv: Any, mv: Any, common: Any, nrows: Any, n: Any, tau: Any, vec: Any) -> None:
-        """Rows in chunks of their own blocks: enough chunks to keep every multiprocessor
-        busy, each a multiple of 8 entries (whole 16-byte pieces), at most 65535 per row."""
-        dt = xv.array.dtype.name
+        # rows too long for registers: chunks in their own blocks, enough to keep every
+        # multiprocessor busy, each a multiple of 256 pieces' worth, at most 65535 per row
         want = max(_cdiv(n, self.dev.SPLIT_CHUNK), _cdiv(4 * self.dev.num_sms, nrows), 2)
-        nchunks = min(want, 65535, max(1, n // 8))
-        chunk = _cdiv(_cdiv(n, nchunks), 8) * 8
+        nchunks = min(want, 65535)
+        chunk = _cdiv(_cdiv(n, nchunks), _CHUNK[dt]) * _CHUNK[dt]
         nchunks = _cdiv(n, chunk)
         ws = self.xp.empty(nrows * nchunks * 7, dtype=np.float64)
-        sizes = [i64(nrows), i64(n), i64(chunk), np.float64(tau)]
-        self.dev.launch(dt, f"csm_fwd_split_stats<{_CTYPE[dt]}>", (nrows, nchunks), (256,),
-                        xv.args() + mv.args() + [ws] + sizes + [np.int32(vec)])
-        self.dev.launch(dt, "csm_fwd_split_merge", (nrows,), (256,), [ws, i64(nrows), i64(nchunks), np.float64(tau)])
-        self.dev.launch(dt, f"csm_fwd_split_finish<{_CTYPE[dt]}>", (nrows, nchunks), (256,),
-                        common + [ws] + sizes + [np.int32(kind), np.int32(vec)])
+        sizes = [nrows, n, chunk, tau_, inv, inv_lo]
+        c = "double" if dt == "float64" else "float"
+        self.dev.launch(f"csm_fwd_split_stats<{t}, {tm}, {f}>", (nrows, nchunks), (256,),
+                        xv.args() + mv.args() + [ws] + sizes)
+        self.dev.launch(f"csm_fwd_split_merge<{c}>", (nrows,), (256,), [ws, nrows, nchunks, tau_])
+        self.dev.launch(f"csm_fwd_split_finish<{t}, {k}, {tm}, {f}>", (nrows, nchunks), (256,), common + [ws] + sizes)
 
-    def _cols_launch(self, kind: Any, xs: Any, res: Any, mask: Any, axis: Any, tau: Any) -> Any:
+    def _cols_launch(self, kind: Kind, xs: Array, res: Array, mask: Array, axis: int, tau: float) -> bool:
         """The column kernel, if x (and out) are contiguous along a dimension other than
         axis and the rest is evenly spaced groups; returns whether it launched."""
         ex = _elems(xs)
+        if ex is None:
+            return False
         cands = [d for d in range(xs.ndim) if d != axis and ex[d] == 1 and xs.shape[d] > 1]
         if not cands:
             return False
         c = cands[0]
-        if kind != Kind.LOGSUMEXP and _elems(res)[c] != 1:
+        er = _elems(res)
+        if er is None or (kind != Kind.LOGSUMEXP and er[c] != 1):
             return False
         gv = _rows([xs, res, mask], c, _outer_order(xs, (axis, c)))  # groups: the other dimensions merged
-        if gv is None:
+        if gv is None or gv[0] > 65535:
             return False
         ngroups, (xg, og, mg) = gv
         width, n = xs.shape[c], xs.shape[axis]
@@ -340,17 +469,68 @@ class Ops:
         if kind == Kind.LOGSUMEXP:
             outv, lsev = _NO_VIEW, _View(res, *og.strides)  # group stride, column stride
         else:
-            outv, lsev = _View(res, og.strides[0], _elems(res)[axis]), _NO_VIEW
-        maskv = _View(mask, mg.strides[0], _elems(mask)[axis], mg.strides[1]) if mask is not None else _View(None, 0, 0, 0)
+            outv, lsev = _View(res, og.strides[0], er[axis]), _NO_VIEW
+        em = _elems(mask) if mask is not None else None
+        maskv = _View(mask, mg.strides[0], em[axis], mg.strides[1]) if em is not None else _View(None, 0, 0, 0)
         dt = xs.dtype.name
-        threads = 128
-        self.dev.launch(dt, f"csm_fwd_cols<{_CTYPE[dt]}>", (_cdiv(width, threads), ngroups), (threads,),
-                        xv.args() + outv.args() + maskv.args() + lsev.args()
-                        + [i64(ngroups), i64(width), i64(n), np.float64(tau), np.int32(kind)])
+        k = int(Kind.LOG_SOFTMAX) if kind == Kind.LOGSUMEXP else int(kind)
+        tm, tau_, inv, inv_lo = tau_args(tau, dt)
+        f = F_GEN if mask is not None else F_FAST
+        self.dev.launch(f"csm_fwd_cols<{_CTYPE[dt]}, {k}, {tm}, {f}>", (_cdiv(width, COLS_TILE[0]), ngroups), COLS_TILE,
+                        xv.args() + outv.args() + maskv.args() + lsev.args() + [ngroups, width, n, tau_, inv, inv_lo])
         return True
 
+    # -- the plain call, planned once --
+    def fast_forward(self, kind: Kind, x: Array, axis: int, tau: float) -> Array:
+        """A plain forward call (x of a float dtype, one int axis, no mask, no out=): the
+        launch plan of (kind, shape, strides, dtype, axis, tau, alignment, device) replayed,
+        or planned and recorded; None where the general path must take the call."""
+        xp = self.xp
+        nd = x.ndim
+        if not -nd <= axis < nd or x.size == 0:
+            return None
+        axis %= nd
+        lse = kind == Kind.LOGSUMEXP
+        dev_id = self.dev.device_id() if hasattr(self.dev, "device_id") else 0
+        key = (kind, x.shape, x.strides, x.dtype.name, axis, tau, self.dev.ptr(x) % 16, dev_id)
+        plan = self._plans.get(key)
+        if lse:
+            res = xp.empty(tuple(s for i, s in enumerate(x.shape) if i != axis), dtype=x.dtype)
+        else:
+            res = xp.empty_like(x)
+        if plan is not None:
+            if self.dev.ptr(res) % 16 != plan[0]:
+                return None
+            xptr, rptr = x, res
+            for fn, grid, block, args in plan[1]:
+                fn(grid, block, tuple(xptr if a is _SLOT_X else rptr if a is _SLOT_R else a for a in args))
+            return res
+        rec = _Recorder(self.dev)
+        ops = Ops(rec)
+        target = res.reshape(tuple(1 if i == axis else s for i, s in enumerate(x.shape))) if lse else res
+        ops._forward_flat(kind, x, target, None, (axis,), tau)
+        steps: list[tuple[Any, tuple[int, ...], tuple[int, ...], list[Any]]] = []
+        for name, grid, block, args in rec.launches:
+            conv = []
+            for a in args:
+                if a is x:
+                    conv.append(_SLOT_X)
+                elif a is target:
+                    conv.append(_SLOT_R)
+                elif hasattr(a, "shape"):  # a temporary or a view: this call is not replayable
+                    return res
+                else:
+                    conv.append(a)
+            fn = self.dev.function(name)
+            steps.append((fn, grid, block, conv))
+        if len(self._plans) > 4096:
+            self._plans.clear()
+        self._plans[key] = (self.dev.ptr(res) % 16, steps)
+        return res
+
     # -- backward --
-    def backward(self, kind: Any, g: Any, y: Any, axes: Any, tau: Any, where: Any, out: Any, rdt: Any) -> Any:
+    def backward(self, kind: Kind, g: Array, y: Array, axes: tuple[int, ...], tau: float, where: Array, out: Array,
+                 rdt: Any) -> Array:
         xp = self.xp
         gs, ys = self._storage(g, rdt), self._storage(y, rdt)
         inplace_ok = out is not None and out.dtype == rdt and not (self._overlaps(out, gs) or self._overlaps(out, ys))
@@ -364,115 +544,180 @@ class Ops:
                 (gf, perm), yf = self._flat_rows(gs, axes), self._flat_rows(ys, axes)[0]
                 mf = None if mask is None else self._flat_rows(mask, axes)[0]
                 of = xp.empty_like(gf)
-                self._bwd_launch(kind, _rows([gf, yf, of, mf], 1, [0]), gf.shape[1], tau)
+                self._bwd_launch(kind, _flat_views([gf, yf, of, mf]), gf.shape[1], tau)
                 res[...] = self._unflat(of, perm, gs.shape)
         if out is not None and res is not out:
             out[...] = res
             return out
         return res
 
-    def _bwd_launch(self, kind: Any, rv: Any, n: Any, tau: Any) -> None:
+    def _bwd_launch(self, kind: Kind, rv: tuple[int, list[_View]], n: int, tau: float) -> None:
         nrows, views = rv
         dt = views[0].array.dtype.name
-        args = [a for v in views for a in v.args()] + [i64(nrows), i64(n), np.float64(tau), np.int32(kind)]
-        if n <= 32 * _WARP_E[-1]:
-            e = next(e for e in _WARP_E if 32 * e >= n)
-            self.dev.launch(dt, f"csm_bwd_warp<{_CTYPE[dt]}, {e}>", (_cdiv(nrows, 8),), (256,), args)
+        t = _CTYPE[dt]
+        tm, tau_, inv, inv_lo = tau_args(tau, dt)
+        f, aligned = self._layout(views[:3], nrows, views[3])
+        args = [a for v in views for a in v.args()] + [nrows, n, tau_, inv, inv_lo]
+        shape = self._shape("bwd", dt, n, f, tm, aligned)
+        if shape is not None:
+            g, nc = shape
+            grid, block = self._grid(nrows, g, bwd=True)
+            self.dev.launch(f"csm_bwd_rows<{t}, {g}, {nc}, {int(kind)}, {tm}, {f}>", grid, block, args)
         else:
-            self.dev.launch(dt, f"csm_bwd_block<{_CTYPE[dt]}>", (nrows,), (512 if n >= 8192 else 256,), args)
+            threads = 512 if n >= 8192 else 256
+            grid = (max(1, min(nrows, self.dev.num_sms * (1024 // threads) * WAVES)),)
+            self.dev.launch(f"csm_bwd_long<{t}, {int(kind)}, {tm}, {f}>", grid, (threads,), args)
 
     # -- Jacobians --
-    def jacobian(self, x: Any, axis: Any, tau: Any, rdt: Any, log: Any) -> Any:
+    def jacobian(self, x: Array, axis: int, tau: float, rdt: Any, log: bool) -> Array:
         xp = self.xp
         flat, perm = self._flat_rows(self._storage(x, rdt), (axis,))
         nrows, n = flat.shape
         s = self.forward(Kind.SOFTMAX, flat, (1,), tau, None, None, rdt)
         lp = self.forward(Kind.LOG_SOFTMAX, flat, (1,), tau, None, None, rdt)
         J = xp.empty((nrows, n, n), dtype=rdt)
-        threads = 256
-        grid = (max(1, min(_cdiv(J.size, threads), 1 << 18)),)
+        threads = min(256, max(32, _pow2_at_least(n)))
+        grid = (max(1, min(nrows * n, 1 << 20)),)
         dt = flat.dtype.name
-        self.dev.launch(dt, f"csm_jacobian<{_CTYPE[dt]}>", grid, (threads,),
-                        [s, lp, J, i64(nrows), i64(n), np.float64(tau), np.int32(int(log))])
+        tau = float(tau)
+        self.dev.launch(f"csm_jacobian<{_CTYPE[dt]}>", grid, (threads,),
+                        [s, lp, J, nrows, n, tau, 1.0 / tau, int(log)])
         return J.reshape(tuple(x.shape[i] for i in perm[:-1]) + (n, n))
 
     # -- cross-entropy --
-    def cross_entropy(self, x: Any, axis: Any, labels: Any, probs: Any, weight: Any, ignore_index: Any, eps: Any,
-                      tau: Any, where: Any, grad_scale: Any, want_grad: Any, rdt: Any) -> Any:
+    def cross_entropy(self, x: Array, axis: int, labels: Array, probs: Array, weight: Array, ignore_index: int,
+                      eps: float, tau: float, where: Array, grad_scale: float, want_grad: bool,
+                      rdt: Any) -> tuple[Array, Array]:
         xp = self.xp
         flat, perm = self._flat_rows(self._storage(x, rdt), (axis,))
         nrows, n = flat.shape
-        qv = _NO_VIEW if probs is None else _View(self._flat_rows(self._storage(probs, rdt), (axis,))[0], n, 1)
+        dt = flat.dtype.name
+        t = _CTYPE[dt]
+        loss = xp.empty(nrows, dtype=np.float64)
+        grad = xp.empty_like(flat) if want_grad else None
+        tm, tau_, inv, inv_lo = tau_args(tau, dt)
+        fpair = _float_pair(float(grad_scale) / tau_, dt)
         labv = _View(None, 0)
         if labels is not None:
             labv = _View(xp.ascontiguousarray(labels.astype(np.int64)).reshape(-1), 1)
-        w = NULL if weight is None else xp.ascontiguousarray(weight, dtype=np.float64)
+        fast = (labels is not None and probs is None and weight is None and eps == 0.0 and where is None
+                and tm != TM_WIDE and fpair is not None)
+        if fast:
+            views = [_View(flat, n, 1)] + ([_View(grad, n, 1)] if grad is not None else [])
+            f, aligned = self._layout(views, nrows)
+            shape = self._shape("fwd", dt, n, f, tm, aligned) if f == F_FAST else None
+            if shape is not None and fpair is not None:
+                g, nc = shape
+                grid, block = self._grid(nrows, g)
+                self.dev.launch(f"csm_xent_rows<{t}, {g}, {nc}, {tm}, {F_FAST}>", grid, block,
+                                _View(flat, n, 1).args() + labv.args() + _View(loss, 1).args()
+                                + _View(grad, n, 1).args() + [nrows, n, tau_, inv, inv_lo, int(ignore_index)]
+                                + list(fpair))
+                return self._xent_result(loss, grad, x, perm)
+        qv = _NO_VIEW if probs is None else _View(self._flat_rows(self._storage(probs, rdt), (axis,))[0], n, 1)
+        w = 0 if weight is None else xp.ascontiguousarray(weight, dtype=np.float64)
         mv = _NO_VIEW
         if where is not None:
             mv = _View(self._flat_rows(self._mask(where, x.shape), (axis,))[0], n, 1)
-        loss = xp.empty(nrows, dtype=np.float64)
-        grad = xp.empty_like(flat) if want_grad else None
-        dt = flat.dtype.name
-        threads = min(256, max(32, 1 << (n - 1).bit_length()))  # no idle warps for few classes
-        self.dev.launch(dt, f"csm_xent_block<{_CTYPE[dt]}>", (nrows,), (threads,),
+        threads = min(256, max(32, _pow2_at_least(n)))  # no idle warps for few classes
+        grid = (max(1, min(nrows, self.dev.num_sms * 8 * WAVES)),)
+        self.dev.launch(f"csm_xent_block<{t}>", grid, (threads,),
                         _View(flat, n, 1).args() + qv.args() + labv.args() + [w] + mv.args() + _View(loss, 1).args()
                         + _View(grad, n, 1).args()
-                        + [i64(nrows), i64(n), np.float64(tau), np.float64(eps), i64(ignore_index),
-                           np.float64(grad_scale)])
+                        + [nrows, n, tau_, inv, float(eps), int(ignore_index), float(grad_scale)])
+        return self._xent_result(loss, grad, x, perm)
+
+    def _xent_result(self, loss: Array, grad: Array, x: Array, perm: list[int]) -> tuple[Array, Array]:
         loss = loss.reshape(tuple(x.shape[i] for i in perm[:-1]))
         if grad is not None:
             grad = self._unflat(grad, perm, x.shape)
         return loss, grad
 
 
+def _flat_views(arrays: Sequence[Array]) -> tuple[int, list[_View]]:
+    """The row views of contiguous 2-D arrays (or None), which always exist."""
+    rv = _rows(arrays, 1, [0])
+    assert rv is not None, "contiguous rows are evenly spaced"
+    return rv
+
+
+def _kind(op: Op) -> Kind:
+    assert op.kind is not None, op.name
+    return op.kind
+
+
+_SLOT_X, _SLOT_R = object(), object()  # a plan's placeholders for the input and the result
+_FAST_DTYPES = ("float16", "float32", "float64")
+
+
 class CudaBackend:
     """The backend protocol on one device's Ops (the module's own is CuPy's; the tests
     bind an emulated one)."""
 
-    def __init__(self, ops: Any) -> None:
+    def __init__(self, ops: Ops) -> None:
         self.ops = ops
         self.xp = ops.xp
 
-    def namespace(self, x: Any) -> Any:
+    def namespace(self, x: Array) -> Any:
         return self.xp
 
-    def writable(self, out: Any) -> Any:
+    def writable(self, out: Array) -> bool:
         flags = getattr(out, "flags", None)
         return bool(getattr(flags, "writeable", True))
 
-    def from_numpy(self, a: Any) -> Any:
+    def from_numpy(self, a: np.ndarray[Any, Any]) -> Array:
         return self.xp.asarray(a)
 
-    def to_numpy(self, a: Any) -> Any:
+    def to_numpy(self, a: Array) -> np.ndarray[Any, Any]:
         return a.get() if hasattr(a, "get") else np.asarray(a)
 
-    def forward(self, op: Op, x: Any, /, *, axes: Any, temperature: Any, keepdims: Any, where: Any, out: Any,
-                dtype: Any) -> Any:
-        return self.ops.forward(op.kind, x, axes, temperature, where, out, dtype, keepdims=keepdims)
+    def fast_entry(self, op: Op, cls: type) -> Callable[[Any, Any, Any, Any], Any] | None:
+        """Plain forward calls on arrays of cls: a float array, an int axis, a number
+        temperature (> 0), no out=; anything else returns None (the general path)."""
+        if op.family is not Family.FORWARD or cls is not self.xp.ndarray:
+            return None
+        kind, ops = op.kind, self.ops
+        ndarray: Any = self.xp.ndarray
+        if kind is None:
+            return None
 
-    def backward(self, op: Op, grad_output: Any, output: Any, /, *, axes: Any, temperature: Any, where: Any, out: Any,
-                 dtype: Any) -> Any:
-        return self.ops.backward(op.kind, grad_output, output, axes, temperature, where, out, dtype)
+        def fast(x: Any, axis: Any, temperature: Any, out: Any) -> Array:
+            if out is not None or type(x) is not ndarray or x.dtype.name not in _FAST_DTYPES or x.ndim == 0:
+                return None
+            if type(axis) is not int or type(temperature) not in (float, int) or not temperature > 0:
+                return None
+            if not x.dtype.isnative:
+                return None
+            return ops.fast_forward(kind, x, axis, float(temperature))
 
-    def jacobian(self, op: Op, x: Any, /, *, axis: Any, temperature: Any, dtype: Any) -> Any:
+        return fast
+
+    def forward(self, op: Op, x: Array, /, *, axes: tuple[int, ...], temperature: float, keepdims: bool, where: Array,
+                out: Array, dtype: Any) -> Array:
+        return self.ops.forward(_kind(op), x, axes, temperature, where, out, dtype, keepdims=keepdims)
+
+    def backward(self, op: Op, grad_output: Array, output: Array, /, *, axes: tuple[int, ...], temperature: float,
+                 where: Array, out: Array, dtype: Any) -> Array:
+        return self.ops.backward(_kind(op), grad_output, output, axes, temperature, where, out, dtype)
+
+    def jacobian(self, op: Op, x: Array, /, *, axis: int, temperature: float, dtype: Any) -> Array:
         return self.ops.jacobian(x, axis, temperature, dtype, op.log)
 
-    def cross_entropy(self, op: Op, logits: Any, /, *, axis: Any, labels: Any, probs: Any, weight: Any,
-                      ignore_index: Any, label_smoothing: Any, temperature: Any,
-                      where: Any, grad_scale: Any, want_grad: Any, dtype: Any) -> Any:
+    def cross_entropy(self, op: Op, logits: Array, /, *, axis: int, labels: Array, probs: Array, weight: Array,
+                      ignore_index: int, label_smoothing: float, temperature: float, where: Array, grad_scale: float,
+                      want_grad: bool, dtype: Any) -> tuple[Array, Array]:
         return self.ops.cross_entropy(logits, axis, labels, probs, weight, ignore_index, label_smoothing, temperature,
                                       where, grad_scale, want_grad, dtype)
 
 
 @functools.lru_cache(maxsize=None)
-def _module() -> Any:
+def _module() -> CudaBackend:
     return CudaBackend(Ops(_CupyDevice()))
 
 
-def __getattr__(name: Any) -> Any:
+def __getattr__(name: str) -> Any:
     """The protocol's functions, bound to the CuPy device on first use (importing this
     module imports nothing of CuPy)."""
     if not name.startswith("_") and hasattr(CudaBackend, name):
         return getattr(_module(), name)
     raise AttributeError(name)
-

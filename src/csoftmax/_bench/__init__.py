@@ -47,6 +47,9 @@ def parser(prog: str, devices: Sequence[str] = DEVICES) -> argparse.ArgumentPars
     ap.add_argument("--plot", metavar="FILE.png", help="write a PNG of throughput against row length (matplotlib)")
     ap.add_argument("--markdown", metavar="FILE", help="write the table as Markdown (benchmarks/RESULTS.md's columns)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    if "gpu" in devices:
+        ap.add_argument("--profile", action="store_true",
+                        help="GPU: run a few shapes twice each, untimed, for a profiler (nothing is measured)")
     return ap
 
 
@@ -105,6 +108,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "csoftmax bench", device
             raise ValueError("--threads must be positive")
     except ValueError as exc:
         ap.error(str(exc))
+    if getattr(args, "profile", False):
+        if not run_gpu:
+            ap.error("--profile needs the GPU (--device gpu, with the cuda backend available)")
+        gpu.profile()
+        return 0
     if run_cpu:
         ops, dtypes, shapes = cpu_opts
         rounds = args.rounds if args.rounds is not None else (cpu.QUICK["rounds"] if args.quick else 11)

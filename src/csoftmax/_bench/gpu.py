@@ -14,7 +14,8 @@ and written once (forward: x in, y out; backward: g and y in, dx out; cross-entr
 logits in, gradient out).
 
     python -m csoftmax bench --device gpu [--repeats 20] [--dtypes float16,float32]
-    python benchmarks/bench_gpu.py [--repeats 20] [--markdown out.md]
+    python benchmarks/bench_gpu.py [--repeats 20] [--markdown out.md] [--json out.json]
+    python benchmarks/bench_gpu.py --profile   # a few shapes, each called twice, untimed (Nsight Compute)
 
 Needs CuPy and a CUDA GPU; torch and cupyx are optional peers.
 """
@@ -177,12 +178,31 @@ def run(ops: list[str], dtypes: list[str], shapes: list[Shape] | None, repeats: 
             cupy.get_default_memory_pool().free_all_blocks()
     finally:
         bar.close()
-    _per_call(cupy, torch, cupyx_special, echo)
+    header["per_call_10_s"] = _per_call(cupy, torch, cupyx_special, echo)
     return header, records
 
 
-def _per_call(cupy: Any, torch: Any, cupyx_special: Any, echo: Callable[[str], None]) -> None:
-    """Host wall time of one call on a (10,) array, launch overhead included."""
+def profile() -> None:
+    """A few representative shapes, each softmax called twice along both axes and not
+    timed: the run to put under Nsight Compute (`ncu --launch-skip ... python -m
+    csoftmax bench --device gpu --profile`)."""
+    cupy = importlib.import_module("cupy")
+    rng = cupy.random.default_rng(0)
+    for shape, dt in (((ELEMS // 1024, 1024), "float32"), ((ELEMS // 16384, 16384), "float32"),
+                      ((ELEMS // 1024, 1024), "float16"), ((4096, ELEMS // 4096), "float32")):
+        x = (rng.standard_normal(shape, dtype=cupy.float32) * 3).astype(dt)
+        for _ in range(2):
+            csoftmax.softmax(x, axis=-1)
+            csoftmax.softmax(x, axis=0)
+        cupy.cuda.Device().synchronize()
+        del x
+        cupy.get_default_memory_pool().free_all_blocks()
+
+
+def _per_call(cupy: Any, torch: Any, cupyx_special: Any, echo: Callable[[str], None]) -> dict[str, float]:
+    """Host wall time in seconds of one call on a (10,) array, launch overhead included,
+    per implementation."""
+    out: dict[str, float] = {}
     x10 = cupy.asarray(np.random.default_rng(0).standard_normal(10))
     calls: dict[str, Callable[[], Any]] = {"csoftmax": lambda: csoftmax.softmax(x10)}
     if torch is not None:
@@ -198,7 +218,9 @@ def _per_call(cupy: Any, torch: Any, cupyx_special: Any, echo: Callable[[str], N
         for _ in range(2000):
             fn()
         cupy.cuda.Device().synchronize()
-        echo(f"(10,) float64 per call, {k}: {(time.perf_counter() - t) / 2000 * 1e6:.1f} us")
+        out[k] = (time.perf_counter() - t) / 2000
+        echo(f"(10,) float64 per call, {k}: {out[k] * 1e6:.1f} us")
+    return out
 
 
 MARKDOWN_COLUMNS = ["op", "dtype", "shape", "axis", "csoftmax", "torch", "cupyx"]
