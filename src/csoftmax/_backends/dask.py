@@ -115,7 +115,8 @@ def _rechunk_whole(x: Any, axes: Any) -> Any:
 def _deliver(res: Any, out: Any) -> Any:
     if out is None:
         return res
-    out[...] = res
+    if out.size:  # Dask's item assignment refuses an empty value even of the right shape; there is nothing to write
+        out[...] = res
     return out
 
 
