@@ -669,7 +669,7 @@ def _reduce(xp: Any, row_loss: Any, reduction: str, denom: Any, rdt: Any) -> Any
         total = xp.sum(row_loss)
         if reduction == "mean":
             nonzero = denom != 0
-            total = xp.where(nonzero, total / xp.where(nonzero, denom, 1.0), math.nan)
+            total = xp.where(nonzero, xp.divide(total, xp.where(nonzero, denom, 1.0)), math.nan)
         return xp.astype(xp.asarray(total, dtype=C.default_float(xp)), rdt)
 
 

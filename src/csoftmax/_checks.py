@@ -25,8 +25,9 @@ REDUCTIONS = ("mean", "sum", "none")
 def quiet(xp: Any) -> Any:
     """Where NumPy computes a value that is meant to be inf or NaN (a cast beyond a dtype's
     range, inf / inf), no warning: NumPy's errstate -- for NumPy, and for the namespaces
-    that compute with NumPy underneath (array-api-strict's, Dask's, ...); it costs the
-    others nothing."""
+    that compute with NumPy underneath when called (array-api-strict's, ...); it costs the
+    others nothing. A lazy namespace computes later, outside it: Dask's makes its astype
+    and divide quiet tasks themselves (csoftmax._backends.dask)."""
     return np.errstate(all="ignore")
 
 

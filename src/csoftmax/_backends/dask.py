@@ -59,7 +59,11 @@ class _Namespace:
 
     @staticmethod
     def astype(a: Any, dtype: Any) -> Any:
-        return a.astype(dtype)
+        return _cast(a, dtype)
+
+    @staticmethod
+    def divide(a: Any, b: Any) -> Any:
+        return da.map_blocks(_quiet_divide, a, b, dtype=np.result_type(a.dtype, b.dtype))
 
     @staticmethod
     def asarray(v: Any, dtype: Any = None) -> Any:
@@ -93,6 +97,24 @@ def to_numpy(a: Any) -> Any:
 
 
 # ---- helpers ----
+# Casts and divisions that the front end means to give +-inf or NaN (csoftmax._checks.quiet)
+# run when the graph is computed, outside any errstate of the call: their tasks are quiet
+# themselves.
+def _quiet_astype(b: Any, *, to: Any) -> Any:
+    with np.errstate(all="ignore"):
+        return b.astype(to, copy=False)
+
+
+def _quiet_divide(a: Any, b: Any) -> Any:
+    with np.errstate(all="ignore"):
+        return a / b
+
+
+def _cast(a: Any, dtype: Any) -> Any:
+    dtype = np.dtype(dtype)
+    return a if a.dtype == dtype else a.map_blocks(partial(_quiet_astype, to=dtype), dtype=dtype)
+
+
 def _on_gpu(x: Any) -> bool:
     return type(x._meta).__module__.startswith("cupy")
 
@@ -181,7 +203,7 @@ def _block_backward(gb: Any, yb: Any, wb: Any = None, *, op_name: Any, axes: Any
 def _block_jacobian(xb: Any, *, op_name: Any, axis: Any, temperature: Any, rdt: Any) -> Any:
     # the whole array's size was checked against max_bytes by the front end
     J = getattr(csoftmax, op_name)(xb, axis=axis, temperature=temperature, max_bytes=2**62, backend=_chunk_backend(xb))
-    return J.astype(rdt, copy=False)
+    return _quiet_astype(J, to=rdt)
 
 
 def _block_cross_entropy(xb: Any, tb: Any, wb: Any, weight: Any, scale: Any, *, axis: int, is_labels: bool,
@@ -219,7 +241,7 @@ def forward(op: Op, x: Any, /, *, axes: Any, temperature: Any, keepdims: Any, wh
     gpu = _on_gpu(x)
     stats_plan = not gpu and (op.kind is Kind.LOGSUMEXP and bool(axes) or not _whole(x, axes))
     if stats_plan and x.dtype != dtype:  # dtype= casts first, as in memory: the records are of the cast values
-        x = x.astype(dtype)
+        x = _cast(x, dtype)
     if op.kind is Kind.LOGSUMEXP and axes and not gpu:
         res = da.reduction(x, partial(_stats_chunk, temperature=1.0), partial(_lse_aggregate, rdt=dtype), axis=axes,
                            keepdims=keepdims, dtype=dtype, combine=partial(_stats_combine, temperature=1.0),
@@ -259,7 +281,7 @@ def backward(op: Op, grad_output: Any, output: Any, /, *, axes: Any, temperature
     args: tuple[Any, ...] = (g, y) if where is None else (g, y, where)
     res = da.map_blocks(_block_backward, *args, op_name=op.name, axes=axes, temperature=temperature,
                         meta=meta_from_array(g, dtype=dtype), token="csoftmax-" + op.name)
-    return _deliver(res.astype(dtype, copy=False), out)
+    return _deliver(_cast(res, dtype), out)
 
 
 def jacobian(op: Op, x: Any, /, *, axis: Any, temperature: Any, dtype: Any) -> Any:
