@@ -7,9 +7,13 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
+# JAX arrays of every dtype the matrix uses (read when JAX is first imported); the tests
+# of JAX without x64 run in fresh processes (tests/test_jax.py)
+os.environ.setdefault("JAX_ENABLE_X64", "1")
 
 import csoftmax  # noqa: E402
 import helpers  # noqa: E402
@@ -54,6 +58,51 @@ def _register_emulated_cuda():
 _register_emulated_cuda()
 
 
+class _StrictArrays:
+    """array-api-strict arrays -- the array-API standard and nothing more -- on the
+    reference backend's code, as plain dispatch computes them, with the test hooks."""
+
+    def __init__(self):
+        import numpy as np
+        import array_api_strict
+
+        from csoftmax._backends import reference
+
+        self._np, self._xp, self._ref = np, array_api_strict, reference
+
+    def __getattr__(self, name):
+        return getattr(self._ref, name)
+
+    def from_numpy(self, a):
+        if a.dtype.kind == "f" and a.dtype.itemsize == 2:
+            pytest.skip("array-api-strict has no float16")
+        return self._xp.asarray(self._np.array(a, dtype=a.dtype.newbyteorder("=")))
+
+    def to_numpy(self, a):
+        return self._np.asarray(a)
+
+
+def _register_array_api_strict():
+    """Arrays of array-api-strict join every test that iterates over the backends, where
+    it is installed (dtypes and functions outside the standard fail there)."""
+    import importlib.util
+
+    if importlib.util.find_spec("array_api_strict") is None or "array-api-strict" in csoftmax.backends():
+        return
+    csoftmax.register_backend(
+        csoftmax.Backend(
+            "array-api-strict",
+            lambda x: type(x).__module__.startswith("array_api_strict"),
+            _StrictArrays,
+            description="array-api-strict arrays on the reference code (tests only)",
+        ),
+        before="reference",
+    )
+
+
+_register_array_api_strict()
+
+
 def _cupy_without_pool():
     """Under compute-sanitizer (.ci/gpu): every CuPy allocation its own cudaMalloc, so an
     access past an array's end is caught instead of landing in the pool's next block."""
@@ -80,10 +129,23 @@ def _backend_params():
     return params
 
 
+# The dtypes some backends run the dtype-parametrized tests in, and why (docs/design.md, "Tests").
+DTYPE_SUBSETS = {
+    "dask": (("float32", "float64"), "dask runs these in float32 and float64: float16 and integers take the same "
+             "plans and chunk kernels (tests/test_dask.py runs them through every plan), and each call costs a graph"),
+    "array-api-strict": (("float64",), "array-api-strict runs these in float64: they check that the reference code "
+                         "uses nothing outside the standard, whatever the dtype (tests/test_array_api.py: float32)"),
+}
+
+
 @pytest.fixture(params=_backend_params())
 def backend(request):
     """A backend name; for `c`, its instruction set is selected for the test's duration."""
     name, isa = request.param
+    callspec = getattr(request.node, "callspec", None)
+    dtype = callspec.params.get("dtype") if callspec is not None else None
+    if name in DTYPE_SUBSETS and dtype is not None and np.dtype(dtype).name not in DTYPE_SUBSETS[name][0]:
+        pytest.skip(DTYPE_SUBSETS[name][1])
     if isa is None:
         yield name
         return

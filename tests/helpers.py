@@ -9,6 +9,7 @@ import itertools
 import warnings
 
 import numpy as np
+import pytest
 
 import csoftmax
 from csoftmax import _ops, _registry
@@ -33,6 +34,23 @@ def to_backend(name, a):
 
 def to_numpy(name, a):
     return None if a is None else np.asarray(backend_module(name).to_numpy(a))
+
+
+def mutable(name):
+    """Whether a backend's arrays can be written (out=, in place): not JAX's, which are
+    immutable (the backend refuses out= as read-only, which test_errors checks)."""
+    return backend_module(name).writable(to_backend(name, np.zeros(1)))
+
+
+def has_float16(name):
+    """Whether a backend's namespace has float16 (array-api-strict's, like the standard, not)."""
+    x = to_backend(name, np.zeros(1))
+    return getattr(backend_module(name).namespace(x), "float16", None) is not None
+
+
+def skip_unless_mutable(name):
+    if not mutable(name):
+        pytest.skip(f"{name}: the library's arrays are immutable, so there is no out= to test")
 
 
 def ops_of(family):
@@ -246,11 +264,14 @@ def result_dtype(dtype):
     return dt if dt.kind == "f" else np.dtype(np.float64)
 
 
+REFERENCE_CODE = ("reference", "array-api-strict")  # the backends computing with csoftmax._reference
+
+
 def oracle_backend(backend=None):
     """The implementation a backend's results are compared with: the reference backend;
-    for the reference backend itself, the C core (an independent implementation of the
-    same contract), where it is built."""
-    if backend != "reference":
+    for the backends computing with the reference code themselves, the C core (an
+    independent implementation of the same contract), where it is built."""
+    if backend not in REFERENCE_CODE:
         return "reference"
     return "c" if _registry.is_available("c") else "reference"
 

@@ -129,6 +129,35 @@ def test_a_failing_loader_reports_its_own_error():
                    "[0.5, 0.5]"]
 
 
+# each library's arrays, made and read back as its users do
+LIBRARIES = {
+    "torch": ("import torch", f"torch.tensor({X}, dtype=torch.float64)", "r.numpy()"),
+    "jax": ("import jax.numpy as jnp", f"jnp.array({X})", "np.asarray(r)"),
+    "dask": ("import dask.array as da", f"da.from_array(np.array({X}), chunks=2)", "r.compute()"),
+}
+
+
+@pytest.mark.parametrize("order", ["library-first", "csoftmax-first"])
+@pytest.mark.parametrize("lib", sorted(LIBRARIES))
+def test_first_call_on_each_library(lib, order):
+    """The backend of a library loads on its arrays' first call, whichever was imported
+    first; get_backend before it changes nothing."""
+    pytest.importorskip(lib, reason=f"{lib} is not installed")
+    imp, make, read = LIBRARIES[lib]
+    first = [imp, "import numpy as np, json, csoftmax"]
+    out = _run(
+        "\n".join(first if order == "library-first" else first[::-1]) + "\n"
+        + f"x = {make}\n"
+        + "print(csoftmax.get_backend(x).name)\n"
+        + "for op in ('softmax', 'log_softmax', 'logsumexp'):\n"
+        + "    r = getattr(csoftmax, op)(x)\n"
+        + f"    print(json.dumps(np.asarray({read}, dtype=float).tolist()))\n"
+    )
+    assert out[0] == lib
+    for op, line in zip(("softmax", "log_softmax", "logsumexp"), out[1:]):
+        np.testing.assert_allclose(json.loads(line), _want(op), rtol=1e-13)
+
+
 def test_import_does_not_load_the_core_or_array_libraries():
     out = _run(
         """

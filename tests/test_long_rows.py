@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import csoftmax
+import helpers
 from helpers import assert_matches, call, oracle, to_backend, to_numpy
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
@@ -87,6 +88,7 @@ def test_long_rows_masked(backend, op, dtype):
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
 def test_long_rows_in_place_and_streamed(backend, op):
     """Big enough for non-temporal stores, in place and into a strided out."""
+    helpers.skip_unless_mutable(backend)
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((3, 1_000_003)) * 4).astype(np.float32)
     want = oracle(op, x)
@@ -127,7 +129,7 @@ def test_columns_along_a_leading_axis(backend, op, dtype):
         want = oracle(op, x, axis=0, where=mask)
         got = call(backend, op, x, axis=0, where=mask)
         assert_matches(got, want, dtype, f"{op} {dtype} width={width} masked")
-        if op != "logsumexp":
+        if op != "logsumexp" and helpers.mutable(backend):
             xb = to_backend(backend, x.copy())
             getattr(csoftmax, op)(xb, axis=0, out=xb, backend=backend)
             assert_matches(to_numpy(backend, xb), oracle(op, x, axis=0), dtype, f"{op} {dtype} width={width} in place")
@@ -164,7 +166,7 @@ def test_backward_columns_along_a_leading_axis(backend, op, dtype):
         assert_matches(got, want, dtype, f"{op} {dtype} width={width} masked", rtol=rtol, atol=rtol * scale)
         assert np.all(got[~mask] == 0), f"{op}: masked entries must be exactly 0"
         want = oracle(op, g, y, axis=0)
-        for target in ("grad_output", "output"):
+        for target in ("grad_output", "output") if helpers.mutable(backend) else ():
             gb, yb = to_backend(backend, g.copy()), to_backend(backend, y.copy())
             out = gb if target == "grad_output" else yb
             getattr(csoftmax, op)(gb, yb, axis=0, out=out, backend=backend)

@@ -16,7 +16,8 @@ import csoftmax
 
 
 def test_builtin_backends_in_order():
-    assert csoftmax.backends()[:3] == ("c", "cuda", "reference")
+    builtin = ("c", "cuda", "torch", "jax", "dask", "reference")
+    assert tuple(b for b in csoftmax.backends() if b in builtin) == builtin
 
 
 def test_dispatch_by_type():

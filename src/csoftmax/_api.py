@@ -647,26 +647,37 @@ def _check_labels(xp: Any, x: Any, labels: Any, ax: int, n: int, ignore_index: i
     return valid, safe
 
 
-def _mean_denominator(xp: Any, valid: Any, safe: Any, weight: Any) -> float:
-    """'mean' over index targets: the sum of the weights of the targets not ignored."""
+def _mean_denominator(xp: Any, valid: Any, safe: Any, weight: Any) -> Any:
+    """'mean' over index targets: the sum of the weights of the targets not ignored (a 0-d
+    array, which keeps the graph of autodiff libraries)."""
+    wide = C.default_float(xp)
     if weight is None:
-        return float(xp.sum(xp.astype(valid, xp.float64)))
+        return xp.sum(xp.astype(valid, wide))
     flat = xp.reshape(safe, (-1,))
     w_lab = xp.reshape(xp.take(weight, flat, axis=0), tuple(safe.shape))
-    return float(xp.sum(xp.where(valid, w_lab, xp.zeros(safe.shape, dtype=xp.float64))))
+    return xp.sum(xp.where(valid, w_lab, xp.zeros(safe.shape, dtype=wide)))
 
 
-def _reduce(xp: Any, row_loss: Any, reduction: str, denom: float, rdt: Any) -> Any:
+def _reduce(xp: Any, row_loss: Any, reduction: str, denom: Any, rdt: Any) -> Any:
     """The loss from the rows' losses (float64), rounded once to the result dtype: a loss
     beyond its range is +-inf, an infinite class weight may give NaN -- values, not
-    warnings."""
+    warnings. A zero denominator (every target ignored) gives NaN, whose gradient is 0 (as
+    torch's); denom is a 0-d array, which keeps the graph of autodiff libraries."""
     with C.quiet(xp):
         if reduction == "none":
             return xp.astype(row_loss, rdt)
         total = xp.sum(row_loss)
         if reduction == "mean":
-            total = total / denom if denom != 0.0 else math.nan
-        return xp.astype(xp.asarray(total, dtype=xp.float64), rdt)
+            nonzero = denom != 0
+            total = xp.where(nonzero, xp.divide(total, xp.where(nonzero, denom, 1.0)), math.nan)
+        return xp.astype(xp.asarray(total, dtype=C.default_float(xp)), rdt)
+
+
+def _deferred(mod: Any, *arrays: Any) -> bool:
+    """Whether any of the arrays holds values that cannot be read now (a lazy Dask array,
+    a JAX tracer): the backend's optional `deferred` hook."""
+    hook = getattr(mod, "deferred", None)
+    return hook is not None and any(a is not None and hook(a) for a in arrays)
 
 
 @overload
@@ -829,16 +840,32 @@ def softmax_cross_entropy(
     labels, probs = C.xent_targets(x, xp, labels, ax, ignore_index)
     weight = C.xent_weight(x, xp, weight, n)
 
+    # Label values are checked here, once, unless they cannot be read now (lazy or traced):
+    # then the backend checks them when it computes, with the same messages, and the 'mean'
+    # denominator and gradient scale stay arrays of its kind.
+    late = _deferred(mod, labels, where, weight)
     denom = 1.0
     if labels is not None:
-        valid, safe = _check_labels(xp, x, labels, ax, n, ignore_index, where)
+        valid = labels != ignore_index
+        late = late or _deferred(mod, valid)  # inside a trace (jit) operations on concrete arrays are traced too
+        if late:
+            safe = xp.where(valid, labels, xp.zeros_like(labels))
+        else:
+            valid, safe = _check_labels(xp, x, labels, ax, n, ignore_index, where)
         if reduction == "mean":
             denom = _mean_denominator(xp, valid, safe, weight)
     elif reduction == "mean":
         denom = float(math.prod(s for i, s in enumerate(x.shape) if i != ax))
+    if late:
+        nonzero = denom != 0
+        grad_scale = xp.where(nonzero, 1.0 / xp.where(nonzero, denom, 1.0), 0.0)
+    else:
+        d = C.scalar(denom)
+        grad_scale = 1.0 / d if d != 0.0 else 0.0
+    denom = xp.asarray(denom, dtype=C.default_float(xp))
     row_loss, grad = mod.cross_entropy(
         op, x, axis=ax, labels=labels, probs=probs, weight=weight, ignore_index=ignore_index, label_smoothing=eps,
-        temperature=tau, where=where, grad_scale=1.0 / denom if denom != 0.0 else 0.0, want_grad=want_grad, dtype=rdt,
+        temperature=tau, where=where, grad_scale=grad_scale, want_grad=want_grad, dtype=rdt,
     )
     loss = _reduce(xp, row_loss, reduction, denom, rdt)
     return (loss, grad) if want_grad else loss

@@ -8,7 +8,6 @@ sorted tuple of non-negative ints, dtypes as the array library spells them.
 """
 from __future__ import annotations
 
-import contextlib
 import numbers
 import operator
 from typing import Any, cast
@@ -25,8 +24,11 @@ REDUCTIONS = ("mean", "sum", "none")
 
 def quiet(xp: Any) -> Any:
     """Where NumPy computes a value that is meant to be inf or NaN (a cast beyond a dtype's
-    range, inf / inf), no warning: NumPy's errstate for NumPy, nothing for the rest."""
-    return np.errstate(all="ignore") if xp is np else contextlib.nullcontext()
+    range, inf / inf), no warning: NumPy's errstate -- for NumPy, and for the namespaces
+    that compute with NumPy underneath when called (array-api-strict's, ...); it costs the
+    others nothing. A lazy namespace computes later, outside it: Dask's makes its astype
+    and divide quiet tasks themselves (csoftmax._backends.dask)."""
+    return np.errstate(all="ignore")
 
 
 # ---- arrays ------------------------------------------------------------------------------
@@ -57,9 +59,15 @@ def type_name(a: Any) -> str:
 
 
 def same_library(ref: Any, a: Any) -> bool:
+    """Whether a is an array of ref's library: for the libraries a backend takes, the
+    array types that backend accepts (NumPy's subclasses, JAX's arrays and tracers, torch's
+    tensors and parameters), else ref's exact type."""
     if isinstance(ref, np.ndarray):
         return isinstance(a, np.ndarray) and not type(a).__module__.startswith("numpy.ma")
-    return type(a) is type(ref)
+    if type(a) is type(ref):
+        return True
+    lib = _registry.library_of(ref)
+    return lib is not None and lib.accepts(a)
 
 
 def same_kind_array(ref: Any, a: Any, argname: str, refname: str = "x") -> Any:
@@ -72,19 +80,22 @@ def same_kind_array(ref: Any, a: Any, argname: str, refname: str = "x") -> Any:
     return a
 
 
-# ---- dtypes --------------------------------------------------------------------------------
+# ---- dtypes ----------------------------------------------------------------------------------
+# Dtypes are recognised through the array's namespace (isdtype, and the namespace's own
+# float16/float32/float64), not by NumPy's names, so that every array-API library's
+# dtypes are understood; NumPy, CuPy, JAX and Dask spell theirs as numpy.dtype instances.
 _NP_KINDS = {"b": "bool", "i": "int", "u": "int", "f": "float", "c": "complex"}
+_ISDTYPE_KINDS = (("bool", "bool"), ("int", "integral"), ("float", "real floating"), ("complex", "complex floating"))
 
 
 def category(xp: Any, dt: Any) -> str:
     """'float', 'int', 'bool', 'complex' or 'other' for a dtype of namespace xp."""
-    if isinstance(dt, np.dtype):  # NumPy and CuPy
+    if isinstance(dt, np.dtype):  # NumPy, CuPy, JAX, Dask
         return _NP_KINDS.get(dt.kind, "other")
     isdtype = getattr(xp, "isdtype", None)
     if isdtype is not None:
         try:
-            for cat, kind in (("bool", "bool"), ("int", "integral"), ("float", "real floating"),
-                              ("complex", "complex floating")):
+            for cat, kind in _ISDTYPE_KINDS:
                 if isdtype(dt, kind):
                     return cat
             return "other"
@@ -93,30 +104,76 @@ def category(xp: Any, dt: Any) -> str:
     return _NP_KINDS.get(str(getattr(dt, "kind", "")), "other")
 
 
-_NAMES: dict[Any, str] = {}
+_NAMES: dict[tuple[type, Any], str] = {}  # keyed by the dtype's class too: no comparisons across libraries
 
 
 def dtype_name(dt: Any) -> str:
-    """A dtype's name without its library's prefix ('float32' for torch.float32 too)."""
-    name = _NAMES.get(dt)
+    """A dtype's name without its library's prefix ('float32' for torch.float32 and for
+    array_api_strict.float32 too)."""
+    try:
+        key = (type(dt), dt)
+        name = _NAMES.get(key)
+    except TypeError:  # unhashable dtype object
+        key, name = None, None
     if name is None:
-        name = str(getattr(dt, "name", dt)).replace("torch.", "")
-        try:
-            _NAMES[dt] = name
-        except TypeError:  # unhashable dtype object
-            pass
+        name = str(getattr(dt, "name", dt)).rsplit(".", 1)[-1]
+        if key is not None:
+            _NAMES[key] = name
     return name
 
 
+_SPELLS_NUMPY: dict[int, bool] = {}
+
+
 def _spells_numpy(xp: Any) -> bool:
-    """NumPy and CuPy spell dtypes as numpy.dtype instances."""
-    return xp is np or getattr(xp, "__name__", "") == "cupy"
+    """Whether namespace xp spells dtypes as numpy.dtype instances: NumPy and CuPy (whose
+    float64 is NumPy's scalar type), JAX (whose scalar types carry a numpy.dtype), Dask."""
+    if xp is np:
+        return True
+    known = _SPELLS_NUMPY.get(id(xp))
+    if known is None:
+        f = getattr(xp, "float64", None)
+        known = (isinstance(f, type) and issubclass(f, np.generic)) or isinstance(getattr(f, "dtype", None), np.dtype)
+        _SPELLS_NUMPY[id(xp)] = known
+    return known
+
+
+def _namespace_floats(xp: Any) -> tuple[str, ...] | None:
+    """The float dtypes the namespace can make here, by name (None: it does not say).
+    JAX without jax_enable_x64 has no float64; float16, outside the array-API standard,
+    is the namespace's if it has one."""
+    info = getattr(xp, "__array_namespace_info__", None)
+    if info is None:
+        return None
+    try:
+        names = [dtype_name(d) for d in info().dtypes(kind="real floating").values()]
+    except Exception:
+        return None
+    if getattr(xp, "float16", None) is not None:
+        names.append("float16")
+    return tuple(names)
+
+
+def default_float(xp: Any) -> Any:
+    """The namespace's widest float dtype here: float64, or the default real floating
+    dtype where that is narrower (JAX without jax_enable_x64: float32) -- what integer
+    input computes in, and what weights and sums are held in, without the namespace
+    warning about a dtype it cannot make."""
+    floats = _namespace_floats(xp)
+    dt = xp.float64
+    if floats is not None and "float64" not in floats:
+        dt = xp.__array_namespace_info__().default_dtypes()["real floating"]
+    return np.dtype(dt) if _spells_numpy(xp) else dt
+
+
+def _float_dtype_error(what: Any) -> TypeError:
+    return TypeError(f"dtype must be a float dtype (float16, float32 or float64), got {what}")
 
 
 def normalize_dtype(xp: Any, dtype: Any) -> Any:
-    """A float dtype of namespace xp from what the caller passed: a dtype, a type, or a
-    string NumPy reads as a dtype ('float32', 'f4', 'd', '<f8', 'float', 'e', ...) for any
-    namespace. The result is in native byte order."""
+    """A float dtype of namespace xp from what the caller passed: a dtype of xp, a type, or
+    what NumPy reads as a dtype ('float32', 'f4', 'd', '<f8', 'float', 'e', np.float32, ...)
+    for any namespace. The result is in native byte order."""
     if isinstance(dtype, str):
         try:
             name = np.dtype(dtype).name
@@ -124,18 +181,31 @@ def normalize_dtype(xp: Any, dtype: Any) -> Any:
             raise TypeError(f"dtype must be a float dtype (float16, float32 or float64), got {dtype!r}") from None
         dt = getattr(xp, name, None) if name in FLOATS else None
         if dt is None:
-            raise TypeError(f"dtype must be a float dtype (float16, float32 or float64), got {dtype!r}")
+            raise _float_dtype_error(repr(dtype))
         if _spells_numpy(xp):
             dt = np.dtype(dt)
     elif _spells_numpy(xp):
         try:
             dt = np.dtype(dtype)
         except TypeError:
-            raise TypeError(f"dtype must be a float dtype (float16, float32 or float64), got {dtype!r}") from None
+            raise _float_dtype_error(repr(dtype)) from None
     else:
         dt = dtype
-    if category(xp, dt) != "float" or dtype_name(dt) not in FLOATS:
-        raise TypeError(f"dtype must be a float dtype (float16, float32 or float64), got {dtype_name(dt)}")
+        if isinstance(dt, np.dtype) or category(xp, dt) == "other":  # a NumPy dtype, spelled by xp
+            try:
+                name = np.dtype(dtype).name
+            except TypeError:
+                raise _float_dtype_error(repr(dtype)) from None
+            dt = getattr(xp, name, None) if name in FLOATS else None
+            if dt is None:
+                raise _float_dtype_error(name)
+    name = dtype_name(dt)
+    if category(xp, dt) != "float" or name not in FLOATS:
+        raise _float_dtype_error(name)
+    floats = _namespace_floats(xp)
+    if floats is not None and name not in floats:
+        raise TypeError(f"dtype {name} is not available for these arrays here (the library's float dtypes: "
+                        f"{', '.join(floats)})")
     if not getattr(dt, "isnative", True):
         dt = dt.newbyteorder("=")
     return dt
@@ -143,8 +213,9 @@ def normalize_dtype(xp: Any, dtype: Any) -> Any:
 
 def result_dtype(xp: Any, in_dtype: Any, dtype: Any = None, argname: str = "x", complex_hint: bool = True) -> Any:
     """The dtype of the result: dtype= if given (a float dtype); else the input's for
-    float16/32/64, float64 for integer and bool input. Complex: TypeError (pointing to
-    csoftmax.special where complex_hint: for the forward ops, which scipy's take complex)."""
+    float16/32/64, the namespace's default_float for integer and bool input (float64, or
+    float32 for JAX without x64). Complex: TypeError (pointing to csoftmax.special where
+    complex_hint: for the forward ops, which scipy's take complex)."""
     if dtype is not None:
         return normalize_dtype(xp, dtype)
     cat = category(xp, in_dtype)
@@ -155,12 +226,18 @@ def result_dtype(xp: Any, in_dtype: Any, dtype: Any = None, argname: str = "x", 
             in_dtype = in_dtype.newbyteorder("=")
         return in_dtype
     if cat in ("int", "bool"):
-        dt = xp.float64
-        return np.dtype(dt) if _spells_numpy(xp) else dt
+        return default_float(xp)
     if cat == "complex":
         hint = "; csoftmax.special takes complex input as scipy does" if complex_hint else ""
         raise TypeError(f"{argname} is complex, which is not supported here{hint}")
     raise TypeError(f"{argname} must have a real numeric dtype, got {dtype_name(in_dtype)}")
+
+
+def scalar(v: Any) -> float:
+    """A 0-d array's value as a float, read outside any autodiff graph (torch warns when
+    a tensor that requires grad is converted)."""
+    detach = getattr(v, "detach", None)
+    return float(v if detach is None else detach())
 
 
 # ---- scalar arguments ----------------------------------------------------------------------
@@ -298,7 +375,7 @@ def xent_targets(x: Any, xp: Any, labels: Any, ax: int, ignore_index: int) -> tu
 
 
 def xent_weight(x: Any, xp: Any, weight: Any, n: int) -> Any:
-    """The class weights as float64, or None."""
+    """The class weights as default_float (float64 but for JAX without x64), or None."""
     if weight is None:
         return None
     weight = same_kind_array(x, weight, "weight", "logits")
@@ -306,4 +383,4 @@ def xent_weight(x: Any, xp: Any, weight: Any, n: int) -> Any:
         raise TypeError(f"weight must be real numbers, got dtype {dtype_name(weight.dtype)}")
     if tuple(weight.shape) != (n,):
         raise ValueError(f"weight must have shape ({n},) (one per class), got {tuple(weight.shape)}")
-    return xp.astype(weight, xp.float64)
+    return xp.astype(weight, default_float(xp))

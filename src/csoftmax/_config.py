@@ -15,9 +15,9 @@ from . import _registry
 # the optional libraries show_config() looks for: (import name, what csoftmax does with it)
 OPTIONAL_LIBRARIES: tuple[tuple[str, str], ...] = (
     ("cupy", "array library: the cuda backend"),
-    ("torch", "array library: the reference backend (array-api-compat); parity tests, benchmarks"),
-    ("jax", "array library: the reference backend"),
-    ("dask", "array library: the reference backend (array-api-compat)"),
+    ("torch", "array library: the torch backend; parity tests, benchmarks"),
+    ("jax", "array library: the jax backend"),
+    ("dask", "array library: the dask backend (with dask.distributed: on a cluster)"),
     ("array_api_strict", "array library: the reference backend"),
     ("array_api_compat", "namespaces for arrays without __array_namespace__"),
     ("scipy", "benchmarks and the csoftmax.special parity tests"),

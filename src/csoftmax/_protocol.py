@@ -50,6 +50,14 @@ from ._ops import Family, Op
 # what a backend module must have besides its family methods
 INTERFACE = ("namespace", "writable")
 
+# what the front end calls on a backend's namespace (besides the float dtypes by name,
+# and isdtype and __array_namespace_info__ where the namespace has them)
+NAMESPACE = (
+    "float32", "float64", "int8", "bool", "astype", "asarray", "result_type", "zeros", "zeros_like", "ones_like",
+    "full_like", "arange", "eye", "reshape", "broadcast_to", "expand_dims", "take", "where", "any", "sum", "max",
+    "argmax", "isnan", "exp", "expm1",
+)
+
 
 @runtime_checkable
 class BackendModule(Protocol):

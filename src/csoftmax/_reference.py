@@ -185,7 +185,7 @@ class _Stats:
         xp = self.xp
         nan = math.nan
         if kind == "logsumexp":
-            v = xp.where(self.m == math.inf, math.inf, -math.inf)  # m is -inf or +inf here
+            v = xp.where(self.m == math.inf, xp.full_like(self.m, math.inf), -math.inf)  # m is -inf or +inf here
             v = xp.where(self.nan, nan, v)
             return xp.where(~self.any, -math.inf, v)
         outside = 0.0 if kind == "softmax" else -math.inf
@@ -320,3 +320,70 @@ def cross_entropy_rows(xp: Any, x: Any, axis: Any, labels: Any, probs: Any, weig
     if valid is not None:
         grad = xp.where(xp.expand_dims(valid, axis=axis), grad, zero)
     return loss, grad
+
+
+# ---- derivatives the kernels do not compute (for the autodiff adapters: torch, JAX) ----
+# Written in whole-array operations of the caller's namespace, so that an autodiff library
+# records them and can differentiate once more. Sums here are the namespace's own: these
+# are derivatives of derivatives and of targets, not the accuracy-critical forward passes.
+def _sum_keep(xp: Any, v: Any, axes: Any) -> Any:
+    return xp.sum(v, axis=axes, keepdims=True) if axes else v
+
+
+def softmax_backward_vjp(xp: Any, h: Any, g: Any, y: Any, axes: Any, tau: float, mask: Any) -> tuple[Any, Any]:
+    """The vector-Jacobian product of softmax_backward (dx = y (g - sum(g y)) / tau, 0 at
+    masked entries) with respect to (g, y), for the incoming gradient h."""
+    if math.isinf(tau):
+        return xp.zeros_like(g), xp.zeros_like(y)
+    mask = _bcast_mask(xp, mask, g.shape)
+    hm, gm, ym = (_masked_fill(xp, v, mask, 0.0) for v in (h, g, y))
+    hy = _sum_keep(xp, hm * ym, axes)
+    dg = ym * (hm - hy) / tau
+    dy = (hm * (gm - _sum_keep(xp, gm * ym, axes)) - gm * hy) / tau
+    return _masked_fill(xp, dg, mask, 0.0), _masked_fill(xp, dy, mask, 0.0)
+
+
+def log_softmax_backward_vjp(xp: Any, h: Any, g: Any, y: Any, axes: Any, tau: float, mask: Any) -> tuple[Any, Any]:
+    """The vector-Jacobian product of log_softmax_backward (dx = (g - exp(y) sum(g)) / tau,
+    0 at masked entries) with respect to (g, y), for the incoming gradient h."""
+    if math.isinf(tau):
+        return xp.zeros_like(g), xp.zeros_like(y)
+    mask = _bcast_mask(xp, mask, g.shape)
+    hm, gm = _masked_fill(xp, h, mask, 0.0), _masked_fill(xp, g, mask, 0.0)
+    e = _masked_fill(xp, xp.exp(y), mask, 0.0)
+    dg = (hm - _sum_keep(xp, hm * e, axes)) / tau
+    dy = -(hm * e) * _sum_keep(xp, gm, axes) / tau
+    return _masked_fill(xp, dg, mask, 0.0), _masked_fill(xp, dy, mask, 0.0)
+
+
+def cross_entropy_target_vjp(xp: Any, logp: Any, axis: int, labels: Any, ignore_index: int, probs: Any, weight: Any,
+                             eps: float, mask: Any, g: Any) -> tuple[Any, Any]:
+    """The vector-Jacobian products of cross_entropy_rows' per-row losses with respect to
+    the probability targets and the class weights, for the incoming per-row gradient g
+    (logp's shape without axis), from logp = log_softmax(logits / tau) (-inf at masked
+    classes). Returns (d_probs or None, d_weight or None)."""
+    n = logp.shape[axis]
+    shape_w = tuple(n if i == axis else 1 for i in range(logp.ndim))
+    mask = _bcast_mask(xp, mask, logp.shape)
+    zero = xp.zeros_like(logp)
+    live = xp.ones_like(logp, dtype=xp.bool) if mask is None else mask
+    K = xp.sum(xp.astype(live, logp.dtype), axis=axis, keepdims=True)
+    eps_k = xp.where(K > 0, eps / xp.where(K > 0, K, 1.0), 0.0)
+    neg = xp.where(live, -logp, zero)
+    gk = xp.expand_dims(g, axis=axis)
+    w = None if weight is None else xp.broadcast_to(xp.reshape(weight, shape_w), logp.shape)
+    if probs is not None:
+        q = xp.where(live, (1.0 - eps) * probs + eps_k, zero)
+        d_probs = xp.where(live, (1.0 - eps) * (neg if w is None else w * neg), zero) * gk
+        per_class = xp.where(q == 0.0, zero, q * neg) * gk
+    else:
+        d_probs = None
+        valid = xp.expand_dims(labels != ignore_index, axis=axis)
+        lab = xp.expand_dims(xp.where(labels != ignore_index, labels, xp.zeros_like(labels)), axis=axis)
+        onehot = xp.reshape(xp.arange(n), shape_w) == lab
+        per_class = xp.where(valid, (1.0 - eps) * xp.where(onehot, neg, zero) + eps_k * neg, zero) * gk
+    if weight is None:
+        return d_probs, None
+    rest = tuple(i for i in range(logp.ndim) if i != axis)
+    d_weight = xp.reshape(xp.sum(per_class, axis=rest), (n,)) if rest else per_class
+    return d_probs, xp.astype(d_weight, weight.dtype)

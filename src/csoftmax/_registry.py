@@ -87,6 +87,8 @@ _reasons: dict[str, str] = {}  # why an unavailable backend is unavailable
 _auto_cache: dict[tuple[type, str], Backend] = {}
 # plain dispatch of (type, op) once its backend is loaded: (backend, module, fast entry)
 _loaded_cache: dict[tuple[type, str], tuple[Backend, Any, Any]] = {}
+# the backend whose library an array type belongs to (library_of)
+_library_cache: dict[type, Backend | None] = {}
 _override: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("csoftmax_backend", default=())
 
 
@@ -200,6 +202,7 @@ def _forget(name: str) -> None:
     _reasons.pop(name, None)
     _auto_cache.clear()
     _loaded_cache.clear()
+    _library_cache.clear()
 
 
 def backends() -> tuple[str, ...]:
@@ -213,8 +216,8 @@ def backends() -> tuple[str, ...]:
 
     Examples
     --------
-    >>> csoftmax.backends()[:3]
-    ('c', 'cuda', 'reference')
+    >>> csoftmax.backends()[:5]
+    ('c', 'cuda', 'torch', 'jax', 'dask')
     """
     return tuple(_backends)
 
@@ -320,6 +323,20 @@ def _auto(cls: type, op: str, x: Any) -> Backend:
             b = _backends["reference"]
         _auto_cache[key] = b
     return b
+
+
+def library_of(x: Any) -> Backend | None:
+    """The first registered backend other than the reference that accepts x -- what
+    makes two arrays "of the same library" (a JAX array and a JAX tracer, a torch tensor
+    and a Parameter) -- or None for arrays only the reference takes. Cached per type."""
+    cls = type(x)
+    try:
+        return _library_cache[cls]
+    except KeyError:
+        pass
+    found = next((b for b in _backends.values() if b.name != "reference" and b.accepts(x)), None)
+    _library_cache[cls] = found
+    return found
 
 
 def resolve(x: Any, op: str, backend: str | None = None) -> Backend:

@@ -6,6 +6,13 @@ csoftmax.log_softmax, and so it is here. Real input runs on the fast backends; c
 input, logsumexp's `b` weights and `return_sign` run on array-API code that follows
 scipy's algorithm. Results for 0-d outputs are NumPy scalars, as scipy's.
 
+Inputs are taken as scipy takes them. By default scipy passes every input through
+np.asarray -- lists, pandas DataFrames and Series, NumPy subclasses (np.matrix, memmap),
+torch CPU tensors -- and returns NumPy arrays; with the environment variable
+SCIPY_ARRAY_API set (to anything, as scipy reads it), arrays of other array libraries
+(torch, CuPy, JAX, Dask, array-API arrays) keep their library and np.matrix is refused.
+NumPy masked arrays are refused in both modes: np.asarray would drop their mask.
+
 Deliberate differences, where strictly better:
   * an empty axis gives an empty result (scipy raises for softmax and log_softmax);
   * tail precision: softmax and log_softmax are accurate to a few ulp (csoftmax.softmax's
@@ -15,13 +22,13 @@ Deliberate differences, where strictly better:
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Literal, overload
 
 import numpy as np
 
-from . import _api
+from . import _api, _registry
 from . import _checks as C
-from ._reference import namespace
 from ._typing import ArrayT, Axis, NumPyInput
 
 # Results for NumPy input are NumPy arrays, or NumPy scalars where the result is 0-d (as
@@ -30,10 +37,33 @@ from ._typing import ArrayT, Axis, NumPyInput
 __all__ = ["softmax", "log_softmax", "logsumexp"]
 
 
+def _array_api_mode() -> bool:
+    """scipy's SCIPY_ARRAY_API switch: any non-empty value turns it on."""
+    return bool(os.environ.get("SCIPY_ARRAY_API"))
+
+
 def _as_input(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
+    """x as scipy.special takes it (see the module's docstring)."""
+    if type(x) is np.ndarray:
         return x
-    return C.as_array(x)
+    if isinstance(x, np.ndarray):
+        C.as_array(x)  # refuses masked arrays
+        if type(x) is np.matrix and _array_api_mode():
+            raise TypeError("Inputs of type `numpy.matrix` are not supported.")
+        return np.asarray(x)
+    if _array_api_mode() and (_registry.library_of(x) is not None or hasattr(x, "__array_namespace__")):
+        return x
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"x could not be converted to an array: {exc}") from None
+
+
+def _namespace(x: Any) -> Any:
+    """The array namespace csoftmax's backend for x checks it with."""
+    if type(x) is np.ndarray:
+        return np
+    return _registry.dispatch(x, "softmax")[1].namespace(x)
 
 
 def _is_complex(xp: Any, a: Any) -> bool:
@@ -97,7 +127,7 @@ def softmax(x: Any, axis: Axis = None) -> Any:
     np.float64(1.0)
     """
     x = _as_input(x)
-    xp = namespace(x)
+    xp = _namespace(x)
     if _is_complex(xp, x):
         axes = C.normalize_axes(axis, x.ndim)
         if 0 in [x.shape[a] for a in axes]:
@@ -153,7 +183,7 @@ def log_softmax(x: Any, axis: Axis = None) -> Any:
     array([-4.24835426e-18, -4.00000000e+01])
     """
     x = _as_input(x)
-    xp = namespace(x)
+    xp = _namespace(x)
     axes = C.normalize_axes(axis, x.ndim)
     if _is_complex(xp, x):
         if 0 in [x.shape[a] for a in axes]:
@@ -253,7 +283,7 @@ def logsumexp(a: Any, axis: Axis = None, b: Any = None, keepdims: bool = False, 
     np.float64(nan)
     """
     a = _as_input(a)
-    xp = namespace(a)
+    xp = _namespace(a)
     if b is None and not _is_complex(xp, a):
         if a.ndim == 0:
             a = xp.reshape(a, (1,))  # scipy works on at least 1-d
@@ -268,7 +298,7 @@ def logsumexp(a: Any, axis: Axis = None, b: Any = None, keepdims: bool = False, 
 def _logsumexp_general(xp: Any, a: Any, axis: Axis, b: Any, keepdims: bool, return_sign: bool) -> Any:
     """scipy's algorithm (scipy/special/_logsumexp.py) for weights, signs and complex input."""
     if b is not None:
-        b = C.same_kind_array(a, b, "b")
+        b = C.same_kind_array(a, _as_input(b), "b")
     if a.ndim == 0:
         a = xp.reshape(a, (1,))
     if b is not None:

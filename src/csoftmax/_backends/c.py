@@ -14,6 +14,12 @@ Besides the protocol, the statistics-record interface for callers that cut the s
 axes into parts themselves (the Dask backend): row_stats per part, merge_stats to combine
 parts exactly, finish and stats_logsumexp from the merged records (src/backends/cpu/
 csm_part.h).
+
+NumPy's subclasses (np.matrix, np.memmap, ...) are computed on base-class views; results
+of the input's shape (softmax, log_softmax, the backward passes, cross-entropy's gradient)
+come back through the input's __array_wrap__, as NumPy's elementwise ufuncs return them
+(np.exp of a matrix is a matrix, of a memmap an ndarray); reductions and Jacobians, whose
+shapes a matrix cannot hold, are plain ndarrays.
 """
 from __future__ import annotations
 
@@ -99,6 +105,18 @@ def fast_entry(op: Op, cls: Any) -> Any:
 
 
 # ---- helpers ----
+def _plain(a: Any) -> Any:
+    """a as a base-class ndarray (None stays None): the adapter computes on those."""
+    return a if a is None or type(a) is np.ndarray else a.view(np.ndarray)
+
+
+def _like_input(x: Any, res: Any) -> Any:
+    """A result of x's shape as NumPy's elementwise ufuncs return it for x's class."""
+    if type(x) is np.ndarray or res is None:
+        return res
+    return x.__array_wrap__(res, None, False)
+
+
 def _kind(op: Op) -> int:
     """The kernel kind of an op the core computes (every op but the Jacobians)."""
     assert op.kind is not None, op.name
@@ -176,23 +194,27 @@ def _logsumexp(x: Any, axes: Any, keepdims: Any, where: Any, out: Any, rdt: Any)
 
 # ---- the families ----
 def forward(op: Op, x: Any, /, *, axes: Any, temperature: Any, keepdims: Any, where: Any, out: Any, dtype: Any) -> Any:
+    px, pw, po = _plain(x), _plain(where), _plain(out)
     if op.kind is Kind.LOGSUMEXP:
-        return _logsumexp(x, axes, keepdims, where, out, dtype)
+        res = _logsumexp(px, axes, keepdims, pw, po, dtype)
+        return out if out is not None else res
     kind, reduce = _kind(op), _bits(axes)
-    return _elementwise(
-        (x,), out, dtype, lambda xs, res: ck.run(kind, xs, out=res, mask=where, reduce=reduce, temperature=temperature)
+    res = _elementwise(
+        (px,), po, dtype, lambda xs, r: ck.run(kind, xs, out=r, mask=pw, reduce=reduce, temperature=temperature)
     )
+    return out if out is not None else _like_input(x, res)
 
 
 def backward(op: Op, grad_output: Any, output: Any, /, *, axes: Any, temperature: Any, where: Any, out: Any,
              dtype: Any) -> Any:
-    kind, reduce = _kind(op), _bits(axes)
-    return _elementwise(
-        (grad_output, output),
-        out,
+    kind, reduce, pw = _kind(op), _bits(axes), _plain(where)
+    res = _elementwise(
+        (_plain(grad_output), _plain(output)),
+        _plain(out),
         dtype,
-        lambda gs, ys, res: ck.run(kind, gs, y=ys, out=res, mask=where, reduce=reduce, temperature=temperature),
+        lambda gs, ys, r: ck.run(kind, gs, y=ys, out=r, mask=pw, reduce=reduce, temperature=temperature),
     )
+    return out if out is not None else _like_input(grad_output, res)
 
 
 _JACOBIAN_BLOCK = 1 << 20  # float64 entries of J computed at a time
@@ -202,7 +224,7 @@ def jacobian(op: Op, x: Any, /, *, axis: Any, temperature: Any, dtype: Any) -> A
     """J from the core's softmax and log_softmax in float64 (exact for float16 and float32
     input), formed and divided by tau in float64 a block of rows at a time and rounded once
     into the result (a division, so that every tau gives the formula's value)."""
-    xl = np.moveaxis(x, axis, -1)
+    xl = np.moveaxis(_plain(x), axis, -1)
     n = xl.shape[-1]
     kw = dict(axes=(xl.ndim - 1,), temperature=temperature, keepdims=False, where=None, out=None,
               dtype=np.dtype(np.float64))
@@ -230,8 +252,9 @@ def jacobian(op: Op, x: Any, /, *, axis: Any, temperature: Any, dtype: Any) -> A
 def cross_entropy(op: Op, logits: Any, /, *, axis: Any, labels: Any, probs: Any, weight: Any, ignore_index: Any,
                   label_smoothing: Any, temperature: Any, where: Any,
                   grad_scale: Any, want_grad: Any, dtype: Any) -> Any:
-    xs = _ready(logits, dtype)
-    ps = None if probs is None else _ready(probs, dtype)
+    xs = _ready(_plain(logits), dtype)
+    ps = None if probs is None else _ready(_plain(probs), dtype)
+    labels, weight, where = _plain(labels), _plain(weight), _plain(where)
     kshape = tuple(1 if i == axis else s for i, s in enumerate(logits.shape))
     row = np.empty(kshape, dtype=np.float64)
     lab = None if labels is None else np.expand_dims(labels.astype(np.int64, copy=False), axis)
@@ -240,7 +263,7 @@ def cross_entropy(op: Op, logits: Any, /, *, axis: Any, labels: Any, probs: Any,
     ck.run(_kind(op), xs, y=ps, out=grad, mask=where, row=row, label=lab, reduce=1 << axis,
            temperature=temperature, weight=w, smoothing=label_smoothing, ignore_index=ignore_index,
            grad_scale=grad_scale)
-    return np.squeeze(row, axis=axis), grad
+    return np.squeeze(row, axis=axis), _like_input(logits, grad)
 
 
 # ---- statistics records: parts of rows computed apart, merged exactly ----
