@@ -189,7 +189,8 @@ static inline double csm_xent_b(const csm_xent_params *xp, const REAL *q, int64_
 /*
  * Where one row's -log p_j and p_j come from (j unmasked):
  *   ordinary rows   -log p_j = L + (m - x_j) / tau, L = log1p(S'); p_j = e_j c with
- *                   e_j = exp((x_j - m) / tau) (stored by the expsum pass), c = 1 / (1 + S')
+ *                   e_j = exp((x_j - m) / tau) 2^CSM_ESCALE (stored by the expsum pass),
+ *                   c = 2^-CSM_ESCALE / (1 + S')
  *   rim rows        the same in double by csm_rim.h's division by tau (csm_temp.rim_*)
  *   special rows    (NaN, infinite max, fully masked, tau = +inf) from their log_softmax as
  *                   csm_special_row writes it: p_j = exp(logp_j)
@@ -293,11 +294,11 @@ static double csm_row_xent(const REAL *x, const REAL *q, int64_t label, const ui
         src.from = CSM_XENT_RIM;
     } else {
         st.k = csm_row_find(x, mask, n, st.m);
-        st.s = csm_row_expsum(x, mask, grad, n, &st, tp); /* grad holds exp((x_j - m) / tau) */
+        st.s = csm_row_expsum(x, mask, grad, n, &st, tp); /* grad holds exp((x_j - m) / tau) 2^CSM_ESCALE */
         src.from = CSM_XENT_ORDINARY;
         src.e = grad;
     }
     src.L = csm_dd_log1p(st.s);
-    src.c = csm_dd_inv_1p(st.s);
+    src.c = csm_dd_inv_1p(st.s) * (src.from == CSM_XENT_ORDINARY ? CSM_EUNSCALE : 1.0); /* e is scaled */
     return csm_xent_finish(&src, mask, q, label, grad, n, xp, tp);
 }

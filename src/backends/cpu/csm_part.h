@@ -21,7 +21,8 @@ typedef struct {
     double m;  /* max so far; -inf if none; +inf: the row is special, nothing more to add */
     double r;  /* reference of s; -inf until a finite max */
     csm_dd s;  /* sum over the unmasked entries but one copy of m of exp((x - r) / tau);
-                  NaN after an unmasked NaN; after csm_part_settle: relative to m (S') */
+                  NaN after an unmasked NaN; settled (r = m: S') between the calls that
+                  fill a part (csm_long.h's csm_part_add) and in records */
     int any;   /* an unmasked entry */
 } csm_part;
 
@@ -30,13 +31,6 @@ static inline void csm_part_init(csm_part *c)
     c->m = c->r = -CSM_INF;
     c->s = csm_dd_make(0.0, 0.0);
     c->any = 0;
-}
-
-/* make c's sum relative to its max (S'); for a part with a finite max */
-static inline void csm_part_settle(csm_part *c, const csm_temp *tp)
-{
-    if (c->m > -CSM_INF && c->m < CSM_INF && c->r != c->m) c->s = csm_dd_mul(c->s, csm_dd_expdiff(c->r, c->m, tp->tau));
-    c->r = c->m;
 }
 
 /* a += b, both settled */
