@@ -19,7 +19,8 @@
  * (x - m) / tau - log1p(S') from x. Lanes that turn out special (NaN, infinite max, fully
  * masked, tau = +inf) are rewritten by csm_special_row. S and emax hold exps scaled by
  * 2^CSM_ESCALE (csm_exp.h: terms far below the max keep their digits), unscaled once per
- * lane when settled.
+ * lane when settled; a moved reference rescales them with the power of two last
+ * (csm_dd_mul_expdiff), so a sum far below the new reference is rounded once, not lost.
  * Backward: lane-wise sums, then dx (csm_grad.h's element formula).
  *
  * Layout of one panel (element strides): x[i * sx + l], out[i * so + l],
@@ -79,14 +80,14 @@ static void csm_col_move(csm_colstate *c, VR v, VI mv, csm_intp i, const csm_tem
     for (int l = 0; l < VL; l++) {
         if (!mv[l]) continue;
         const double r = (double)c->r[l], to = (double)v[l];
-        const csm_dd sv = csm_dd_mul(csm_acc_lane(&c->s, l), csm_dd_expdiff(r, to, tp->tau));
+        const csm_dd sv = csm_dd_mul_expdiff(csm_acc_lane(&c->s, l), r, to, tp->tau);
 #if REAL_IS_F32
         *(l < CSM_VLD ? &c->s.a[l] : &c->s.b[l - CSM_VLD]) = sv.hi;
 #else
         c->s.a[l] = sv.hi;
         c->s.b[l] = -sv.lo;
 #endif
-        c->emax[l] = (REAL)csm_dd_mul(csm_dd_make((double)c->emax[l], 0.0), csm_dd_expdiff(r, to, tp->tau)).hi;
+        c->emax[l] = (REAL)csm_dd_mul_expdiff(csm_dd_make((double)c->emax[l], 0.0), r, to, tp->tau).hi;
         c->r[l] = v[l];
         c->moved[l] = (VIS)i;
     }
@@ -163,7 +164,7 @@ static void csm_cols_settle(int kind, const csm_colstate *cs, int nv, const csm_
             if (s.hi != s.hi) f->special[l] = -1; /* an unmasked NaN */
             if (f->special[l]) continue;
             const int moved = c->r[l] != c->m[l];
-            csm_dd sp = moved ? csm_dd_mul(s, csm_dd_expdiff((double)c->r[l], (double)c->m[l], tp->tau)) : s;
+            csm_dd sp = moved ? csm_dd_mul_expdiff(s, (double)c->r[l], (double)c->m[l], tp->tau) : s;
             sp = csm_dd_make(sp.hi * CSM_EUNSCALE, sp.lo * CSM_EUNSCALE); /* S' relative to the max */
             const double L = csm_dd_log1p(sp), inv = csm_dd_inv_1p(sp);
             if (kind == CSM_SOFTMAX) {

@@ -6,7 +6,8 @@
  * A block of CSM_BLOCK entries is scanned (read from memory), then summed from L1
  * relative to a reference r. r moves only when a block's max exceeds it by more than
  * CSM_LAZY (in units of x / tau), so the running sum is rescaled rarely, and then by a
- * double-double factor: the result does not depend on how the row was cut. The parts'
+ * double-double factor whose power of two comes last: the result does not depend on how
+ * the row was cut. The parts'
  * statistics and their exact merge are csm_part.h's (CSM_LAZY: common/csm_special.h).
  * Here too: the statistics record of a row (kind CSM_STATS), and a row finished from a
  * record its caller merged.
@@ -22,8 +23,10 @@ static int csm_has_nan(const REAL *x, const uint8_t *mask, csm_intp n)
 
 /*
  * Fold the range x[0:n] into c (initialised, or settled), leaving it settled. In between,
- * the sum is kept scaled by 2^CSM_ESCALE, as the block sums come (csm_rows.h), so terms
- * far below the max keep their digits. It is unscaled once, at the end.
+ * the sum is kept scaled by 2^CSM_ESCALE, as the block sums come (csm_rows.h), and moved to
+ * a new reference by csm_dd_mul_expdiff: terms far below the max keep their digits, and a
+ * sum far below a new reference is rounded once rather than dropped with an exp that
+ * underflows. It is unscaled once, at the end.
  */
 static void csm_part_add(csm_part *c, const REAL *x, const uint8_t *mask, csm_intp n, const csm_temp *tp)
 {
@@ -47,13 +50,13 @@ static void csm_part_add(csm_part *c, const REAL *x, const uint8_t *mask, csm_in
         if (c->r == -R_INF) {
             c->r = st.m;
         } else if (((double)st.m - c->r) * inv > CSM_LAZY) {
-            s = csm_dd_mul(s, csm_dd_expdiff(c->r, (double)st.m, tau));
+            s = csm_dd_mul_expdiff(s, c->r, (double)st.m, tau);
             c->r = st.m;
         }
         csm_intp excl = -1;
         if (st.m > c->m) { /* a new max: it leaves the sum, the old one joins it */
             excl = csm_row_find(xb, mb, bn, st.m);
-            if (c->m > -R_INF) s = csm_dd_add(s, csm_dd_mul(csm_dd_make(1.0 / CSM_EUNSCALE, 0.0), csm_dd_expdiff(c->m, c->r, tau)));
+            if (c->m > -R_INF) s = csm_dd_add(s, csm_dd_mul_expdiff(csm_dd_make(1.0 / CSM_EUNSCALE, 0.0), c->m, c->r, tau));
             c->m = st.m;
         }
         const REAL r = (REAL)c->r; /* a value of the row: exact */
@@ -61,7 +64,7 @@ static void csm_part_add(csm_part *c, const REAL *x, const uint8_t *mask, csm_in
         s = csm_dd_add(s, CSM_FLAGS2(mb != NULL, tp->scaled, CSM_EXPSUM));
 #undef CSM_EXPSUM
     }
-    if (c->m > -R_INF && c->m < R_INF && c->r != c->m) s = csm_dd_mul(s, csm_dd_expdiff(c->r, c->m, tau)); /* settle */
+    if (c->m > -R_INF && c->m < R_INF && c->r != c->m) s = csm_dd_mul_expdiff(s, c->r, c->m, tau); /* settle */
     c->r = c->m;
     c->s = csm_dd_make(s.hi * CSM_EUNSCALE, s.lo * CSM_EUNSCALE);
 }

@@ -3,8 +3,9 @@
  * its max m, and S' = the sum of exp((x - m) / tau) over its unmasked entries but one copy
  * of the max, kept as a double-double relative to a reference r (settled: r = m). Parts of
  * one row -- blocks of a long row, slices on several threads, chunks of a Dask array --
- * merge exactly here: S' = S1' + (1 + S2') exp((m2 - m1) / tau), the factor in
- * double-double, so a row's result does not depend on how it was cut.
+ * merge exactly here: S' = S1' + (1 + S2') exp((m2 - m1) / tau), in double-double with
+ * the factor's power of two applied last (csm_dd_mul_expdiff), so a row's result does not
+ * depend on how it was cut, however far below the max a part lies.
  *
  * A statistics record is the part as six doubles (csm_core.h, CSM_STAT_*), for callers
  * that keep parts of rows themselves (kind CSM_STATS writes them; softmax and log_softmax
@@ -51,10 +52,8 @@ static inline void csm_part_merge(csm_part *a, const csm_part *b, const csm_temp
         hi = *b;
         lo = *a;
     }
-    if (lo.m > -CSM_INF) { /* the smaller max and its sum join the larger's sum */
-        const csm_dd f = csm_dd_expdiff(lo.m, hi.m, tp->tau);
-        hi.s = csm_dd_add(hi.s, csm_dd_mul(csm_dd_add_d(lo.s, 1.0), f));
-    }
+    if (lo.m > -CSM_INF) /* the smaller max and its sum join the larger's sum (rounded once if far below) */
+        hi.s = csm_dd_add(hi.s, csm_dd_mul_expdiff(csm_dd_add_d(lo.s, 1.0), lo.m, hi.m, tp->tau));
     if (nan) hi.s = csm_dd_make(CSM_NAN, 0.0);
     hi.any = a->any;
     *a = hi;
