@@ -67,6 +67,19 @@ CSM_FN csm_dd csm_dd_add_d(csm_dd a, double b)
     return csm_fast_two_sum(s.hi, s.lo);
 }
 
+/* a compensated running sum (Ogita, Rump and Oishi's Sum2): s.hi the plain sum, s.lo the
+   sum of its rounding errors (two_sum's), so one add per term lies on the dependency
+   chain; the total is csm_dd_sum2_total (where the sum is +-inf or NaN: that) */
+CSM_FN csm_dd csm_dd_sum2_add(csm_dd s, double v)
+{
+    double t = s.hi + v, bb = t - s.hi;
+    s.lo += (s.hi - (t - bb)) + (v - bb);
+    s.hi = t;
+    return s;
+}
+
+CSM_FN double csm_dd_sum2_total(csm_dd s) { return csm_finite(s.hi) ? s.hi + s.lo : s.hi; }
+
 CSM_FN csm_dd csm_dd_mul(csm_dd a, csm_dd b)
 {
     csm_dd p = csm_two_prod(a.hi, b.hi);
@@ -138,6 +151,17 @@ CSM_FN csm_dd csm_dd_mul_exp(csm_dd a, csm_dd d)
     csm_dd p = csm_dd_mul(a, csm_dd_exp(r));
     int ki = (int)k;
     return csm_dd_make(ldexp(p.hi, ki), ldexp(p.lo, ki));
+}
+
+/* a * exp((x - y) / tau), tau > 0 finite, by csm_dd_mul_exp (the power of two last: a
+   rescaled sum far below its new reference is rounded once, not lost with an exp that
+   underflows); where x - y overflows, x lies far below y: 0 (NaN stays NaN) */
+CSM_FN csm_dd csm_dd_mul_expdiff(csm_dd a, double x, double y, double tau)
+{
+    csm_dd d = csm_two_sum(x, -y);
+    if (!csm_finite(d.hi)) return a.hi != a.hi ? a : csm_dd_make(0.0, 0.0);
+    if (tau != 1.0) d = csm_dd_div_d(d, tau);
+    return csm_dd_mul_exp(a, d);
 }
 
 /* exp((a - b) / tau) in double-double, for a <= b; tau > 0 finite */
