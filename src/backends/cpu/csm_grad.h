@@ -224,18 +224,53 @@ CSM_INLINE double csm_xent_p(const csm_xent_src *s, csm_intp j)
     return csm_rim_exp(q, e) * s->c;
 }
 
+/*
+ * The gradient of an ordinary row with an index target and no weights, smoothing or mask,
+ * from the exps that grad holds: p_j scale / tau, vectorised, each rounded once from
+ * double; at the label p_y - 1, which is -S' / (1 + S') where e_y = 1 (the label at the
+ * max: no cancellation). scale_tau = scale / tau; a factor outside double's normal range
+ * takes the general loop instead.
+ */
+static inline double csm_xent_grad_plain_ok(csm_dd s, double scale_tau)
+{
+    const double c = csm_dd_inv_1p(s) * scale_tau;
+    return csm_finite(c) && fabs(c) >= 0x1p-1022 ? c : 0.0;
+}
+
+static void csm_xent_grad_plain(REAL *grad, csm_intp n, int64_t label, csm_dd s, double scale_tau)
+{
+    const double c = csm_dd_inv_1p(s), cs = c * scale_tau;
+    const REAL ey = grad[label];
+    const double py1 = ey == 1 ? -(s.hi + s.lo) * c : (double)ey * c - 1.0;
+    csm_intp i = 0;
+    for (; i + VL <= n; i += VL) csm_store(grad + i, csm_mul_wide(csm_load(grad + i, VL, 0), cs), VL);
+    if (i < n) csm_store(grad + i, csm_mul_wide(csm_load(grad + i, n - i, 0), cs), n - i);
+    grad[label] = (REAL)(py1 * scale_tau);
+}
+
 /* the loss of one row, and its gradient into grad unless NULL (grad may be src->e) */
-static double csm_xent_finish(const csm_xent_src *src, const uint8_t *mask, const REAL *q, int64_t label, REAL *grad,
+static double csm_xent_finish(const csm_xent_src *srcp, const uint8_t *mask, const REAL *q, int64_t label, REAL *grad,
                               csm_intp n, const csm_xent_params *xp, const csm_temp *tp)
 {
+    /* copies, which the stores into grad cannot alias */
+    const csm_xent_src sv = *srcp, *src = &sv;
+    const csm_temp tv = *tp;
+    tp = &tv;
     csm_intp K = 0;
     double W = 0.0, loss = 0.0, A = 0.0;
-    if (xp->eps != 0.0 || q || grad)
+    if (!mask) {
+        K = n;
+        if (xp->w && (xp->eps != 0.0 || q || grad))
+            for (csm_intp j = 0; j < n; j++) W += xp->w[j];
+        else
+            W = (double)n;
+    } else if (xp->eps != 0.0 || q || grad) {
         for (csm_intp j = 0; j < n; j++)
-            if (!mask || mask[j]) {
+            if (mask[j]) {
                 K++;
                 W += csm_xent_weight(xp, j);
             }
+    }
     const double eps_k = K ? xp->eps / (double)K : 0.0;
     if (q) {
         for (csm_intp j = 0; j < n; j++) {
@@ -299,5 +334,10 @@ static double csm_row_xent(const REAL *x, const REAL *q, int64_t label, const ui
     }
     src.L = csm_dd_log1p(st.s);
     src.c = csm_dd_inv_1p(st.s);
+    if (src.from == CSM_XENT_ORDINARY && !q && !mask && !xp->w && xp->eps == 0.0 &&
+        (!grad || csm_xent_grad_plain_ok(st.s, xp->scale * tp->inv_tau) != 0.0)) {
+        if (grad) csm_xent_grad_plain(grad, n, label, st.s, xp->scale * tp->inv_tau);
+        return csm_xent_neglogp(&src, label);
+    }
     return csm_xent_finish(&src, mask, q, label, grad, n, xp, tp);
 }
