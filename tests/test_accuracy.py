@@ -8,12 +8,14 @@ dh + dl in double, and exp(d) is taken as expl(dh) * expl(dl), so the oracle's e
 ~1e-19 relative however large |d| is.
 
 Contract: softmax and log_softmax within 4 ulp per element, float32 and float64, rows up
-to 1e6, inputs N(0,1)*30, one dominant entry, gaps of 50; float16 within 1 ulp (of float16)
+to 1e6, inputs N(0,1)*30, one dominant entry, gaps of 50, tails whose every exp is
+subnormal, sums whose reference moves past exp's range; float16 within 1 ulp (of float16)
 of the exact value; |sum(softmax) - 1| <= a few eps * log2(n); no backend less
 accurate than scipy (and torch, when installed) on the same input.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import mpmath as mp
@@ -91,12 +93,25 @@ def _row(kind, n, dtype, rng):
     elif kind == "close":  # S' tiny: the max entry's log_softmax is -log1p(S')
         v = np.full(n, -60.0 if dtype == np.float64 else -25.0) + rng.standard_normal(n) * 0.01
         v[rng.integers(n)] = 0.0
+    elif kind == "subnormal_tail":  # every term of S' subnormal: each loses digits unless summed scaled
+        lo, hi = (100.0, 104.0) if dtype == np.float32 else (720.0, 745.0)
+        v = -(lo + rng.random(n) * (hi - lo))
+        v[rng.integers(n)] = 0.0
+    elif kind == "far_reference":  # a sum kept relative to -760 moves to the max 0: factor exp(-760)
+        v = -702.0 - rng.random(n)  # within CSM_LAZY of -760, so the reference stays there until the max
+        v[: n // 3] = -760.0 - rng.random(n // 3)
+        v[-1] = 0.0
+    elif kind == "far_parts":  # the first half's sum (~n/2) moved to the max 0 by a subnormal exp(-744)
+        v = np.full(n, -800.0)
+        v[: n // 2] = -744.0 - rng.random(n // 2) * 0.5
+        v[-1] = 0.0
     else:
         raise ValueError(kind)
     return v.astype(dtype)
 
 
-KINDS = ("normal30", "dominant", "gaps50", "underflow", "close")
+KINDS = ("normal30", "dominant", "gaps50", "underflow", "close", "subnormal_tail", "far_reference", "far_parts")
+TAIL_KINDS = ("subnormal_tail", "far_reference", "far_parts")  # S' lies far below the max
 
 
 # ---- the oracle itself ----------------------------------------------------------------------------
@@ -121,8 +136,8 @@ def test_longdouble_oracle_agrees_with_mpmath(kind):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
 def test_ulp_contract_long_rows(backend, op, dtype, kind, n):
-    if n == 1_000_000 and kind not in ("normal30", "close"):
-        pytest.skip("the million-entry rows cover two kinds, to keep the suite fast")
+    if n == 1_000_000 and kind not in ("normal30", "close", "subnormal_tail"):
+        pytest.skip("the million-entry rows cover three kinds, to keep the suite fast")
     rng = np.random.default_rng(n + len(kind))
     x = _row(kind, n, dtype, rng)
     soft, logs = exact_ld(x)
@@ -189,6 +204,104 @@ def test_logsumexp_accuracy(backend, dtype):
         want = LD(m) + np.log1p(np.sum(e))
         got = call(backend, "logsumexp", x)
         assert ulps(got, want, dtype) <= 2.0, kind
+
+
+def _lse_ld(x):
+    """logsumexp of a finite 1-D row in longdouble: m + log1p(S'), S' summed in longdouble,
+    where none of its terms is subnormal."""
+    xd = np.asarray(x, dtype=np.float64)
+    k = int(np.argmax(xd))
+    dh, dl = _two_diff(xd, xd[k])
+    with np.errstate(over="ignore", under="ignore"):
+        e = np.exp(dh.astype(LD)) * np.exp(dl.astype(LD))
+    e[k] = 0
+    return LD(xd[k]) + np.log1p(np.sum(e))
+
+
+def _threads(n):
+    """The C core limited to n OpenMP threads (a no-op elsewhere); None: as it is."""
+    if n is None:
+        return contextlib.nullcontext()
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    return threadpoolctl.threadpool_limits(n, user_api="openmp")
+
+
+@needs_ld
+@pytest.mark.parametrize("threads", [1, None])
+@pytest.mark.parametrize("layout", ["row", "long row", "columns"])
+@pytest.mark.parametrize("kind", TAIL_KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tails_far_below_the_max(backend, dtype, kind, layout, threads):
+    """logsumexp = log1p(S') and log_softmax at the max = -log1p(S'), both tiny (subnormal
+    for the deepest tails), where S' is a sum of subnormal exps (subnormal_tail) or a sum
+    rescaled by a factor below exp's range (far_reference, far_parts): rows in cache, long
+    rows (blocked, split across threads), columns."""
+    rng = np.random.default_rng(len(kind) + len(layout))
+    n = {"row": 3000, "long row": 100_000, "columns": 3000}[layout]
+    x = _row(kind, n, dtype, rng)
+    k = int(np.argmax(x))
+    want = _lse_ld(x)
+    with _threads(threads):
+        if layout == "columns":
+            xs = np.stack([x, np.roll(x, 1)] * 8, axis=1)  # 16 columns, two of them distinct
+            lse, logs = call(backend, "logsumexp", xs, axis=0)[0], call(backend, "log_softmax", xs, axis=0)[k, 0]
+        else:
+            lse, logs = call(backend, "logsumexp", x), call(backend, "log_softmax", x)[k]
+    assert ulps(lse, want, dtype) <= 2.0, f"logsumexp {np.dtype(dtype).name} {kind} {layout}: {lse!r}, want {want!r}"
+    assert ulps(logs, -want, dtype) <= ULP_LIMIT, f"log_softmax {kind} {layout}: {logs!r}, want {-want!r}"
+
+
+@needs_ld
+@pytest.mark.parametrize("kind", TAIL_KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tails_through_statistics_records(backend, dtype, kind):
+    """The C core's statistics records (the Dask path's parts of a row) of those tails: the
+    parts' records, merged, give the whole row's logsumexp and log_softmax."""
+    if backend != "c":
+        pytest.skip("statistics records are the C core's")
+    from csoftmax import _ops
+    from csoftmax._backends import c
+
+    rng = np.random.default_rng(len(kind))
+    x = _row(kind, 60_000, dtype, rng)[None, :]
+    k = int(np.argmax(x[0]))
+    cuts = [0, 15_000, 15_001, 60_000]  # far_reference: the last part holds -760, -702 and the max
+    rec = None
+    for a, b in zip(cuts, cuts[1:]):
+        part = c.row_stats(x[:, a:b], (1,), 1.0, None)
+        rec = part if rec is None else c.merge_stats(rec, part, 1.0)
+    want = _lse_ld(x[0])
+    lse = c.stats_logsumexp(rec, np.dtype(dtype))[0, 0]
+    logs = c.finish(_ops.BY_NAME["log_softmax"], x, rec, (1,), 1.0, None, None, np.dtype(dtype))[0, k]
+    assert ulps(lse, want, dtype) <= 2.0, f"logsumexp {kind}: {lse!r}, want {want!r}"
+    assert ulps(logs, -want, dtype) <= ULP_LIMIT, f"log_softmax {kind}: {logs!r}, want {-want!r}"
+
+
+@needs_ld
+@pytest.mark.parametrize("kw", [{}, {"label_smoothing": 0.1, "weight": "w"}])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_probability_targets_many_classes(backend, dtype, kw):
+    """The loss with probability targets over 1e5 classes, sum_j w_j q'_j (-log p_j), q' =
+    (1 - eps) q + eps / K: within 4 ulp of the longdouble value (a naive sum over the
+    classes is ~80 ulp off in float64)."""
+    rng = np.random.default_rng(23)
+    rows, n = 3, 100_000
+    x = (rng.standard_normal((rows, n)) * 3).astype(dtype)
+    q = rng.random((rows, n)) ** 4
+    q = (q / q.sum(axis=1, keepdims=True)).astype(dtype)
+    kw = dict(kw)
+    w = None
+    if "weight" in kw:
+        w = kw["weight"] = (0.5 + rng.random(n)).astype(dtype)
+    eps = LD(kw.get("label_smoothing", 0.0))
+    loss = call(backend, "softmax_cross_entropy", x, q, reduction="none", **kw)
+    for r in range(rows):
+        xd = x[r].astype(np.float64)
+        neglogp = (LD(xd.max()) - xd.astype(LD)) + (_lse_ld(xd) - LD(xd.max()))
+        t = (1 - eps) * q[r].astype(LD) + eps / LD(n)
+        want = np.sum((LD(1) if w is None else w.astype(LD)) * t * neglogp)
+        err = ulps(loss[r], want, dtype)
+        assert err <= ULP_LIMIT, f"{np.dtype(dtype).name} row {r}: {err:.1f} ulp"
 
 
 @pytest.mark.parametrize("n", [3, 1000, 1_000_000])

@@ -12,7 +12,8 @@ C core, spelled with whole-array operations:
   * x - max is computed with its rounding error (two_diff) and the error is folded in as
     exp(dh) * (1 + dl); with a temperature the quotient carries its remainder likewise;
   * S' = sum of exp over the entries below the max, plus (ties - 1): the max entry itself
-    is left out, so log1p(S') keeps its precision when S' is tiny; sums are pairwise with
+    is left out, so log1p(S') keeps its precision when S' is tiny; terms whose exp would
+    be subnormal are summed scaled by exp(512), so they keep theirs; sums are pairwise with
     every rounding error carried (accurate_sum), so the namespace's summation order
     (NumPy's is naive along a strided axis) does not matter;
   * log_softmax = (x - max) / tau - log1p(S'), so log_softmax's max entry is -log1p(S').
@@ -27,6 +28,8 @@ import math
 from typing import Any
 
 _VELTKAMP = 134217729.0  # 2^27 + 1
+_FAR = 512.0  # S' terms with (x - m) / tau below -_FAR are summed scaled by exp(_FAR) (_Stats)
+_EXP_FAR = (4.377491037053051e-223, 2.706079830228623e-239)  # exp(-512) as a double-double
 
 
 def namespace(x: Any) -> Any:
@@ -176,7 +179,14 @@ class _Stats:
         e = xp.exp(self.dh)
         e = e + e * self.dl
         self.e = e
-        others = accurate_sum(xp, xp.where(is_max, xp.zeros_like(e), e), axes)
+        # the terms far below the max (subnormal or 0 as exp(dh)) are summed as exp(dh + 512),
+        # normal numbers that keep their digits (dh + 512 is exact there), times exp(-512)
+        far = self.dh < -_FAR
+        zero = xp.zeros_like(e)
+        ef = xp.exp(xp.where(far, self.dh + _FAR, -math.inf))
+        far_hi, far_lo = accurate_sum_pair(xp, ef + ef * self.dl, axes)
+        far_sum = far_hi * _EXP_FAR[0] + (far_hi * _EXP_FAR[1] + far_lo * _EXP_FAR[0])
+        others = accurate_sum(xp, xp.where(is_max | far, zero, e), axes) + far_sum
         self.s = (_count(xp, is_max, axes) - 1.0) + others  # S', the max entry left out
         self.log1p_s = xp.log1p(xp.where(self.special, xp.zeros_like(self.s), self.s))
 

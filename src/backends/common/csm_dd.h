@@ -140,6 +140,17 @@ CSM_FN csm_dd csm_dd_mul_exp(csm_dd a, csm_dd d)
     return csm_dd_make(ldexp(p.hi, ki), ldexp(p.lo, ki));
 }
 
+/* a * exp((x - y) / tau), tau > 0 finite, by csm_dd_mul_exp (the power of two last: a
+   rescaled sum far below its new reference is rounded once, not lost with an exp that
+   underflows); where x - y overflows, x lies far below y: 0 (NaN stays NaN) */
+CSM_FN csm_dd csm_dd_mul_expdiff(csm_dd a, double x, double y, double tau)
+{
+    csm_dd d = csm_two_sum(x, -y);
+    if (!csm_finite(d.hi)) return a.hi != a.hi ? a : csm_dd_make(0.0, 0.0);
+    if (tau != 1.0) d = csm_dd_div_d(d, tau);
+    return csm_dd_mul_exp(a, d);
+}
+
 /* exp((a - b) / tau) in double-double, for a <= b; tau > 0 finite */
 CSM_FN csm_dd csm_dd_expdiff(double a, double b, double tau)
 {

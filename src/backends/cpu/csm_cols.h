@@ -17,7 +17,10 @@
  * it goes. Pass 2 writes the results: softmax scales the stored exps (and recomputes,
  * from x, those stored before a lane's reference moved); log_softmax computes
  * (x - m) / tau - log1p(S') from x. Lanes that turn out special (NaN, infinite max, fully
- * masked, tau = +inf) are rewritten by csm_special_row.
+ * masked, tau = +inf) are rewritten by csm_special_row. S and emax hold exps scaled by
+ * 2^CSM_ESCALE (csm_exp.h: terms far below the max keep their digits), unscaled once per
+ * lane when settled; a moved reference rescales them with the power of two last
+ * (csm_dd_mul_expdiff), so a sum far below the new reference is rounded once, not lost.
  * Backward: lane-wise sums, then dx (csm_grad.h's element formula).
  *
  * Layout of one panel (element strides): x[i * sx + l], out[i * so + l],
@@ -76,16 +79,15 @@ static void csm_col_move(csm_colstate *c, VR v, VI mv, csm_intp i, const csm_tem
 {
     for (int l = 0; l < VL; l++) {
         if (!mv[l]) continue;
-        csm_dd f = csm_dd_expdiff((double)c->r[l], (double)v[l], tp->tau);
+        const double r = (double)c->r[l], to = (double)v[l];
+        const csm_dd sv = csm_dd_mul_expdiff(csm_acc_lane(&c->s, l), r, to, tp->tau);
 #if REAL_IS_F32
-        double *sl = l < CSM_VLD ? &c->s.a[l] : &c->s.b[l - CSM_VLD];
-        *sl = csm_dd_mul_d(f, *sl).hi;
+        *(l < CSM_VLD ? &c->s.a[l] : &c->s.b[l - CSM_VLD]) = sv.hi;
 #else
-        csm_dd sv = csm_dd_mul(csm_acc_lane(&c->s, l), f);
         c->s.a[l] = sv.hi;
         c->s.b[l] = -sv.lo;
 #endif
-        c->emax[l] = (REAL)((double)c->emax[l] * f.hi);
+        c->emax[l] = (REAL)csm_dd_mul_expdiff(csm_dd_make((double)c->emax[l], 0.0), r, to, tp->tau).hi;
         c->r[l] = v[l];
         c->moved[l] = (VIS)i;
     }
@@ -128,9 +130,9 @@ CSM_INLINE void csm_cols_stats_t(int kind, const REAL *x, csm_intp sx, const uin
             VR dh, dl;
             csm_vdiff(v, c->r, tau, inv_tau, scaled, &dh, &dl);
             /* arguments are at most CSM_LAZY: far from overflow, so the variant without
-               the overflow side will do */
-            VR e = csm_vexp_neg(dh, dl);
-            if (kind == CSM_SOFTMAX && out) csm_store(out + i * so + u * VL, e, VL);
+               the overflow side will do; softmax stores the exps unscaled */
+            VR e = csm_vexp_sc(dh, dl, CSM_EXP_NONPOS, CSM_ESCALE);
+            if (kind == CSM_SOFTMAX && out) csm_store(out + i * so + u * VL, e * VSPLAT(CSM_EUNSCALE), VL);
             VI nm = v > c->m; /* a new max: the old one's exp joins S, this one's waits in emax */
             csm_acc_add(&c->s, VSEL(nm, c->emax, e));
             c->emax = VSEL(nm, e, c->emax);
@@ -161,12 +163,13 @@ static void csm_cols_settle(int kind, const csm_colstate *cs, int nv, const csm_
             const csm_dd s = csm_acc_lane(&c->s, l);
             if (s.hi != s.hi) f->special[l] = -1; /* an unmasked NaN */
             if (f->special[l]) continue;
-            const csm_dd factor =
-                c->r[l] == c->m[l] ? csm_dd_make(1.0, 0.0) : csm_dd_expdiff((double)c->r[l], (double)c->m[l], tp->tau);
-            const csm_dd sp = csm_dd_mul(s, factor); /* S' relative to the max */
+            const int moved = c->r[l] != c->m[l];
+            csm_dd sp = moved ? csm_dd_mul_expdiff(s, (double)c->r[l], (double)c->m[l], tp->tau) : s;
+            sp = csm_dd_make(sp.hi * CSM_EUNSCALE, sp.lo * CSM_EUNSCALE); /* S' relative to the max */
             const double L = csm_dd_log1p(sp), inv = csm_dd_inv_1p(sp);
             if (kind == CSM_SOFTMAX) {
-                f->fin[l] = (REAL)(factor.hi * inv); /* stored exps are relative to r */
+                const double factor = moved ? csm_dd_expdiff((double)c->r[l], (double)c->m[l], tp->tau).hi : 1.0;
+                f->fin[l] = (REAL)(factor * inv); /* stored exps are relative to r */
                 f->fresh[l] = (REAL)inv;             /* recomputed ones to m */
                 if (c->moved[l] > f->last_move) f->last_move = c->moved[l];
             } else {

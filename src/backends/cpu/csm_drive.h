@@ -299,7 +299,6 @@ static void csm_split_forward(const csm_task *t, const csm_layout *L, char *cons
     csm_part *c = &slots[tid].stats;
     csm_part_init(c);
     csm_part_add(c, x + a, mask ? mask + a : NULL, b - a, tp);
-    csm_part_settle(c, tp);
 #pragma omp barrier
     csm_part all = slots[0].stats;
     for (int j = 1; j < nt; j++) csm_part_merge(&all, &slots[j].stats, tp);

@@ -15,6 +15,13 @@
  * so that the only rounding is the final, correct one. Error: < 1 ulp
  * (tests/test_accuracy.py measures it through softmax against mpmath and an
  * extended-precision oracle; docs/design.md, "Accuracy").
+ *
+ * The sums of exps take exp(d) 2^CSM_ESCALE instead (csm_vexp_sc): the power of two is
+ * part of the exponent that is added anyway, so it costs nothing, and a term far below
+ * the max stays a normal number while it is summed instead of losing its digits as a
+ * subnormal. The sum is unscaled once, per row (csm_rows.h, csm_long.h, csm_cols.h).
+ * CSM_ESCALE leaves room for the arguments up to CSM_LAZY (60) that the blocked and
+ * column sums take: e^60 2^40 < FLT_MAX.
  */
 
 #if REAL_IS_F32
@@ -28,6 +35,8 @@
 #define EXP_KMAX 127
 #define EXP_NPOLY CSM_EXP_F32_NPOLY
 #define EXP_BOUND 87.0 /* exp(-87) is still normal, with room for the correction term */
+#define CSM_ESCALE 40  /* exp(d) 2^40 is normal for d >= -115 */
+#define CSM_EUNSCALE 0x1p-40 /* 2^-CSM_ESCALE: unscales a sum of csm_vexp_sc's terms */
 static const float csm_exp_poly[EXP_NPOLY] = {CSM_EXP_F32_POLY};
 #else
 #define EXP_LO CSM_EXP_F64_LO
@@ -40,6 +49,8 @@ static const float csm_exp_poly[EXP_NPOLY] = {CSM_EXP_F32_POLY};
 #define EXP_KMAX 1023
 #define EXP_NPOLY CSM_EXP_F64_NPOLY
 #define EXP_BOUND 708.0
+#define CSM_ESCALE 128 /* exp(d) 2^128 is normal for d >= -796 */
+#define CSM_EUNSCALE 0x1p-128
 static const double csm_exp_poly[EXP_NPOLY] = {CSM_EXP_F64_POLY};
 #endif
 
@@ -53,20 +64,23 @@ static inline VR csm_vpow2i(VI k)
 static const double csm_exp_bound = EXP_BOUND;
 
 /*
- * exp(dh + dl), by the range the caller can promise (a constant at every call site):
+ * exp(dh + dl) 2^scale, by the range the caller can promise (constants at every call site):
  *   CSM_EXP_ANY      any arguments
- *   CSM_EXP_NONPOS   dh <= 0, -inf or NaN (x - max): no overflow side
+ *   CSM_EXP_NONPOS   dh <= 0, -inf or NaN (x - max): no overflow side; with a scale, dh
+ *                    up to CSM_LAZY
  *   CSM_EXP_BOUNDED  dh in [-87, 0] (float) / [-708, 0] (double), finite: the result is
  *                    normal, so no clamps and no range check (rows whose min and max the
  *                    scan has seen within that distance)
+ * scale: 0 or CSM_ESCALE. The clamps move with it, so that -inf still gives 0 and the
+ * result is 0 or inf exactly where exp(d) 2^scale rounds to them.
  */
-
-CSM_INLINE VR csm_vexp_t(VR dh, VR dl, const int range)
+CSM_INLINE VR csm_vexp_sc(VR dh, VR dl, const int range, const int scale)
 {
     VR x = dh;
     if (range != CSM_EXP_BOUNDED) {
-        x = VMAX(VSPLAT(EXP_LO), x); /* NaN stays NaN: VMAX returns its second operand */
-        if (range == CSM_EXP_ANY) x = VMIN(VSPLAT(EXP_HI), x);
+        /* NaN stays NaN: VMAX returns its second operand */
+        x = VMAX(VSPLAT((REAL)((double)EXP_LO - scale * 0.69314718055994531)), x);
+        if (range == CSM_EXP_ANY) x = VMIN(VSPLAT((REAL)((double)EXP_HI - scale * 0.69314718055994531)), x);
         /* past a clamp (and for NaN) the correction is meaningless, even NaN from inf - inf */
         dl = (VR)((VI)dl & (x == dh));
     }
@@ -79,7 +93,7 @@ CSM_INLINE VR csm_vexp_t(VR dh, VR dl, const int range)
     for (int i = 1; i < EXP_NPOLY; i++) p = VFMA(p, r, VSPLAT(csm_exp_poly[i]));
     VR e = VSPLAT(1) + VFMA(p, r * r, r);
 
-    VI k = (VI)t - (VI)VSPLAT(EXP_MAGIC);
+    VI k = (VI)t - (VI)VSPLAT(EXP_MAGIC) + (VIS)scale;
     if (range == CSM_EXP_BOUNDED) return e * csm_vpow2i(k);
     VI outside = k < EXP_KMIN;
     if (range == CSM_EXP_ANY) outside |= k > EXP_KMAX;
@@ -88,6 +102,12 @@ CSM_INLINE VR csm_vexp_t(VR dh, VR dl, const int range)
     VI k1 = k >> 1;
     VI k2 = k - k1;
     return (e * csm_vpow2i(k1)) * csm_vpow2i(k2);
+}
+
+/* exp(dh + dl), unscaled */
+CSM_INLINE VR csm_vexp_t(VR dh, VR dl, const int range)
+{
+    return csm_vexp_sc(dh, dl, range, 0);
 }
 
 /* exp(dh + dl) for dh <= 0 (or NaN, -inf): the softmax case, x - max */

@@ -6,7 +6,8 @@
  * A block of CSM_BLOCK entries is scanned (read from memory), then summed from L1
  * relative to a reference r. r moves only when a block's max exceeds it by more than
  * CSM_LAZY (in units of x / tau), so the running sum is rescaled rarely, and then by a
- * double-double factor: the result does not depend on how the row was cut. The parts'
+ * double-double factor whose power of two comes last: the result does not depend on how
+ * the row was cut. The parts'
  * statistics and their exact merge are csm_part.h's (CSM_LAZY: common/csm_special.h).
  * Here too: the statistics record of a row (kind CSM_STATS), and a row finished from a
  * record its caller merged.
@@ -20,10 +21,17 @@ static int csm_has_nan(const REAL *x, const uint8_t *mask, csm_intp n)
     return 0;
 }
 
-/* fold the range x[0:n] into c */
+/*
+ * Fold the range x[0:n] into c (initialised, or settled), leaving it settled. In between,
+ * the sum is kept scaled by 2^CSM_ESCALE, as the block sums come (csm_rows.h), and moved to
+ * a new reference by csm_dd_mul_expdiff: terms far below the max keep their digits, and a
+ * sum far below a new reference is rounded once rather than dropped with an exp that
+ * underflows. It is unscaled once, at the end.
+ */
 static void csm_part_add(csm_part *c, const REAL *x, const uint8_t *mask, csm_intp n, const csm_temp *tp)
 {
     const double tau = tp->tau, inv = tp->inv_tau;
+    csm_dd s = csm_dd_make(c->s.hi / CSM_EUNSCALE, c->s.lo / CSM_EUNSCALE);
     for (csm_intp b0 = 0; b0 < n && c->m != R_INF; b0 += CSM_BLOCK) {
         const csm_intp bn = n - b0 < CSM_BLOCK ? n - b0 : CSM_BLOCK;
         const REAL *xb = x + b0;
@@ -36,26 +44,29 @@ static void csm_part_add(csm_part *c, const REAL *x, const uint8_t *mask, csm_in
             break;
         }
         if (!(st.m > -R_INF)) { /* nothing above -inf here, but maybe a NaN */
-            if (csm_has_nan(xb, mb, bn)) c->s = csm_dd_make(NAN, 0.0);
+            if (csm_has_nan(xb, mb, bn)) s = csm_dd_make(NAN, 0.0);
             continue;
         }
         if (c->r == -R_INF) {
             c->r = st.m;
         } else if (((double)st.m - c->r) * inv > CSM_LAZY) {
-            c->s = csm_dd_mul(c->s, csm_dd_expdiff(c->r, (double)st.m, tp->tau));
+            s = csm_dd_mul_expdiff(s, c->r, (double)st.m, tau);
             c->r = st.m;
         }
         csm_intp excl = -1;
         if (st.m > c->m) { /* a new max: it leaves the sum, the old one joins it */
             excl = csm_row_find(xb, mb, bn, st.m);
-            if (c->m > -R_INF) c->s = csm_dd_add(c->s, csm_dd_expdiff(c->m, c->r, tp->tau));
+            if (c->m > -R_INF) s = csm_dd_add(s, csm_dd_mul_expdiff(csm_dd_make(1.0 / CSM_EUNSCALE, 0.0), c->m, c->r, tau));
             c->m = st.m;
         }
         const REAL r = (REAL)c->r; /* a value of the row: exact */
 #define CSM_EXPSUM(M, S) csm_expsum_t(xb, (M) ? mb : NULL, NULL, bn, r, excl, tau, inv, M, S, 0, CSM_EXP_ANY)
-        c->s = csm_dd_add(c->s, CSM_FLAGS2(mb != NULL, tp->scaled, CSM_EXPSUM));
+        s = csm_dd_add(s, CSM_FLAGS2(mb != NULL, tp->scaled, CSM_EXPSUM));
 #undef CSM_EXPSUM
     }
+    if (c->m > -R_INF && c->m < R_INF && c->r != c->m) s = csm_dd_mul_expdiff(s, c->r, c->m, tau); /* settle */
+    c->r = c->m;
+    c->s = csm_dd_make(s.hi * CSM_EUNSCALE, s.lo * CSM_EUNSCALE);
 }
 
 /* the finishing pass over x[0:n] of a row (or of a part of one) whose stats are c (settled) */
@@ -76,7 +87,6 @@ static double csm_row_forward_long(int kind, const REAL *x, const uint8_t *mask,
     csm_part c;
     csm_part_init(&c);
     csm_part_add(&c, x, mask, n, tp);
-    csm_part_settle(&c, tp);
     if (csm_part_is_special(&c, tp)) {
         csm_stats st = {0};
         st.m = (REAL)c.m;
@@ -101,7 +111,6 @@ static void csm_row_stats(const REAL *x, const uint8_t *mask, csm_intp n, const 
         if (st.m > -R_INF && st.m < R_INF) c.s = csm_rim_sum(x, mask, n, c.m, tp);
     } else if (!tp->tau_inf) {
         csm_part_add(&c, x, mask, n, tp);
-        csm_part_settle(&c, tp);
     }
     int nan = 0;
     csm_intp cnt = 0;

@@ -3,8 +3,9 @@
  * its max m, and S' = the sum of exp((x - m) / tau) over its unmasked entries but one copy
  * of the max, kept as a double-double relative to a reference r (settled: r = m). Parts of
  * one row -- blocks of a long row, slices on several threads, chunks of a Dask array --
- * merge exactly here: S' = S1' + (1 + S2') exp((m2 - m1) / tau), the factor in
- * double-double, so a row's result does not depend on how it was cut.
+ * merge exactly here: S' = S1' + (1 + S2') exp((m2 - m1) / tau), in double-double with
+ * the factor's power of two applied last (csm_dd_mul_expdiff), so a row's result does not
+ * depend on how it was cut, however far below the max a part lies.
  *
  * A statistics record is the part as six doubles (csm_core.h, CSM_STAT_*), for callers
  * that keep parts of rows themselves (kind CSM_STATS writes them; softmax and log_softmax
@@ -21,7 +22,8 @@ typedef struct {
     double m;  /* max so far; -inf if none; +inf: the row is special, nothing more to add */
     double r;  /* reference of s; -inf until a finite max */
     csm_dd s;  /* sum over the unmasked entries but one copy of m of exp((x - r) / tau);
-                  NaN after an unmasked NaN; after csm_part_settle: relative to m (S') */
+                  NaN after an unmasked NaN; settled (r = m: S') between the calls that
+                  fill a part (csm_long.h's csm_part_add) and in records */
     int any;   /* an unmasked entry */
 } csm_part;
 
@@ -30,13 +32,6 @@ static inline void csm_part_init(csm_part *c)
     c->m = c->r = -CSM_INF;
     c->s = csm_dd_make(0.0, 0.0);
     c->any = 0;
-}
-
-/* make c's sum relative to its max (S'); for a part with a finite max */
-static inline void csm_part_settle(csm_part *c, const csm_temp *tp)
-{
-    if (c->m > -CSM_INF && c->m < CSM_INF && c->r != c->m) c->s = csm_dd_mul(c->s, csm_dd_expdiff(c->r, c->m, tp->tau));
-    c->r = c->m;
 }
 
 /* a += b, both settled */
@@ -57,10 +52,8 @@ static inline void csm_part_merge(csm_part *a, const csm_part *b, const csm_temp
         hi = *b;
         lo = *a;
     }
-    if (lo.m > -CSM_INF) { /* the smaller max and its sum join the larger's sum */
-        const csm_dd f = csm_dd_expdiff(lo.m, hi.m, tp->tau);
-        hi.s = csm_dd_add(hi.s, csm_dd_mul(csm_dd_add_d(lo.s, 1.0), f));
-    }
+    if (lo.m > -CSM_INF) /* the smaller max and its sum join the larger's sum (rounded once if far below) */
+        hi.s = csm_dd_add(hi.s, csm_dd_mul_expdiff(csm_dd_add_d(lo.s, 1.0), lo.m, hi.m, tp->tau));
     if (nan) hi.s = csm_dd_make(CSM_NAN, 0.0);
     hi.any = a->any;
     *a = hi;

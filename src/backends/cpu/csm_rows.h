@@ -7,7 +7,9 @@
  *            k, the first index of m
  *   expsum   S' = sum_{j != k} exp((x_j - m) / tau), optionally writing every exp into the
  *            output (softmax); sums accumulate in double (float32 rows) or in Kahan-
- *            compensated double (float64 rows)
+ *            compensated double (float64 rows), of exps scaled by 2^CSM_ESCALE so that
+ *            terms far below the max keep their digits (csm_exp.h); the stored exps keep
+ *            the scale, which the finishing factor takes back
  *   finish   softmax  out_j = e_j / (1 + S')
  *            log_softmax  out_j = (x_j - m) / tau - log1p(S')   (exactly -log1p(S') at k)
  *            logsumexp  m + log1p(S')
@@ -118,7 +120,7 @@ CSM_INLINE void csm_expsum_vec(const REAL *x, const uint8_t *mask, REAL *out, cs
     VR dh, dl;
     csm_vdiff(v, ref, tau, inv_tau, scaled, &dh, &dl);
     /* a partial vector's padding is -inf: it needs the checked exp */
-    VR e = csm_vexp_t(dh, dl, full ? range : CSM_EXP_NONPOS);
+    VR e = csm_vexp_sc(dh, dl, full ? range : CSM_EXP_NONPOS, CSM_ESCALE);
     if (store) csm_store(out + i, e, full ? VL : cnt);
     if (excl >= 0) e = VSEL(csm_iota() == (VIS)excl, VSPLAT(0), e);
     csm_acc_add(acc, e);
@@ -163,6 +165,8 @@ static int csm_exp_range(const csm_stats *st, const csm_temp *tp)
     return spread >= -csm_exp_bound ? CSM_EXP_BOUNDED : CSM_EXP_NONPOS; /* false for mn = -inf, NaN */
 }
 
+/* S' of a scanned row (k found), unscaled; the exps stored into out (when given) are
+   exp((x_j - m) / tau) 2^CSM_ESCALE */
 static csm_dd csm_row_expsum(const REAL *x, const uint8_t *mask, REAL *out, csm_intp n, const csm_stats *st,
                              const csm_temp *tp)
 {
@@ -173,9 +177,12 @@ static csm_dd csm_row_expsum(const REAL *x, const uint8_t *mask, REAL *out, csm_
     csm_expsum_t(x, (M) ? mask : NULL, (O) ? out : NULL, n, m, k, tau, inv, M, S, O, RANGE)
 #define CSM_EXPSUM_BOUNDED(S, O) CSM_EXPSUM_T(0, S, O, CSM_EXP_BOUNDED)
 #define CSM_EXPSUM_NONPOS(M, S, O) CSM_EXPSUM_T(M, S, O, CSM_EXP_NONPOS)
+    csm_dd s;
     if (!mask && csm_exp_range(st, tp) == CSM_EXP_BOUNDED)
-        return CSM_FLAGS2(tp->scaled, out != NULL, CSM_EXPSUM_BOUNDED);
-    return CSM_FLAGS3(mask != NULL, tp->scaled, out != NULL, CSM_EXPSUM_NONPOS);
+        s = CSM_FLAGS2(tp->scaled, out != NULL, CSM_EXPSUM_BOUNDED);
+    else
+        s = CSM_FLAGS3(mask != NULL, tp->scaled, out != NULL, CSM_EXPSUM_NONPOS);
+    return csm_dd_make(s.hi * CSM_EUNSCALE, s.lo * CSM_EUNSCALE);
 #undef CSM_EXPSUM_T
 #undef CSM_EXPSUM_BOUNDED
 #undef CSM_EXPSUM_NONPOS
@@ -326,7 +333,7 @@ static double csm_row_forward(int kind, const REAL *x, const uint8_t *mask, REAL
        exps, but NaN stays NaN through exp, which is all csm_special_row needs then. */
     if (st.s.hi != st.s.hi) return csm_special_row(kind, x, 1, mask, 1, out, 1, n, &st, tp->tau_inf);
     if (kind == CSM_SOFTMAX) {
-        csm_row_scale(e, out, n, (REAL)csm_dd_inv_1p(st.s), stream);
+        csm_row_scale(e, out, n, (REAL)(csm_dd_inv_1p(st.s) * CSM_EUNSCALE), stream); /* e is scaled */
         return 0.0;
     }
     double lse = csm_dd_log1p(st.s);

@@ -8,7 +8,8 @@
  * rows at once, lane-parallel within a row and interleaved across rows, so that the
  * rows' dependency chains and reductions overlap, and the max's index is never searched:
  *   softmax           S = sum_j e_j over every entry, e_j = exp((x_j - m) / tau), and
- *                     S' = S - 1 (the max entry's term is exactly 1)
+ *                     S' = S - 1 (the max entry's term is exactly 1); the exps are summed
+ *                     and stored scaled by 2^CSM_ESCALE, as csm_rows.h's (csm_exp.h)
  *   log_softmax,      the entries equal to the max are counted and left out of the sum,
  *   logsumexp         S' = sum_{x_j != m} e_j + (ties - 1), as the single-row kernels'
  *                     S' leaves out only the first of them
@@ -73,7 +74,7 @@ CSM_INLINE void csm_short_term(const REAL *x, REAL *e, csm_intp cnt, const int f
     const VR v = csm_load(x, full ? VL : cnt, ref[0]);
     VR dh, dl;
     csm_vdiff(v, ref, tau, inv_tau, scaled, &dh, &dl);
-    VR t = csm_vexp_t(dh, dl, range);
+    VR t = csm_vexp_sc(dh, dl, range, CSM_ESCALE); /* scaled (csm_exp.h); the max's term is 2^CSM_ESCALE */
     if (store) csm_store(e, t, full ? VL : cnt);
     const VI live = full ? ~(VI){0} : csm_iota() < (VIS)cnt;
     if (ties) {
@@ -110,8 +111,8 @@ CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, REAL *const *e, csm_i
     for (int r = 0; r < CSM_SHORT_ROWS; r++) {
         const csm_dd sum = csm_acc_total2(&acc[r], &csm_short_zero);
         const double cnt = ties ? (double)csm_hsum_i(tie[r]) : 0.0;
-        /* softmax: the max's term (and its ties') are in the sum; else they are counted */
-        s[r] = csm_dd_add_d(sum, ties ? cnt - 1.0 : -1.0);
+        /* unscaled; softmax: the max's term (and its ties') are in the sum; else they are counted */
+        s[r] = csm_dd_add_d(csm_dd_make(sum.hi * CSM_EUNSCALE, sum.lo * CSM_EUNSCALE), ties ? cnt - 1.0 : -1.0);
     }
 }
 
@@ -162,7 +163,7 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
             st.any = 1;
             csm_special_row(kind, g->x[r], 1, NULL, 1, g->out[r], 1, n, &st, 0);
         } else if (kind == CSM_SOFTMAX) {
-            csm_row_scale(e[r], g->out[r], n, (REAL)csm_dd_inv_1p(s[r]), stream);
+            csm_row_scale(e[r], g->out[r], n, (REAL)(csm_dd_inv_1p(s[r]) * CSM_EUNSCALE), stream); /* e is scaled */
         } else if (kind == CSM_LOG_SOFTMAX) {
             csm_row_logsub(g->x[r], NULL, g->out[r], n, m[r], (REAL)csm_dd_log1p(s[r]), tp, stream);
         } else if (kind == CSM_LOGSUMEXP) {
