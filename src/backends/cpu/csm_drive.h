@@ -255,7 +255,7 @@ static int csm_rows_range(const csm_task *t, const csm_layout *L, csm_intp r0, c
 static int csm_drive_rows(const csm_task *t, const csm_layout *L, int direct)
 {
     const csm_temp tp = csm_temp_make(t->temperature);
-    const int nth = csm_pick_threads(L->nrows, L->n);
+    const int nth = csm_pick_threads(L->nrows, L->n, CSM_PAR_MIN_WORK);
     const int stream = direct && L->base[CSM_OUT] && L->nrows * L->n * (csm_intp)sizeof(REAL) >= CSM_STREAM_BYTES;
     int failed = 0;
     if (nth <= 1) {
@@ -379,7 +379,7 @@ static int csm_drive_cols(const csm_task *t, const csm_layout *L)
     const csm_intp bw = CSM_COLV * VL; /* columns per unit */
     const csm_intp width = L->oshape[in], nblk = (width + bw - 1) / bw, groups = L->nrows / width;
     const csm_intp units = groups * nblk;
-    const int nth = csm_pick_threads(units, L->n * bw);
+    const int nth = csm_pick_threads(units, L->n * bw, CSM_PAR_MIN_WORK);
     csm_layout G = *L; /* the groups: the outer dimensions without the contiguous one */
     G.nouter = in;
     G.nrows = groups;
@@ -462,7 +462,7 @@ static int csm_run_kernels(const csm_task *t, const csm_layout *L)
     if (L->base[CSM_MASK]) direct = direct && (L->rstride[CSM_MASK][0] == 1 || L->rstride[CSM_MASK][0] == 0);
     if (direct && forward_or_backward && csm_is_long(L->n)) {
         /* few long rows: split each across the threads */
-        const int nth = csm_pick_threads(L->n / CSM_BLOCK, CSM_BLOCK);
+        const int nth = csm_pick_threads(L->n / CSM_BLOCK, CSM_BLOCK, CSM_SPLIT_MIN_WORK);
         if (nth > 1 && L->nrows < nth) return csm_drive_split(t, L, nth);
     }
     if (direct || L->n == 0) return csm_drive_rows(t, L, 1);
