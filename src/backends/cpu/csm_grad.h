@@ -39,11 +39,13 @@ CSM_INLINE void csm_bwd_sum_vec(int kind, const REAL *g, const REAL *y, const ui
  * is exact there (Sterbenz), and exp(y) s_hi leaves g through one fused rounding. A value
  * that is not finite although its inputs are is computed again, wider (csm_bwd_wide).
  */
-/* the lanes of o marked in redo, computed again wider (a cold path out of line, so that the
-   hot loop keeps o in a register rather than in memory for the lane-wise writes) */
-static __attribute__((noinline, cold)) VR csm_bwd_redo(int kind, VR o, VR gv, VR yv, VR s_hi, VR s_lo, VI redo,
+/* the lanes of o that are not finite although their g and y are, computed again wider (a
+   cold path out of line, so that the hot loop keeps o in a register rather than in memory
+   for the lane-wise writes, and tests only o) */
+static __attribute__((noinline, cold)) VR csm_bwd_redo(int kind, VR o, VR gv, VR yv, VR s_hi, VR s_lo,
                                                        const csm_temp *tp)
 {
+    const VI redo = ~(o - o == 0) & (gv - gv == 0) & (yv - yv == 0);
     for (int l = 0; l < VL; l++)
         if (redo[l]) o[l] = (REAL)csm_bwd_wide(kind, gv[l], yv[l], s_hi[l], s_lo[l], tp);
     return o;
@@ -58,8 +60,7 @@ CSM_INLINE VR csm_bwd_value(int kind, VR gv, VR yv, VR s_hi, VR s_lo, VR inv_tau
         VR e = csm_vexp(yv);
         o = (VFMA(-e, s_hi, gv) - e * s_lo) * inv_tau;
     }
-    const VI redo = ~(o - o == 0) & (gv - gv == 0) & (yv - yv == 0);
-    if (__builtin_expect(VANY(redo), 0)) o = csm_bwd_redo(kind, o, gv, yv, s_hi, s_lo, redo, tp);
+    if (__builtin_expect(VANY(~(o - o == 0)), 0)) o = csm_bwd_redo(kind, o, gv, yv, s_hi, s_lo, tp);
     return o;
 }
 
