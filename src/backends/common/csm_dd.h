@@ -67,6 +67,19 @@ CSM_FN csm_dd csm_dd_add_d(csm_dd a, double b)
     return csm_fast_two_sum(s.hi, s.lo);
 }
 
+/* a compensated running sum (Ogita, Rump and Oishi's Sum2): s.hi the plain sum, s.lo the
+   sum of its rounding errors (two_sum's), so one add per term lies on the dependency
+   chain; the total is csm_dd_sum2_total (where the sum is +-inf or NaN: that) */
+CSM_FN csm_dd csm_dd_sum2_add(csm_dd s, double v)
+{
+    double t = s.hi + v, bb = t - s.hi;
+    s.lo += (s.hi - (t - bb)) + (v - bb);
+    s.hi = t;
+    return s;
+}
+
+CSM_FN double csm_dd_sum2_total(csm_dd s) { return csm_finite(s.hi) ? s.hi + s.lo : s.hi; }
+
 CSM_FN csm_dd csm_dd_mul(csm_dd a, csm_dd b)
 {
     csm_dd p = csm_two_prod(a.hi, b.hi);

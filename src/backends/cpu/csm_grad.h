@@ -259,8 +259,8 @@ static void csm_xent_grad_plain(REAL *grad, csm_intp n, int64_t label, csm_dd s,
 }
 
 /* the loss of one row, and its gradient into grad unless NULL (grad may be src->e). The
-   sums over the classes are double-double (csm_dd_add_d), as the forward sums are
-   compensated: a plain sum over 1e5 classes loses ~80 ulp of a float64 loss. */
+   loss's sums over the classes, and A, are compensated (csm_dd_sum2_add), as the forward
+   sums are: a plain sum over 1e5 classes loses ~80 ulp of a float64 loss. */
 static double csm_xent_finish(const csm_xent_src *srcp, const uint8_t *mask, const REAL *q, int64_t label, REAL *grad,
                               csm_intp n, const csm_xent_params *xp, const csm_temp *tp)
 {
@@ -269,33 +269,33 @@ static double csm_xent_finish(const csm_xent_src *srcp, const uint8_t *mask, con
     const csm_temp tv = *tp;
     tp = &tv;
     csm_intp K = 0;
-    csm_dd Wd = csm_dd_make(0.0, 0.0), lossd = csm_dd_make(0.0, 0.0), Ad = csm_dd_make(0.0, 0.0);
+    double W = 0.0; /* the label path's A only: a gradient's factor, not the loss */
+    csm_dd lossd = csm_dd_make(0.0, 0.0), Ad = csm_dd_make(0.0, 0.0);
     if (!mask) {
         K = n;
         if (xp->w && (xp->eps != 0.0 || q || grad))
-            for (csm_intp j = 0; j < n; j++) Wd = csm_dd_add_d(Wd, xp->w[j]);
+            for (csm_intp j = 0; j < n; j++) W += xp->w[j];
         else
-            Wd = csm_dd_make((double)n, 0.0);
+            W = (double)n;
     } else if (xp->eps != 0.0 || q || grad) {
         for (csm_intp j = 0; j < n; j++)
             if (mask[j]) {
                 K++;
-                Wd = csm_dd_add_d(Wd, csm_xent_weight(xp, j));
+                W += csm_xent_weight(xp, j);
             }
     }
-    const double W = Wd.hi + Wd.lo;
     const double eps_k = K ? xp->eps / (double)K : 0.0;
     double loss, A;
     if (q) {
         for (csm_intp j = 0; j < n; j++) {
             if (mask && !mask[j]) continue;
             const double wj = csm_xent_weight(xp, j), tj = (1.0 - xp->eps) * (double)q[j] + eps_k;
-            Ad = csm_dd_add_d(Ad, wj * tj);
+            Ad = csm_dd_sum2_add(Ad, wj * tj);
             if (tj != 0.0 && wj != 0.0) /* weight 0: no term (0 log 0 = 0) */
-                lossd = csm_dd_add_d(lossd, wj * tj * csm_xent_neglogp(src, j));
+                lossd = csm_dd_sum2_add(lossd, wj * tj * csm_xent_neglogp(src, j));
         }
-        loss = lossd.hi + lossd.lo;
-        A = Ad.hi + Ad.lo;
+        loss = csm_dd_sum2_total(lossd);
+        A = csm_dd_sum2_total(Ad);
     } else {
         const double wy = csm_xent_weight(xp, label);
         loss = xp->eps != 1.0 && wy != 0.0 ? (1.0 - xp->eps) * wy * csm_xent_neglogp(src, label) : 0.0; /* weight 0: no term */
@@ -303,8 +303,8 @@ static double csm_xent_finish(const csm_xent_src *srcp, const uint8_t *mask, con
             csm_dd sm = csm_dd_make(0.0, 0.0);
             for (csm_intp j = 0; j < n; j++)
                 if ((!mask || mask[j]) && csm_xent_weight(xp, j) != 0.0)
-                    sm = csm_dd_add_d(sm, csm_xent_weight(xp, j) * csm_xent_neglogp(src, j));
-            loss += eps_k * (sm.hi + sm.lo);
+                    sm = csm_dd_sum2_add(sm, csm_xent_weight(xp, j) * csm_xent_neglogp(src, j));
+            loss += eps_k * csm_dd_sum2_total(sm);
         }
         A = (1.0 - xp->eps) * wy + eps_k * W;
     }
