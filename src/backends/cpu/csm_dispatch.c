@@ -75,12 +75,12 @@ int csm_openmp_enabled(void)
 #endif
 }
 
-int csm_pick_threads(csm_intp units, csm_intp work)
+int csm_pick_threads(csm_intp units, csm_intp work, csm_intp min_work)
 {
 #ifdef _OPENMP
     const csm_intp max = omp_get_max_threads();
     if (max <= 1 || units < 2) return 1;
-    csm_intp by_work = units * (work > 0 ? work : 1) / CSM_PAR_MIN_WORK;
+    csm_intp by_work = units * (work > 0 ? work : 1) / min_work;
     csm_intp nth = max;
     if (nth > units) nth = units;
     if (nth > by_work) nth = by_work;
@@ -88,6 +88,7 @@ int csm_pick_threads(csm_intp units, csm_intp work)
 #else
     (void)units;
     (void)work;
+    (void)min_work;
     return 1;
 #endif
 }

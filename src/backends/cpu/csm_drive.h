@@ -11,8 +11,9 @@
  *            storage): each row is copied into a per-thread buffer of one row
  *            (csm_buffers.h), computed there in place, and copied out, converting the
  *            storage dtype on the way
- * Threads split the rows; few long rows are split themselves (csm_drive_split). Every
- * path writes only the output operands.
+ * Short direct rows go by groups (csm_short.h, csm_short_range). Threads split the rows;
+ * few long rows are split themselves (csm_drive_split). Every path writes only the output
+ * operands.
  */
 
 /* rows up to this many bytes take the three in-cache passes; longer ones are read once in
@@ -174,11 +175,63 @@ static double csm_do_row(const csm_task *t, const csm_layout *L, char *const *p,
 }
 
 /* ---- the row driver ---- */
+/*
+ * Rows [r0, r1) of a task csm_short_takes, on the calling thread: whole groups here, the
+ * rest (and the groups that must go row by row) through csm_do_row. Returns nonzero if
+ * its buffers could not be had.
+ */
+static int csm_short_range(const csm_task *t, const csm_layout *L, csm_intp r0, csm_intp r1, const csm_temp *tp,
+                           int stream)
+{
+    const csm_intp n = L->n;
+    csm_scratch sc = {0};
+    REAL *ebuf = NULL;
+    if (!csm_scratch_alloc(&sc, t, n) ||
+        (t->kind == CSM_SOFTMAX && stream && !(ebuf = (REAL *)malloc((size_t)(CSM_SHORT_ROWS * n) * sizeof(REAL))))) {
+        csm_scratch_free(&sc);
+        return 1;
+    }
+    const int has_row = L->base[CSM_ROW] && CSM_KIND_HAS_ROW_VALUE(t->kind);
+    csm_rowiter it;
+    csm_rowiter_init(&it, L, r0);
+    csm_intp r = r0;
+    for (; r + CSM_SHORT_ROWS <= r1; r += CSM_SHORT_ROWS) {
+        char *p[CSM_SHORT_ROWS][CSM_NOPERANDS];
+        csm_short_grp g;
+        for (int q = 0; q < CSM_SHORT_ROWS; q++) {
+            memcpy(p[q], it.ptr, sizeof p[q]);
+            g.x[q] = (const REAL *)p[q][CSM_X];
+            g.y[q] = (const REAL *)p[q][CSM_Y];
+            g.out[q] = (REAL *)p[q][CSM_OUT];
+            g.label[q] = 0;
+            if (p[q][CSM_LABEL]) memcpy(&g.label[q], p[q][CSM_LABEL], sizeof g.label[q]);
+            g.val[q] = 0.0;
+            csm_rowiter_next(&it, L);
+        }
+        const int done = CSM_KIND_IS_BACKWARD(t->kind)
+                             ? csm_short_backward(t->kind, &g, n, tp, stream)
+                             : csm_short_forward(t->kind, &g, n, tp, stream, ebuf, t->grad_scale, t->ignore_index);
+        for (int q = 0; q < CSM_SHORT_ROWS; q++) {
+            const double v = done ? g.val[q] : csm_do_row(t, L, p[q], tp, 1, stream, &sc);
+            if (has_row) csm_store_rowval(p[q][CSM_ROW], t->row_dtype, v);
+        }
+    }
+    for (; r < r1; r++) {
+        const double v = csm_do_row(t, L, it.ptr, tp, 1, stream, &sc);
+        if (has_row) csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, v);
+        csm_rowiter_next(&it, L);
+    }
+    free(ebuf);
+    csm_scratch_free(&sc);
+    return 0;
+}
+
 /* rows [r0, r1) on the calling thread; returns nonzero if its buffers could not be had */
 static int csm_rows_range(const csm_task *t, const csm_layout *L, csm_intp r0, csm_intp r1, const csm_temp *tp,
                           int direct, int stream)
 {
     if (r1 <= r0) return 0;
+    if (direct && csm_short_takes(t, L, tp)) return csm_short_range(t, L, r0, r1, tp, stream);
     csm_scratch sc = {0};
     /* softmax keeps its exps in a buffer only when the output is streamed: out is then
        written once, and never read */
@@ -202,7 +255,7 @@ static int csm_rows_range(const csm_task *t, const csm_layout *L, csm_intp r0, c
 static int csm_drive_rows(const csm_task *t, const csm_layout *L, int direct)
 {
     const csm_temp tp = csm_temp_make(t->temperature);
-    const int nth = csm_pick_threads(L->nrows, L->n);
+    const int nth = csm_pick_threads(L->nrows, L->n, CSM_PAR_MIN_WORK);
     const int stream = direct && L->base[CSM_OUT] && L->nrows * L->n * (csm_intp)sizeof(REAL) >= CSM_STREAM_BYTES;
     int failed = 0;
     if (nth <= 1) {
@@ -326,7 +379,7 @@ static int csm_drive_cols(const csm_task *t, const csm_layout *L)
     const csm_intp bw = CSM_COLV * VL; /* columns per unit */
     const csm_intp width = L->oshape[in], nblk = (width + bw - 1) / bw, groups = L->nrows / width;
     const csm_intp units = groups * nblk;
-    const int nth = csm_pick_threads(units, L->n * bw);
+    const int nth = csm_pick_threads(units, L->n * bw, CSM_PAR_MIN_WORK);
     csm_layout G = *L; /* the groups: the outer dimensions without the contiguous one */
     G.nouter = in;
     G.nrows = groups;
@@ -409,7 +462,7 @@ static int csm_run_kernels(const csm_task *t, const csm_layout *L)
     if (L->base[CSM_MASK]) direct = direct && (L->rstride[CSM_MASK][0] == 1 || L->rstride[CSM_MASK][0] == 0);
     if (direct && forward_or_backward && csm_is_long(L->n)) {
         /* few long rows: split each across the threads */
-        const int nth = csm_pick_threads(L->n / CSM_BLOCK, CSM_BLOCK);
+        const int nth = csm_pick_threads(L->n / CSM_BLOCK, CSM_BLOCK, CSM_SPLIT_MIN_WORK);
         if (nth > 1 && L->nrows < nth) return csm_drive_split(t, L, nth);
     }
     if (direct || L->n == 0) return csm_drive_rows(t, L, 1);

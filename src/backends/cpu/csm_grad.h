@@ -39,6 +39,18 @@ CSM_INLINE void csm_bwd_sum_vec(int kind, const REAL *g, const REAL *y, const ui
  * is exact there (Sterbenz), and exp(y) s_hi leaves g through one fused rounding. A value
  * that is not finite although its inputs are is computed again, wider (csm_bwd_wide).
  */
+/* the lanes of o that are not finite although their g and y are, computed again wider (a
+   cold path out of line, so that the hot loop keeps o in a register rather than in memory
+   for the lane-wise writes, and tests only o) */
+static __attribute__((noinline, cold)) VR csm_bwd_redo(int kind, VR o, VR gv, VR yv, VR s_hi, VR s_lo,
+                                                       const csm_temp *tp)
+{
+    const VI redo = ~(o - o == 0) & (gv - gv == 0) & (yv - yv == 0);
+    for (int l = 0; l < VL; l++)
+        if (redo[l]) o[l] = (REAL)csm_bwd_wide(kind, gv[l], yv[l], s_hi[l], s_lo[l], tp);
+    return o;
+}
+
 CSM_INLINE VR csm_bwd_value(int kind, VR gv, VR yv, VR s_hi, VR s_lo, VR inv_tau, const csm_temp *tp)
 {
     VR o;
@@ -48,10 +60,7 @@ CSM_INLINE VR csm_bwd_value(int kind, VR gv, VR yv, VR s_hi, VR s_lo, VR inv_tau
         VR e = csm_vexp(yv);
         o = (VFMA(-e, s_hi, gv) - e * s_lo) * inv_tau;
     }
-    const VI redo = ~(o - o == 0) & (gv - gv == 0) & (yv - yv == 0);
-    if (__builtin_expect(VANY(redo), 0))
-        for (int l = 0; l < VL; l++)
-            if (redo[l]) o[l] = (REAL)csm_bwd_wide(kind, gv[l], yv[l], s_hi[l], s_lo[l], tp);
+    if (__builtin_expect(VANY(~(o - o == 0)), 0)) o = csm_bwd_redo(kind, o, gv, yv, s_hi, s_lo, tp);
     return o;
 }
 
@@ -225,21 +234,56 @@ CSM_INLINE double csm_xent_p(const csm_xent_src *s, csm_intp j)
     return csm_rim_exp(q, e) * s->c;
 }
 
+/*
+ * The gradient of an ordinary row with an index target and no weights, smoothing or mask,
+ * from the exps that grad holds (scaled by 2^CSM_ESCALE): p_j scale / tau, vectorised,
+ * each rounded once from double; at the label p_y - 1, which is -S' / (1 + S') where the
+ * label holds the max (e_y = 2^CSM_ESCALE: no cancellation). scale_tau = scale / tau; a
+ * factor outside double's normal range takes the general loop instead.
+ */
+static inline double csm_xent_grad_plain_ok(csm_dd s, double scale_tau)
+{
+    const double c = csm_dd_inv_1p(s) * CSM_EUNSCALE * scale_tau;
+    return csm_finite(c) && fabs(c) >= 0x1p-1022 ? c : 0.0;
+}
+
+static void csm_xent_grad_plain(REAL *grad, csm_intp n, int64_t label, csm_dd s, double scale_tau)
+{
+    const double c = csm_dd_inv_1p(s), cu = c * CSM_EUNSCALE, cs = cu * scale_tau;
+    const REAL ey = grad[label];
+    const double py1 = ey == (REAL)(1.0 / CSM_EUNSCALE) ? -(s.hi + s.lo) * c : (double)ey * cu - 1.0;
+    csm_intp i = 0;
+    for (; i + VL <= n; i += VL) csm_store(grad + i, csm_mul_wide(csm_load(grad + i, VL, 0), cs), VL);
+    if (i < n) csm_store(grad + i, csm_mul_wide(csm_load(grad + i, n - i, 0), cs), n - i);
+    grad[label] = (REAL)(py1 * scale_tau);
+}
+
 /* the loss of one row, and its gradient into grad unless NULL (grad may be src->e). The
    loss's sums over the classes, and A, are compensated (csm_dd_sum2_add), as the forward
    sums are: a plain sum over 1e5 classes loses ~80 ulp of a float64 loss. */
-static double csm_xent_finish(const csm_xent_src *src, const uint8_t *mask, const REAL *q, int64_t label, REAL *grad,
+static double csm_xent_finish(const csm_xent_src *srcp, const uint8_t *mask, const REAL *q, int64_t label, REAL *grad,
                               csm_intp n, const csm_xent_params *xp, const csm_temp *tp)
 {
+    /* copies, which the stores into grad cannot alias */
+    const csm_xent_src sv = *srcp, *src = &sv;
+    const csm_temp tv = *tp;
+    tp = &tv;
     csm_intp K = 0;
     double W = 0.0; /* the label path's A only: a gradient's factor, not the loss */
     csm_dd lossd = csm_dd_make(0.0, 0.0), Ad = csm_dd_make(0.0, 0.0);
-    if (xp->eps != 0.0 || q || grad)
+    if (!mask) {
+        K = n;
+        if (xp->w && (xp->eps != 0.0 || q || grad))
+            for (csm_intp j = 0; j < n; j++) W += xp->w[j];
+        else
+            W = (double)n;
+    } else if (xp->eps != 0.0 || q || grad) {
         for (csm_intp j = 0; j < n; j++)
-            if (!mask || mask[j]) {
+            if (mask[j]) {
                 K++;
                 W += csm_xent_weight(xp, j);
             }
+    }
     const double eps_k = K ? xp->eps / (double)K : 0.0;
     double loss, A;
     if (q) {
@@ -307,5 +351,10 @@ static double csm_row_xent(const REAL *x, const REAL *q, int64_t label, const ui
     }
     src.L = csm_dd_log1p(st.s);
     src.c = csm_dd_inv_1p(st.s) * (src.from == CSM_XENT_ORDINARY ? CSM_EUNSCALE : 1.0); /* e is scaled */
+    if (src.from == CSM_XENT_ORDINARY && !q && !mask && !xp->w && xp->eps == 0.0 &&
+        (!grad || csm_xent_grad_plain_ok(st.s, xp->scale * tp->inv_tau) != 0.0)) {
+        if (grad) csm_xent_grad_plain(grad, n, label, st.s, xp->scale * tp->inv_tau);
+        return csm_xent_neglogp(&src, label);
+    }
     return csm_xent_finish(&src, mask, q, label, grad, n, xp, tp);
 }

@@ -154,7 +154,13 @@ static inline double csm_xent_weight(const csm_xent_params *xp, csm_intp j)
 }
 
 /* ---- threads ---- */
-#define CSM_PAR_MIN_WORK ((csm_intp)1 << 13) /* elements per thread below which threads cost more than they save */
+/* elements per thread below which another thread is not worth having. Independent rows
+   (and columns): on 2 cores an idle second thread pays from ~2^13 elements each, but a
+   busy one makes the team wait for a scheduler slice (milliseconds), so arrays below
+   ~0.5 MB of float32 stay on one thread (benchmarks/RESULTS.md, "Threads"). The parts of
+   a long row: every row is 128 KiB or more already, so its split keeps the break-even. */
+#define CSM_PAR_MIN_WORK ((csm_intp)1 << 16)
+#define CSM_SPLIT_MIN_WORK ((csm_intp)1 << 13)
 
 /* this thread's number and the team's size (0 and 1 outside a parallel region) */
 static inline void csm_thread_id(int *tid, int *nt)
@@ -168,8 +174,9 @@ static inline void csm_thread_id(int *tid, int *nt)
 #endif
 }
 
-/* threads for `units` independent pieces of `work` elements each */
-int csm_pick_threads(csm_intp units, csm_intp work);
+/* threads for `units` independent pieces of `work` elements each, at least min_work
+   elements per thread */
+int csm_pick_threads(csm_intp units, csm_intp work, csm_intp min_work);
 
 /* one per-row value (logsumexp, loss) into its storage dtype */
 static inline void csm_store_rowval(char *p, int dtype, double v)

@@ -27,6 +27,7 @@
 #include "csm_long.h"
 #include "csm_buffers.h"
 #include "csm_grad.h"
+#include "csm_short.h"
 #include "csm_cols.h"
 #include "csm_drive.h"
 

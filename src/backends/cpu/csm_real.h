@@ -6,7 +6,8 @@
  * names (docs/design.md, "The C core"). REAL is the element type, VR a vector of REAL,
  * VI the integer vector of the same shape (comparison masks, exponent bits), VL the lane
  * count, VMAX/VMIN lane-wise max/min whose result is the second operand where either is
- * NaN, VMASK the comparison mask of VL mask bytes.
+ * NaN, VMASK the comparison mask of VL mask bytes, VLDPART/VSTPART the first lanes of a
+ * vector loaded or stored (a row's tail), VHRED a horizontal reduction over VR or VI.
  */
 #ifndef CSM_REAL_H
 #define CSM_REAL_H
@@ -24,6 +25,9 @@
 #define VMIN csm_min_f
 #define VMASK csm_mask_f
 #define VSTREAM csm_stream_f
+#define VLDPART csm_ldpart_f
+#define VHRED CSM_HRED_F
+#define VSTPART csm_stpart_f
 #define R_MANT_BITS 23
 #define R_EXP_BIAS 127
 #define R_MAX 3.4028234663852886e38f /* the largest finite value */
@@ -40,6 +44,9 @@
 #define VMIN csm_min_d
 #define VMASK csm_mask_d
 #define VSTREAM csm_stream_d
+#define VLDPART csm_ldpart_d
+#define VHRED CSM_HRED_D
+#define VSTPART csm_stpart_d
 #define R_MANT_BITS 52
 #define R_EXP_BIAS 1023
 #define R_MAX 1.7976931348623157e308

@@ -7,7 +7,7 @@
  * machine-code variants (each for float and double) that csm_dispatch.c chooses from at
  * import. Only the operations the vector extensions lack, or spell slowly, are written
  * per instruction set here: fused multiply-add, max/min with a known NaN rule, mask bytes
- * to lane masks, float <-> double conversion, non-temporal stores, "any lane set".
+ * to lane masks, partial vectors (the tail of a row), float <-> double conversion, non-temporal stores, "any lane set".
  *
  * Compiled with -ffp-contract=off: a*b+c is never fused behind our back, so the
  * error-free transformations (two_sum, two_prod) stay exact. Never -ffast-math.
@@ -207,6 +207,100 @@ static inline void csm_stream_fence(void)
     _mm_sfence();
 #endif
 }
+
+/* ---- the first cnt lanes (0 <= cnt < a vector) loaded or stored without touching the
+   memory past them: mask instructions where the instruction set has them (no copy through
+   a padded buffer), otherwise a copy; loaded lanes past cnt take the fill vector's ---- */
+#if CSM_VB == 64
+static inline csm_vf csm_ldpart_f(const float *p, int cnt, csm_vf fill)
+{
+    return (csm_vf)_mm512_mask_loadu_ps((__m512)fill, (__mmask16)((1u << cnt) - 1), p);
+}
+static inline csm_vd csm_ldpart_d(const double *p, int cnt, csm_vd fill)
+{
+    return (csm_vd)_mm512_mask_loadu_pd((__m512d)fill, (__mmask8)((1u << cnt) - 1), p);
+}
+static inline void csm_stpart_f(float *p, csm_vf v, int cnt) { _mm512_mask_storeu_ps(p, (__mmask16)((1u << cnt) - 1), (__m512)v); }
+static inline void csm_stpart_d(double *p, csm_vd v, int cnt) { _mm512_mask_storeu_pd(p, (__mmask8)((1u << cnt) - 1), (__m512d)v); }
+#elif CSM_VB == 32 && defined(__AVX2__)
+static inline __m256i csm_part_mask32(int cnt) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+static inline __m256i csm_part_mask64(int cnt) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(cnt), _mm256_setr_epi64x(0, 1, 2, 3)); }
+static inline csm_vf csm_ldpart_f(const float *p, int cnt, csm_vf fill)
+{
+    const __m256i m = csm_part_mask32(cnt);
+    return (csm_vf)_mm256_blendv_ps((__m256)fill, _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+}
+static inline csm_vd csm_ldpart_d(const double *p, int cnt, csm_vd fill)
+{
+    const __m256i m = csm_part_mask64(cnt);
+    return (csm_vd)_mm256_blendv_pd((__m256d)fill, _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m));
+}
+static inline void csm_stpart_f(float *p, csm_vf v, int cnt) { _mm256_maskstore_ps(p, csm_part_mask32(cnt), (__m256)v); }
+static inline void csm_stpart_d(double *p, csm_vd v, int cnt) { _mm256_maskstore_pd(p, csm_part_mask64(cnt), (__m256d)v); }
+#else
+static inline csm_vf csm_ldpart_f(const float *p, int cnt, csm_vf fill)
+{
+    memcpy(&fill, p, (size_t)cnt * sizeof(float));
+    return fill;
+}
+static inline csm_vd csm_ldpart_d(const double *p, int cnt, csm_vd fill)
+{
+    memcpy(&fill, p, (size_t)cnt * sizeof(double));
+    return fill;
+}
+static inline void csm_stpart_f(float *p, csm_vf v, int cnt) { memcpy(p, &v, (size_t)cnt * sizeof(float)); }
+static inline void csm_stpart_d(double *p, csm_vd v, int cnt) { memcpy(p, &v, (size_t)cnt * sizeof(double)); }
+#endif
+
+/* ---- horizontal reductions: a butterfly of lane permutations, log2(lanes) steps, which
+   leaves OP over all lanes in every lane (CSM_HRED_F on float-shaped vectors, float or
+   int32 lanes; CSM_HRED_D on double-shaped ones); OP(a, b) is lane-wise ---- */
+#if defined(__clang__)
+#define CSM_SHUF(v, MT, ...) __builtin_shufflevector((v), (v), __VA_ARGS__)
+#else
+#define CSM_SHUF(v, MT, ...) __builtin_shuffle((v), (MT){__VA_ARGS__})
+#endif
+#define CSM_XOR_2_1 1, 0
+#define CSM_XOR_4_2 2, 3, 0, 1
+#define CSM_XOR_4_1 1, 0, 3, 2
+#define CSM_XOR_8_4 4, 5, 6, 7, 0, 1, 2, 3
+#define CSM_XOR_8_2 2, 3, 0, 1, 6, 7, 4, 5
+#define CSM_XOR_8_1 1, 0, 3, 2, 5, 4, 7, 6
+#define CSM_XOR_16_8 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7
+#define CSM_XOR_16_4 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11
+#define CSM_XOR_16_2 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13
+#define CSM_XOR_16_1 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14
+#if CSM_VB == 64
+#define CSM_HRED_F(v, OP) do {                            \
+    (v) = OP((v), CSM_SHUF((v), csm_vi32, CSM_XOR_16_8)); \
+    (v) = OP((v), CSM_SHUF((v), csm_vi32, CSM_XOR_16_4)); \
+    (v) = OP((v), CSM_SHUF((v), csm_vi32, CSM_XOR_16_2)); \
+    (v) = OP((v), CSM_SHUF((v), csm_vi32, CSM_XOR_16_1)); \
+} while (0)
+#define CSM_HRED_D(v, OP) do {                           \
+    (v) = OP((v), CSM_SHUF((v), csm_vi64, CSM_XOR_8_4)); \
+    (v) = OP((v), CSM_SHUF((v), csm_vi64, CSM_XOR_8_2)); \
+    (v) = OP((v), CSM_SHUF((v), csm_vi64, CSM_XOR_8_1)); \
+} while (0)
+#elif CSM_VB == 32
+#define CSM_HRED_F(v, OP) do {                           \
+    (v) = OP((v), CSM_SHUF((v), csm_vi32, CSM_XOR_8_4)); \
+    (v) = OP((v), CSM_SHUF((v), csm_vi32, CSM_XOR_8_2)); \
+    (v) = OP((v), CSM_SHUF((v), csm_vi32, CSM_XOR_8_1)); \
+} while (0)
+#define CSM_HRED_D(v, OP) do {                           \
+    (v) = OP((v), CSM_SHUF((v), csm_vi64, CSM_XOR_4_2)); \
+    (v) = OP((v), CSM_SHUF((v), csm_vi64, CSM_XOR_4_1)); \
+} while (0)
+#else
+#define CSM_HRED_F(v, OP) do {                           \
+    (v) = OP((v), CSM_SHUF((v), csm_vi32, CSM_XOR_4_2)); \
+    (v) = OP((v), CSM_SHUF((v), csm_vi32, CSM_XOR_4_1)); \
+} while (0)
+#define CSM_HRED_D(v, OP) do {                           \
+    (v) = OP((v), CSM_SHUF((v), csm_vi64, CSM_XOR_2_1)); \
+} while (0)
+#endif
 
 /* ---- is any lane of a comparison mask set ---- */
 #if CSM_VB == 64

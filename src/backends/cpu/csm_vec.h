@@ -14,14 +14,20 @@
 /* ---- loads and stores of whole or partial vectors ---- */
 CSM_INLINE VR csm_load(const REAL *p, csm_intp cnt, REAL fill)
 {
-    VR v = VSPLAT(fill);
-    memcpy(&v, p, (size_t)cnt * sizeof(REAL));
-    return v;
+    if (cnt == VL) {
+        VR v;
+        memcpy(&v, p, sizeof v);
+        return v;
+    }
+    return VLDPART(p, (int)cnt, VSPLAT(fill));
 }
 
 CSM_INLINE void csm_store(REAL *p, VR v, csm_intp cnt)
 {
-    memcpy(p, &v, (size_t)cnt * sizeof(REAL));
+    if (cnt == VL)
+        memcpy(p, &v, sizeof v);
+    else
+        VSTPART(p, v, (int)cnt);
 }
 
 /* lanes whose mask byte is nonzero; lanes past cnt are off */
@@ -136,6 +142,26 @@ CSM_INLINE void csm_acc_add_any(csm_vacc *acc, VR e)
 #endif
 }
 
+/* ---- horizontal max, min and sums (every lane takes part) ---- */
+#define CSM_OP_ADD(a, b) ((a) + (b))
+CSM_INLINE REAL csm_hmax(VR v)
+{
+    VHRED(v, VMAX);
+    return v[0];
+}
+
+CSM_INLINE REAL csm_hmin(VR v)
+{
+    VHRED(v, VMIN);
+    return v[0];
+}
+
+CSM_INLINE VIS csm_hsum_i(VI v)
+{
+    VHRED(v, CSM_OP_ADD);
+    return v[0];
+}
+
 /* the lanes of two accumulators summed into one double-double (once per row: vector
    adds first, then a short scalar tail) */
 static inline csm_dd csm_acc_total2(const csm_vacc *a0, const csm_vacc *a1)
@@ -143,9 +169,8 @@ static inline csm_dd csm_acc_total2(const csm_vacc *a0, const csm_vacc *a1)
 #if REAL_IS_F32
     /* float rows: double precision is already far beyond what they need */
     csm_vd v = (a0->a + a0->b) + (a1->a + a1->b);
-    double tot = 0.0;
-    for (int l = 0; l < CSM_VLD; l++) tot += v[l];
-    return csm_dd_make(tot, 0.0);
+    CSM_HRED_D(v, CSM_OP_ADD);
+    return csm_dd_make(v[0], 0.0);
 #else
     /* double rows: each lane holds a - b (Kahan); add the two accumulators with two_sum */
     csm_vd s = a0->a + a1->a;
@@ -162,6 +187,17 @@ static inline csm_dd csm_acc_total2(const csm_vacc *a0, const csm_vacc *a1)
         comp += c[l];
     }
     return csm_dd_add_d(tot, -comp);
+#endif
+}
+
+/* REAL lanes times a double factor, rounded once (float rows: through double) */
+CSM_INLINE VR csm_mul_wide(VR v, double c)
+{
+#if REAL_IS_F32
+    const csm_vd cd = (csm_vd){0} + c;
+    return csm_d2f(csm_f2d_lo(v) * cd, csm_f2d_hi(v) * cd);
+#else
+    return v * c;
 #endif
 }
 

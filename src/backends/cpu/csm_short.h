@@ -1,0 +1,224 @@
+/*
+ * csm_short.h - short contiguous rows, CSM_SHORT_ROWS of them at a time (generic over
+ * REAL; see csm_real.h).
+ *
+ * Where a row holds only a few vectors, the work of a row -- the horizontal max and sum,
+ * the loop setup, the first-max search, log1p and the division -- costs more than its
+ * elements (docs/design.md, "Performance method"). Here every pass runs over a group of
+ * rows at once, lane-parallel within a row and interleaved across rows, so that the
+ * rows' dependency chains and reductions overlap, and the max's index is never searched:
+ *   softmax           S = sum_j e_j over every entry, e_j = exp((x_j - m) / tau), and
+ *                     S' = S - 1 (the max entry's term is exactly 1); the exps are summed
+ *                     and stored scaled by 2^CSM_ESCALE, as csm_rows.h's (csm_exp.h)
+ *   log_softmax,      the entries equal to the max are counted and left out of the sum,
+ *   logsumexp         S' = sum_{x_j != m} e_j + (ties - 1), as the single-row kernels'
+ *                     S' leaves out only the first of them
+ *   cross-entropy     (index targets, no weights, smoothing or mask) as log_softmax, with
+ *                     the exps stored in the gradient and scaled in place: p_j scale / tau,
+ *                     and p_y - 1 at the label taken as -S' / (1 + S') when e_y = 1
+ *   backward passes   the row sums interleaved; each row is then finished as csm_grad.h
+ *                     finishes it
+ * Tails are partial vectors (masked loads and stores, csm_simd.h). A group in which any
+ * row is special (not finite max, NaN, an ignored label) or whose sum needs the careful
+ * path is computed row by row by the general kernels instead, which nothing here has
+ * written to yet except where they expect it (softmax's exps of a NaN row).
+ */
+#define CSM_SHORT_ROWS 4
+/* rows up to this many entries take the group kernels (measured: benchmarks/RESULTS.md) */
+#define CSM_SHORT_MAX ((csm_intp)1024)
+
+typedef struct {
+    const REAL *x[CSM_SHORT_ROWS];    /* the input (backward: g) */
+    const REAL *y[CSM_SHORT_ROWS];    /* backward: the forward output */
+    REAL *out[CSM_SHORT_ROWS];        /* the output, the gradient, or NULL */
+    int64_t label[CSM_SHORT_ROWS];    /* cross-entropy */
+    double val[CSM_SHORT_ROWS];       /* logsumexp, the loss */
+} csm_short_grp;
+
+static const csm_vacc csm_short_zero = {{0}, {0}};
+
+/* max and min of each row (NaN left out by the comparisons) */
+static void csm_short_scan(const csm_short_grp *g, csm_intp n, REAL *m, REAL *mn)
+{
+    VR hi[CSM_SHORT_ROWS], lo[CSM_SHORT_ROWS];
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
+        hi[r] = VSPLAT(-R_INF);
+        lo[r] = VSPLAT(R_INF);
+    }
+    csm_intp i = 0;
+    for (; i + VL <= n; i += VL)
+        for (int r = 0; r < CSM_SHORT_ROWS; r++) {
+            const VR v = csm_load(g->x[r] + i, VL, 0);
+            hi[r] = VMAX(v, hi[r]);
+            lo[r] = VMIN(v, lo[r]);
+        }
+    if (i < n)
+        for (int r = 0; r < CSM_SHORT_ROWS; r++) {
+            hi[r] = VMAX(csm_load(g->x[r] + i, n - i, -R_INF), hi[r]);
+            lo[r] = VMIN(csm_load(g->x[r] + i, n - i, R_INF), lo[r]);
+        }
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
+        m[r] = csm_hmax(hi[r]);
+        mn[r] = csm_hmin(lo[r]);
+    }
+}
+
+/* the exps of one vector of one row: stored to e (store), the max's ties counted and left
+   out (ties), summed */
+CSM_INLINE void csm_short_term(const REAL *x, REAL *e, csm_intp cnt, const int full, VR ref, double tau,
+                               double inv_tau, const int store, const int ties, const int scaled, const int range,
+                               csm_vacc *acc, VI *tie)
+{
+    /* a partial vector's padding is the max (exp 1, taken out below) rather than -inf, whose
+       exp would go through the subnormal range, which costs a microcode assist per vector */
+    const VR v = csm_load(x, full ? VL : cnt, ref[0]);
+    VR dh, dl;
+    csm_vdiff(v, ref, tau, inv_tau, scaled, &dh, &dl);
+    VR t = csm_vexp_sc(dh, dl, range, CSM_ESCALE); /* scaled (csm_exp.h); the max's term is 2^CSM_ESCALE */
+    if (store) csm_store(e, t, full ? VL : cnt);
+    const VI live = full ? ~(VI){0} : csm_iota() < (VIS)cnt;
+    if (ties) {
+        const VI eq = (v == ref) & live;
+        *tie -= eq; /* a comparison's true lanes are -1 */
+        t = VSEL(eq, VSPLAT(0), t);
+    }
+    if (!full) t = VSEL(live, t, VSPLAT(0));
+    csm_acc_add(acc, t);
+}
+
+/* S' of every row of the group (m finite); e[r]: where row r's exps go when storing */
+CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, REAL *const *e, csm_intp n, const REAL *m, double tau,
+                                   double inv_tau, csm_dd *s, const int store, const int ties, const int scaled,
+                                   const int range)
+{
+    csm_vacc acc[CSM_SHORT_ROWS];
+    VI tie[CSM_SHORT_ROWS];
+    VR ref[CSM_SHORT_ROWS];
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
+        acc[r] = csm_short_zero;
+        tie[r] = (VI){0};
+        ref[r] = VSPLAT(m[r]);
+    }
+    csm_intp i = 0;
+    for (; i + VL <= n; i += VL)
+        for (int r = 0; r < CSM_SHORT_ROWS; r++)
+            csm_short_term(g->x[r] + i, store ? e[r] + i : NULL, VL, 1, ref[r], tau, inv_tau, store, ties, scaled,
+                           range, &acc[r], &tie[r]);
+    if (i < n)
+        for (int r = 0; r < CSM_SHORT_ROWS; r++)
+            csm_short_term(g->x[r] + i, store ? e[r] + i : NULL, n - i, 0, ref[r], tau, inv_tau, store, ties, scaled,
+                           range, &acc[r], &tie[r]);
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
+        const csm_dd sum = csm_acc_total2(&acc[r], &csm_short_zero);
+        const double cnt = ties ? (double)csm_hsum_i(tie[r]) : 0.0;
+        /* unscaled; softmax: the max's term (and its ties') are in the sum; else they are counted */
+        s[r] = csm_dd_add_d(csm_dd_make(sum.hi * CSM_EUNSCALE, sum.lo * CSM_EUNSCALE), ties ? cnt - 1.0 : -1.0);
+    }
+}
+
+static void csm_short_expsum(const csm_short_grp *g, REAL *const *e, csm_intp n, const REAL *m, const csm_temp *tp,
+                             int store, int ties, int bounded, csm_dd *s)
+{
+    const double tau = tp->tau, inv = tp->inv_tau;
+#define CSM_SHORT_EXPSUM(T, S, B)                                                                                      \
+    csm_short_expsum_t(g, e, n, m, tau, inv, s, !(T) || store, T, S, (B) ? CSM_EXP_BOUNDED : CSM_EXP_NONPOS)
+    CSM_FLAGS3(ties, tp->scaled, bounded, CSM_SHORT_EXPSUM);
+#undef CSM_SHORT_EXPSUM
+}
+
+/*
+ * One group of a forward kind or plain cross-entropy; returns 0 (nothing written but
+ * where csm_row_forward would have written too) if the group must go row by row.
+ * ebuf: CSM_SHORT_ROWS rows of scratch for softmax's exps when the output is streamed.
+ */
+static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_temp *tp, int stream, REAL *ebuf,
+                             double grad_scale, int64_t ignore_index)
+{
+    REAL m[CSM_SHORT_ROWS], mn[CSM_SHORT_ROWS];
+    csm_dd s[CSM_SHORT_ROWS];
+    const int xent = kind == CSM_XENT;
+    for (int r = 0; r < CSM_SHORT_ROWS; r++)
+        if (xent && g->label[r] == ignore_index) return 0;
+    csm_short_scan(g, n, m, mn);
+    int bounded = 1;
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
+        if (!csm_finite((double)m[r])) return 0;
+        bounded &= ((double)mn[r] - (double)m[r]) * tp->inv_tau >= -csm_exp_bound;
+    }
+    REAL *e[CSM_SHORT_ROWS];
+    const int store = kind == CSM_SOFTMAX || (xent && g->out[0]);
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) e[r] = kind == CSM_SOFTMAX && stream ? ebuf + r * n : g->out[r];
+    csm_short_expsum(g, e, n, m, tp, store, kind != CSM_SOFTMAX, bounded, s);
+    int nan = 0;
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) nan |= s[r].hi != s[r].hi;
+    if (nan && kind != CSM_SOFTMAX) return 0; /* nothing written over x: row by row */
+    if (xent && g->out[0])
+        for (int r = 0; r < CSM_SHORT_ROWS; r++)
+            if (csm_xent_grad_plain_ok(s[r], grad_scale * tp->inv_tau) == 0.0) return 0;
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
+        if (kind == CSM_SOFTMAX && s[r].hi != s[r].hi) {
+            /* a NaN: the semantics table, from the exps in place if out is x (NaN stays NaN) */
+            csm_stats st = {0};
+            st.m = m[r];
+            st.any = 1;
+            csm_special_row(kind, g->x[r], 1, NULL, 1, g->out[r], 1, n, &st, 0);
+        } else if (kind == CSM_SOFTMAX) {
+            csm_row_scale(e[r], g->out[r], n, (REAL)(csm_dd_inv_1p(s[r]) * CSM_EUNSCALE), stream); /* e is scaled */
+        } else if (kind == CSM_LOG_SOFTMAX) {
+            csm_row_logsub(g->x[r], NULL, g->out[r], n, m[r], (REAL)csm_dd_log1p(s[r]), tp, stream);
+        } else if (kind == CSM_LOGSUMEXP) {
+            g->val[r] = (double)m[r] + csm_dd_log1p(s[r]);
+        } else {
+            csm_xent_src src = {0};
+            src.from = CSM_XENT_ORDINARY;
+            src.x = g->x[r];
+            src.m = (double)m[r];
+            src.inv_tau = tp->inv_tau;
+            src.L = csm_dd_log1p(s[r]);
+            g->val[r] = csm_xent_neglogp(&src, g->label[r]);
+            if (g->out[r]) csm_xent_grad_plain(g->out[r], n, g->label[r], s[r], grad_scale * tp->inv_tau);
+        }
+    }
+    return 1;
+}
+
+/* one group of a backward kind; returns 0 if the group must go row by row */
+CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp n, csm_dd *s)
+{
+    csm_vacc acc[CSM_SHORT_ROWS];
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) acc[r] = csm_short_zero;
+    csm_intp i = 0;
+    for (; i + VL <= n; i += VL)
+        for (int r = 0; r < CSM_SHORT_ROWS; r++) csm_bwd_sum_vec(kind, g->x[r] + i, g->y[r] + i, NULL, VL, 1, 0, &acc[r]);
+    if (i < n)
+        for (int r = 0; r < CSM_SHORT_ROWS; r++)
+            csm_bwd_sum_vec(kind, g->x[r] + i, g->y[r] + i, NULL, n - i, 0, 0, &acc[r]);
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) s[r] = csm_acc_total2(&acc[r], &csm_short_zero);
+}
+
+static int csm_short_backward(int kind, csm_short_grp *g, csm_intp n, const csm_temp *tp, int stream)
+{
+    csm_dd s[CSM_SHORT_ROWS];
+#define CSM_SHORT_BWD(SM) csm_short_bwd_sums_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, n, s)
+    CSM_FLAGS1(kind == CSM_SOFTMAX_BWD, CSM_SHORT_BWD);
+#undef CSM_SHORT_BWD
+    for (int r = 0; r < CSM_SHORT_ROWS; r++)
+        if (!csm_finite(s[r].hi)) return 0;
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) csm_bwd_out(kind, g->x[r], g->y[r], NULL, g->out[r], n, s[r], tp, stream);
+    return 1;
+}
+
+/* the backward passes' rows take the group kernels up to this length (measured: longer
+   rows are faster one at a time, each read while the previous one's output is written) */
+#define CSM_SHORT_BWD_MAX ((csm_intp)32)
+
+/* whether a task's rows (contiguous, direct) take the group kernels */
+static int csm_short_takes(const csm_task *t, const csm_layout *L, const csm_temp *tp)
+{
+    if (L->n < 1 || L->n > CSM_SHORT_MAX || L->base[CSM_MASK] || CSM_TAU_RIM(tp) || tp->tau_inf ||
+        L->nrows < CSM_SHORT_ROWS)
+        return 0;
+    if (CSM_KIND_IS_FORWARD(t->kind)) return L->base[CSM_ROW] == NULL || t->kind == CSM_LOGSUMEXP;
+    if (CSM_KIND_IS_BACKWARD(t->kind)) return L->n <= CSM_SHORT_BWD_MAX;
+    return t->kind == CSM_XENT && !L->base[CSM_Y] && !t->class_weight && t->smoothing == 0.0;
+}

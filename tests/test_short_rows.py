@@ -1,0 +1,108 @@
+"""Many short rows, as the C core computes them in groups (src/backends/cpu/csm_short.h):
+row lengths on both sides of a vector's and of the group kernels' limits, a special row
+(NaN, +inf, all -inf, an ignored label, a tie for the max) at every position of a group
+beside ordinary ones, in place and into out=, on every backend against the oracle."""
+from __future__ import annotations
+
+import mpmath
+import numpy as np
+import pytest
+
+from helpers import assert_matches, call, forward_atol, oracle
+from test_equivalence import _backward_tol
+
+LENGTHS = [1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 1023, 1024, 1025]
+ROWS = 9  # two groups of four and one row left over
+SPECIALS = ["nan", "posinf", "neginf", "tie", "far"]
+
+
+def rows_with(n, special, at, dtype, rng):
+    """ROWS rows of n logits; row `at` special (none: at < 0)."""
+    x = (rng.standard_normal((ROWS, n)) * 3).astype(dtype)
+    if at >= 0:
+        r = x[at]
+        if special == "nan":
+            r[n // 2] = np.nan
+        elif special == "posinf":
+            r[n // 3] = np.inf
+        elif special == "neginf":
+            r[:] = -np.inf
+        elif special == "tie":
+            r[:] = np.round(r)
+            r[0] = r[-1] = r.max() + 1
+        elif special == "far":  # every other entry far below the max: the checked exp
+            r[1::2] -= 200 if dtype == "float32" else 800
+    return x
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", LENGTHS)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+def test_forward_groups(backend, op, n, dtype):
+    rng = np.random.default_rng(n)
+    for special in SPECIALS:
+        for at in (-1, 0, 2, 3, 8):
+            x = rows_with(n, special, at, dtype, rng)
+            want = oracle(op, x, against=backend)
+            label = f"{op} n={n} {special} at row {at}"
+            assert_matches(call(backend, op, x), want, dtype, label, atol=forward_atol(op, x, dtype))
+            if op != "logsumexp":
+                y = x.copy()
+                call(backend, op, y, out=y)  # in place: the group writes over its input
+                assert_matches(y, want, dtype, label + " in place")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [1, 7, 16, 17, 32, 33, 100])
+@pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
+def test_backward_groups(backend, op, n, dtype):
+    rng = np.random.default_rng(n)
+    fwd = op.replace("_backward", "")
+    for at in (-1, 0, 3, 8):
+        x = rows_with(n, "tie", at, dtype, rng)
+        y = oracle(fwd, x).astype(dtype)
+        g = rng.standard_normal((ROWS, n)).astype(dtype)
+        if at >= 0:
+            g[at, 0] = np.inf  # a row whose sum is not finite: the careful path
+        want = oracle(op, g, y, against=backend)
+        rtol, atol = _backward_tol(g, y, dtype, op)
+        assert_matches(call(backend, op, g, y), want, dtype, f"{op} n={n} row {at}", rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [1, 2, 8, 9, 16, 33, 1000, 1025])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_cross_entropy_groups(backend, n, dtype, reduction):
+    """The gradient at a label that holds the row's max, p_y - 1, against 50 digits: the C
+    core takes it as -S' / (1 + S'); the reference backend (the float64 oracle) subtracts
+    1 from p_y, which cancels, so the other backends are not held to it here."""
+    if backend != "c":
+        pytest.skip("the C core's group kernels and its gradient at the label")
+    rng = np.random.default_rng(n)
+    for special in SPECIALS + ["ignored", "label_at_max"]:
+        for at in (-1, 1, 3, 8):
+            x = rows_with(n, special if special in SPECIALS else "tie", at, dtype, rng)
+            labels = rng.integers(0, n, size=ROWS)
+            if at >= 0 and special == "ignored":
+                labels[at] = -100
+            if special == "label_at_max":  # p_y - 1 near 0: the label's gradient without cancellation
+                x[:, 0] += 30
+                labels[:] = 0
+            kw = {"reduction": reduction, "return_grad": True}
+            loss, grad = call(backend, "softmax_cross_entropy", x, labels, **kw)
+            wloss, wgrad = oracle("softmax_cross_entropy", x, labels, against=backend, **kw)
+            label = f"cross-entropy n={n} {special} at row {at}"
+            assert_matches(loss, wloss, dtype, label + " loss")
+            wgrad = wgrad.copy()
+            for r, y in enumerate(labels):  # the oracle's p_y - 1 cancels where the label is the max
+                if y >= 0 and np.isfinite(x[r]).all() and x[r, y] == x[r].max():
+                    wgrad[r, y] = label_gradient(x[r], y, np.sum(labels >= 0) if reduction == "mean" else 1)
+            assert_matches(grad, wgrad, dtype, label + " gradient")
+
+
+def label_gradient(row, y, scale):
+    """d loss / d x_y at a label y at the row's max: (p_y - 1) / scale = -S' / (1 + S') /
+    scale with S' = sum_{j != y} exp(x_j - x_y), in 50 digits."""
+    with mpmath.workdps(50):
+        s = mpmath.fsum(mpmath.exp(mpmath.mpf(float(v)) - mpmath.mpf(float(row[y]))) for j, v in enumerate(row) if j != y)
+        return float(-s / (1 + s) / scale)
