@@ -325,7 +325,11 @@ def cross_entropy_rows(xp: Any, x: Any, axis: Any, labels: Any, probs: Any, weig
     if not want_grad:
         return loss, None
     p = softmax(xp, x, axes, tau, mask)
-    grad = (p * A - B) * grad_scale / tau
+    grad = p * A - B
+    if valid is not None:  # at the label, A (p_y - 1) + (A - B_y) with 1 - p_y summed from the other classes: no
+        rest = xp.sum(xp.where(onehot | ~live, zero, p), axis=axis, keepdims=True)  # cancelling where p_y is near 1
+        grad = xp.where(onehot & ~xp.isnan(p), eps_k * (W - w_y) - A * rest, grad)  # a NaN row stays NaN
+    grad = grad * grad_scale / tau
     grad = xp.where(live, grad, zero)
     if valid is not None:
         grad = xp.where(xp.expand_dims(valid, axis=axis), grad, zero)

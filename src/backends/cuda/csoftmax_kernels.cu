@@ -1409,13 +1409,16 @@ __global__ void __launch_bounds__(csm_group<G>::BLOCK, csm_group<G>::MINB)
         if (!gr) continue;
         const csm_dd tot = csm_dd_add_d(sp, 1.0);
         const C cz = csm_zinv<C>(csm_dd_make(ldexp(tot.hi, csm_expk<C>::ZS), ldexp(tot.lo, csm_expk<C>::ZS)));
+        /* at a label that holds the max, p_y - 1 = -S' / (1 + S') (p_y - 1 would cancel) */
+        const bool lab_max = !ignored && (C)csm_traits<T>::load(xr + label * csm_es<F>(x_es)) == m;
+        const C qy = -csm_mul(csm_n<C>(ldexp(sp.hi, csm_expk<C>::ZS)), cz);
 #pragma unroll
         for (int c = 0; c < NC; c++)
 #pragma unroll
             for (int t = 0; t < V; t++) {
                 const int e = c * V + t;
                 const i64 j = ((i64)c * G + lane) * V - off + t;
-                const C q = csm_sub(csm_mul(v[e], cz), j == label ? (C)1 : (C)0);
+                const C q = j == label && lab_max ? qy : csm_sub(csm_mul(v[e], cz), j == label ? (C)1 : (C)0);
                 v[e] = ignored ? (C)0 : csm_fma(q, fh, csm_mul(q, fl));
             }
 #pragma unroll
