@@ -14,6 +14,18 @@ project's own C sources with -Wall -Wextra -Wshadow (CSOFTMAX_WERROR=1 makes the
 warnings errors, as CI does; the Cython-generated file is left out). Never -ffast-math:
 it breaks inf/NaN semantics.
 
+Sanitizers: CSOFTMAX_SANITIZE=1 compiles every object (the Cython wrapper included) and
+links the extension with -fsanitize=address,undefined -fno-sanitize-recover=undefined
+-fno-omit-frame-pointer, adds -fno-wrapv (Python's CFLAGS carry -fwrapv, under which GCC
+does not check signed overflow), and compiles with -O1 -g1 instead of -O3 -g0: line tables
+for the reports' stack traces, and a build four times faster (the checks are the same at
+every level; -O3 with full debug information takes a minute per kernel object).
+CI runs the equivalence matrix and the fuzzer on this build (.ci/run); Python itself is not
+instrumented, so the runtime must come first: LD_PRELOAD="$(gcc -print-file-name=libasan.so)
+$(gcc -print-file-name=libubsan.so)" and ASAN_OPTIONS=detect_leaks=0 (CPython's own
+allocations would be reported as leaks). The OpenMP probe below is compiled and linked with
+the same flags, so the sanitized build keeps OpenMP.
+
 OpenMP: used where the compiler has it (threads across rows). CSOFTMAX_NO_OPENMP=1 builds
 without it on purpose (one thread; show_config() says so). A compiler without OpenMP
 (its -fopenmp probe does not compile) gives a one-thread build with a warning; a compiler
@@ -44,7 +56,16 @@ COMMON_DIR = Path("src") / "backends" / "common"  # shared by the C core and the
 CUDA_DIR = HERE / "src" / "backends" / "cuda"
 
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
-COMMON_FLAGS = ["-O3", "-ffp-contract=off"] + ([] if os.environ.get("CSOFTMAX_DEBUG") == "1" else ["-g0"])
+SANITIZE = os.environ.get("CSOFTMAX_SANITIZE", "") not in ("", "0")
+# AddressSanitizer + UndefinedBehaviorSanitizer, at compile and link time; -fno-wrapv undoes
+# Python's -fwrapv, which would switch off the signed-overflow check
+SANITIZE_FLAGS = (["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer",
+                   "-fno-wrapv"] if SANITIZE else [])
+if SANITIZE:
+    OPTIMIZE = ["-O1", "-g1"]  # line tables for the reports; -O3 -g compiles four times slower
+else:
+    OPTIMIZE = ["-O3"] + ([] if os.environ.get("CSOFTMAX_DEBUG") == "1" else ["-g0"])
+COMMON_FLAGS = OPTIMIZE + ["-ffp-contract=off"] + SANITIZE_FLAGS
 # the project's own C sources: warn loudly (and fail on a warning when CI asks)
 WARNINGS = ["-Wall", "-Wextra", "-Wshadow"] + (["-Werror"] if os.environ.get("CSOFTMAX_WERROR") == "1" else [])
 # the kernel builds: (name, bytes per vector, compiler flags), lowest first
@@ -68,7 +89,8 @@ def openmp_flags(compiler):
     """["-fopenmp"] where the compiler compiles and links OpenMP code into a shared library
     (as the extension is); [] without OpenMP: switched off by CSOFTMAX_NO_OPENMP=1, or a
     compiler that does not know it (warned). A compiler that compiles the probe but cannot
-    link it is an error: the flags are broken, and a silent one-thread build would hide it."""
+    link it is an error: the flags are broken, and a silent one-thread build would hide it.
+    The probe carries the sanitizer flags when CSOFTMAX_SANITIZE is set, as the extension does."""
     if os.environ.get("CSOFTMAX_NO_OPENMP", "") not in ("", "0"):
         print("csoftmax: building without OpenMP (CSOFTMAX_NO_OPENMP is set): the C core runs on one thread")
         return []
@@ -76,14 +98,15 @@ def openmp_flags(compiler):
         src = Path(tmp) / "probe_omp.c"
         src.write_text(OPENMP_PROBE)
         try:
-            objs = compiler.compile([str(src)], output_dir=tmp, extra_postargs=["-fopenmp"])
+            objs = compiler.compile([str(src)], output_dir=tmp, extra_postargs=["-fopenmp"] + SANITIZE_FLAGS)
         except Exception as exc:
             warnings.warn(f"csoftmax: the compiler does not compile OpenMP code ({exc}); building without "
                           "OpenMP: the C core will run on one thread (set CSOFTMAX_NO_OPENMP=1 to say so on purpose)",
                           stacklevel=1)
             return []
         try:
-            compiler.link_shared_object(objs, str(Path(tmp) / "probe_omp.so"), extra_postargs=["-fopenmp"])
+            compiler.link_shared_object(objs, str(Path(tmp) / "probe_omp.so"),
+                                        extra_postargs=["-fopenmp"] + SANITIZE_FLAGS)
         except Exception as exc:
             raise SystemExit(
                 "csoftmax: the compiler compiles OpenMP code (-fopenmp) but linking it failed:\n"
@@ -98,6 +121,9 @@ class BuildExt(build_ext):
     def build_extensions(self):
         if self.compiler.compiler_type == "msvc":
             sys.exit("csoftmax's C core needs GCC or Clang (it uses their vector extensions)")
+        if SANITIZE:
+            print("csoftmax: building with AddressSanitizer + UndefinedBehaviorSanitizer (CSOFTMAX_SANITIZE is set): "
+                  "run it with the runtime preloaded (LD_PRELOAD, see setup.py)")
         openmp = openmp_flags(self.compiler)
         self.quiet = [] if openmp else NO_OPENMP_WARNINGS  # placed after -Wall, which would turn them back on
         for ext in self.extensions:
@@ -144,7 +170,7 @@ extension = Extension(
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
     + ([("CSM_BUILD_X86_ISAS", "1")] if IS_X86_64 else []),
     extra_compile_args=list(COMMON_FLAGS),
-    extra_link_args=[],
+    extra_link_args=list(SANITIZE_FLAGS),
     depends=depends,
 )
 
