@@ -68,6 +68,27 @@ def test_infinite_class_weight_is_a_value(backend):
     assert loss_sum == want_loss == np.inf
 
 
+@pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
+@pytest.mark.parametrize("order", ["big first", "inf first", "mixed", "columns"])
+def test_backward_sum_of_huge_terms_and_an_infinity_is_that_infinity(backend, op, order):
+    """Terms near the largest double whose running sum overflows, and -inf terms: the sum
+    is -inf (the exact sum), not inf - inf = NaN, in whatever order the terms come. Then
+    dx is +inf at every finite g and NaN at the -inf entries (-inf + inf), by the closed form."""
+    n = 33
+    g = np.linspace(-1.0, 1.0, n)
+    big, inf = {"big first": ([0, 1], [5, 9]), "inf first": ([20, 30], [0, 2]),
+                "mixed": ([3, 17], [4, 32]), "columns": ([0, 1], [5, 9])}[order]
+    g[big] = np.finfo(np.float64).max
+    g[inf] = -np.inf
+    y = np.log(np.full(n, 1.0 / n)) if op == "log_softmax_backward" else np.full(n, 1.0 / n)
+    want = np.where(np.isneginf(g), np.nan, np.inf)
+    axis = -1
+    if order == "columns":  # the softmax axis strided: the column kernels
+        g, y, want = (np.ascontiguousarray(np.tile(a[:, None], (1, 3))) for a in (g, y, want))
+        axis = 0
+    assert_matches(call(backend, op, g, y, axis=axis), want, "float64", f"{op} {order}")
+
+
 def test_large_ignore_index_is_refused_with_its_name():
     with pytest.raises(ValueError, match="ignore_index"):
         csoftmax.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), ignore_index=2**70)

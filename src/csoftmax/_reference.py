@@ -80,10 +80,17 @@ def accurate_sum_pair(xp: Any, v: Any, axes: tuple[int, ...]) -> tuple[Any, Any]
     """accurate_sum as the pair (hi, lo): hi the sum rounded, lo what it left out (for a
     difference g - sum that cancels). Where the running sums of finite terms overflow
     although the sum need not (terms near the largest double, of both signs), the terms
-    are summed again scaled down by a power of two, and scaled back."""
+    are summed again scaled down by a power of two, and scaled back. Infinite terms of one
+    sign (and no NaN) make the sum that infinity, whatever the finite ones did on the way."""
     hi, lo = _pairwise_sum(xp, v, axes)
     if not axes or bool(xp.all(xp.isfinite(hi))):
         return hi, lo
+    nan = xp.any(xp.isnan(v), axis=axes, keepdims=True)
+    pos = xp.any(v == math.inf, axis=axes, keepdims=True)
+    neg = xp.any(v == -math.inf, axis=axes, keepdims=True)
+    one_sign = ~nan & (pos != neg)  # the sums keep the axes, as these do
+    hi = xp.where(one_sign, xp.where(pos, xp.full_like(hi, math.inf), xp.full_like(hi, -math.inf)), hi)
+    lo = xp.where(one_sign, xp.zeros_like(lo), lo)
     n = 1
     for a in axes:
         n *= v.shape[a]

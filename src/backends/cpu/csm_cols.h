@@ -339,7 +339,7 @@ CSM_INLINE void csm_cols_backward_t(int kind, const REAL *g, csm_intp sg, const 
             csm_dd s = csm_finite(acc[u].a[l]) ? csm_acc_lane(&acc[u], l) : csm_dd_make(acc[u].a[l], 0.0);
             if (!csm_finite(s.hi))
                 s = csm_bwd_sum_rescaled(kind, g + u * VL + l, sg, y + u * VL + l, sy,
-                                         has_mask ? mask + (u * VL + l) * sml : NULL, smk, n, s);
+                                         has_mask ? mask + (u * VL + l) * sml : NULL, smk, n);
 #endif
             const int ok = csm_bwd_split(s, &sum_hi[u * VL + l], &sum_lo[u * VL + l]);
             in_double[u * VL + l] = ok ? NAN : s.hi + s.lo;

@@ -327,7 +327,7 @@ static void csm_split_backward(const csm_task *t, const csm_layout *L, char *con
 #pragma omp barrier
     csm_dd s = slots[0].sum;
     for (int j = 1; j < nt; j++) s = csm_dd_add(s, slots[j].sum);
-    if (!csm_finite(s.hi)) s = csm_bwd_sum_rescaled(t->kind, g, 1, y, 1, mask, 1, L->n, s); /* the merge overflowed? */
+    if (!csm_finite(s.hi)) s = csm_bwd_sum_rescaled(t->kind, g, 1, y, 1, mask, 1, L->n); /* the merge overflowed? */
     csm_bwd_out(t->kind, g + a, y + a, mask ? mask + a : NULL, (REAL *)p[CSM_OUT] + a, b - a, s, tp, stream);
 }
 

@@ -120,18 +120,26 @@ static inline double csm_bwd_term(int kind, const REAL *g, csm_intp sg, const RE
 }
 
 /*
- * The sum again where the vector sum came out infinite or NaN: if every term is finite,
- * the running sums overflowed although the sum itself need not (double rows; terms near
- * the largest double of both signs) -- then the terms scaled down by a power of two that
- * no running sum of n of them can overflow, summed, and scaled back (an infinity now is
- * the sum's own). Otherwise the sum stays what plain addition gives.
+ * The sum again where the vector sum came out infinite or NaN, as the exact sum of the
+ * terms: a NaN term, or infinite terms of both signs, make it NaN; infinite terms of one
+ * sign make it that infinity, whatever the finite terms' running sums did on the way
+ * (two terms near the largest double and a -inf: -inf, not inf - inf). If every term is
+ * finite, the running sums overflowed although the sum itself need not (double rows;
+ * terms near the largest double of both signs) -- then the terms scaled down by a power
+ * of two that no running sum of n of them can overflow, summed, and scaled back (an
+ * infinity now is the sum's own).
  */
 static csm_dd csm_bwd_sum_rescaled(int kind, const REAL *g, csm_intp sg, const REAL *y, csm_intp sy,
-                                   const uint8_t *mask, csm_intp smk, csm_intp n, csm_dd sum)
+                                   const uint8_t *mask, csm_intp smk, csm_intp n)
 {
-    int k = 1;
-    for (csm_intp i = 0; i < n; i++)
-        if (!csm_finite(csm_bwd_term(kind, g, sg, y, sy, mask, smk, i))) return sum;
+    int k = 1, pos = 0, neg = 0;
+    for (csm_intp i = 0; i < n; i++) {
+        const double t = csm_bwd_term(kind, g, sg, y, sy, mask, smk, i);
+        if (t != t) return csm_dd_make(CSM_NAN, 0.0);
+        pos |= t == CSM_INF;
+        neg |= t == -CSM_INF;
+    }
+    if (pos || neg) return csm_dd_make(pos && neg ? CSM_NAN : pos ? CSM_INF : -CSM_INF, 0.0);
     while (((csm_intp)1 << (k - 1)) < n && k < 62) k++;
     const double down = ldexp(1.0, -k);
     csm_dd t = csm_dd_make(0.0, 0.0);
@@ -145,7 +153,7 @@ static csm_dd csm_bwd_sum(int kind, const REAL *g, const REAL *y, const uint8_t 
 #define CSM_BWD_SUM(M) csm_bwd_sum_t(kind, g, y, (M) ? mask : NULL, n, M)
     const csm_dd sum = CSM_FLAGS1(mask != NULL, CSM_BWD_SUM);
 #undef CSM_BWD_SUM
-    if (__builtin_expect(!csm_finite(sum.hi), 0)) return csm_bwd_sum_rescaled(kind, g, 1, y, 1, mask, 1, n, sum);
+    if (__builtin_expect(!csm_finite(sum.hi), 0)) return csm_bwd_sum_rescaled(kind, g, 1, y, 1, mask, 1, n);
     return sum;
 }
 

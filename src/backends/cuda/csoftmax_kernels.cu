@@ -1184,18 +1184,26 @@ __device__ __forceinline__ void csm_bwd_row_wide(const T *gr, i64 g_es, const T 
         csm_traits<T>::store(orow + j * csm_es<F>(o_es), csm_n<C>(r));
     }
 }
-/* the row's sum in double, entry by entry (cold: a float sum that overflowed) */
+/* the row's sum in double, entry by entry (cold: a float sum that overflowed), as the
+   exact sum: infinite terms of one sign (and no NaN) make it that infinity, whatever the
+   finite terms' running sums did on the way */
 template <typename T, int G, int K, int F>
 __device__ __forceinline__ double csm_bwd_sum_wide(const T *gr, i64 g_es, const T *yr, i64 y_es, const unsigned char *mr, i64 m_es,
                                    i64 n, int lane, int stride, csm_block_scratch *red)
 {
     double s = 0.0;
+    int flags = 0; /* 1: a +inf term, 2: a -inf term, 4: a NaN term */
     for (i64 j = lane; j < n; j += stride)
         if (!mr || mr[j * m_es]) {
             const double g = csm_w(csm_traits<T>::load(gr + j * csm_es<F>(g_es)));
-            s += K == CSM_SOFTMAX_BWD ? g * csm_w(csm_traits<T>::load(yr + j * csm_es<F>(y_es))) : g;
+            const double t = K == CSM_SOFTMAX_BWD ? g * csm_w(csm_traits<T>::load(yr + j * csm_es<F>(y_es))) : g;
+            flags |= t == CSM_INF ? 1 : t == -CSM_INF ? 2 : t != t ? 4 : 0;
+            s += t;
         }
-    return csm_group_reduce<G>(s, csm_op_sum(), 0.0, red);
+    s = csm_group_reduce<G>(s, csm_op_sum(), 0.0, red);
+    const int pos = csm_group_reduce<G>(flags & 1, csm_op_sum(), 0, red), neg = csm_group_reduce<G>(flags & 2, csm_op_sum(), 0, red),
+              nan = csm_group_reduce<G>(flags & 4, csm_op_sum(), 0, red);
+    return nan || (pos && neg) ? CSM_NAN : pos ? CSM_INF : neg ? -CSM_INF : s;
 }
 
 template <typename T, int G, int NC, int K, int TM, int F>
