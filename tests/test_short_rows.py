@@ -1,14 +1,16 @@
 """Many short rows, as the C core computes them in groups (src/backends/cpu/csm_short.h):
 row lengths on both sides of a vector's and of the group kernels' limits, a special row
 (NaN, +inf, all -inf, an ignored label, a tie for the max) at every position of a group
-beside ordinary ones, in place and into out=, on every backend against the oracle."""
+beside ordinary ones, in place (where the library's arrays are writable), on every backend
+against the oracle."""
 from __future__ import annotations
 
 import mpmath
 import numpy as np
 import pytest
 
-from helpers import assert_matches, call, forward_atol, oracle
+import csoftmax
+from helpers import assert_matches, call, forward_atol, mutable, oracle, to_backend, to_numpy
 from test_equivalence import _backward_tol
 
 LENGTHS = [1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 1023, 1024, 1025]
@@ -46,10 +48,10 @@ def test_forward_groups(backend, op, n, dtype):
             want = oracle(op, x, against=backend)
             label = f"{op} n={n} {special} at row {at}"
             assert_matches(call(backend, op, x), want, dtype, label, atol=forward_atol(op, x, dtype))
-            if op != "logsumexp":
-                y = x.copy()
-                call(backend, op, y, out=y)  # in place: the group writes over its input
-                assert_matches(y, want, dtype, label + " in place")
+            if op != "logsumexp" and mutable(backend):
+                y = to_backend(backend, x.copy())
+                getattr(csoftmax, op)(y, out=y, backend=backend)  # in place: the group writes over its input
+                assert_matches(to_numpy(backend, y), want, dtype, label + " in place")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -31,6 +31,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __shared__ static
 #define CSM_DYNAMIC_SMEM(type, name) type *name = (type *)emu::dynamic_smem()

@@ -1186,9 +1186,10 @@ __device__ __forceinline__ void csm_bwd_row_wide(const T *gr, i64 g_es, const T 
 }
 /* the row's sum in double, entry by entry (cold: a float sum that overflowed), as the
    exact sum: infinite terms of one sign (and no NaN) make it that infinity, whatever the
-   finite terms' running sums did on the way */
+   finite terms' running sums did on the way; out of line, so that its registers do not
+   weigh on the hot loop's */
 template <typename T, int G, int K, int F>
-__device__ __forceinline__ double csm_bwd_sum_wide(const T *gr, i64 g_es, const T *yr, i64 y_es, const unsigned char *mr, i64 m_es,
+__device__ __noinline__ double csm_bwd_sum_wide(const T *gr, i64 g_es, const T *yr, i64 y_es, const unsigned char *mr, i64 m_es,
                                    i64 n, int lane, int stride, csm_block_scratch *red)
 {
     double s = 0.0;
@@ -1201,8 +1202,9 @@ __device__ __forceinline__ double csm_bwd_sum_wide(const T *gr, i64 g_es, const 
             s += t;
         }
     s = csm_group_reduce<G>(s, csm_op_sum(), 0.0, red);
-    const int pos = csm_group_reduce<G>(flags & 1, csm_op_sum(), 0, red), neg = csm_group_reduce<G>(flags & 2, csm_op_sum(), 0, red),
-              nan = csm_group_reduce<G>(flags & 4, csm_op_sum(), 0, red);
+    /* the lanes' flags counted in one reduction: fields of 11 bits hold up to 1024 lanes */
+    const int cnt = csm_group_reduce<G>((flags & 1) | (flags & 2) << 10 | (flags & 4) << 20, csm_op_sum(), 0, red);
+    const int pos = cnt & 2047, neg = cnt >> 11 & 2047, nan = cnt >> 22;
     return nan || (pos && neg) ? CSM_NAN : pos ? CSM_INF : neg ? -CSM_INF : s;
 }
 
