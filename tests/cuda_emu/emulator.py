@@ -80,10 +80,11 @@ def library():
     lib = build / "libcsm_emu.so"
     if not lib.exists():
         build.mkdir(parents=True, exist_ok=True)
-        (build / "harness.cpp").write_text(harness)
+        src = build / f"harness.{os.getpid()}.cpp"  # per process: test workers may build at once
+        src.write_text(harness)
         tmp = build / f"lib.{os.getpid()}.so"
         includes = [arg for d in [HERE] + list(dirs) for arg in ("-I", str(d))]
-        subprocess.run([cxx, *flags, *includes, str(build / "harness.cpp"), "-o", str(tmp)], check=True,
+        subprocess.run([cxx, *flags, *includes, str(src), "-o", str(tmp)], check=True,
                        capture_output=True, text=True)
         os.replace(tmp, lib)
     dll = ctypes.CDLL(str(lib))
