@@ -80,7 +80,10 @@ HOT = [
 BUDGET = {
     "softmax float32": 80, "log_softmax float32": 100, "softmax float32, tau != 1": 92,
     "log_softmax float32, tau != 1": 140, "softmax float16": 60, "log_softmax float16": 100,
-    "softmax_backward float32": 50, "log_softmax_backward float32": 112, "softmax_backward float16": 52,
+    # softmax_backward: +13 for its overflow-safe y (g - s) (g - s beyond the float range where
+    # y (g - s) is not, taken in halves), which the compiler predicates into the element loop;
+    # a per-row test of max |g| + |s| would take it out again
+    "softmax_backward float32": 64, "log_softmax_backward float32": 112, "softmax_backward float16": 64,
     "cross-entropy float32": 110, "cross-entropy float16": 110,
 }
 # Instantiations known to spill (nvcc 13.0, sm_90): the general ones (F = GEN: strided
@@ -117,6 +120,7 @@ KNOWN_SPILLS = {
     "csm_bwd_rows<double, 1024, 2, 4, 2, 1>",
     "csm_bwd_rows<float, 1024, 2, 3, 0, 1>",
     "csm_bwd_rows<float, 1024, 2, 3, 1, 1>",
+    "csm_bwd_long<csm_half, 3, 2, 1>",
     "csm_fwd_split_finish<double, 0, 0, 0>",
     "csm_fwd_cols<double, 0, 1, 1>",
 }

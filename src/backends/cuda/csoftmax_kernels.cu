@@ -1151,7 +1151,11 @@ template <typename C, int K, int TM> struct csm_bwd_math {
     __device__ __forceinline__ C value(C g, C y, const csm_tau<C, TM> &tm) const
     {
         if constexpr (K == CSM_SOFTMAX_BWD) {
-            return tm.scale(csm_mul(y, csm_sub(csm_sub(g, sh), sl)));
+            const C d = csm_sub(csm_sub(g, sh), sl);
+            if (!csm_isfin(d) && csm_isfin(g) && csm_isfin(sh)) /* g - s overflowed where y (g - s) need not: in halves */
+                return csm_mul(tm.scale(csm_mul(y, csm_sub(csm_sub(csm_mul(g, (C)0.5), csm_mul(sh, (C)0.5)),
+                                                           csm_mul(sl, (C)0.5)))), (C)2);
+            return tm.scale(csm_mul(y, d));
         } else {
             C dh, dl, e;
             csm_two_diff(y, -lh, dh, dl);
