@@ -190,7 +190,7 @@ def test_a_local_cluster_of_processes():
     np.testing.assert_allclose(lse, csoftmax.logsumexp(x, axis=1), rtol=4e-16)
     want_loss, want_grad = csoftmax.softmax_cross_entropy(x, t, return_grad=True)
     np.testing.assert_allclose(loss, want_loss, rtol=4e-16)
-    # a row's gradient may come from the C core's groups of four rows in memory and from its
+    # a row's gradient may come from the C core's groups of rows in memory and from its
     # one-row kernel in a chunk of 10: the two round differently, within an ulp
     np.testing.assert_allclose(grad, want_grad, rtol=4e-16, atol=0)
 

@@ -192,6 +192,9 @@ static int csm_short_range(const csm_task *t, const csm_layout *L, csm_intp r0, 
         return 1;
     }
     const int has_row = L->base[CSM_ROW] && CSM_KIND_HAS_ROW_VALUE(t->kind);
+    /* one outer dimension (the usual case): a row's operands are a stride apart, no
+       iterator needed */
+    const int flat = L->nouter == 1;
     csm_rowiter it;
     csm_rowiter_init(&it, L, r0);
     csm_intp r = r0;
@@ -199,14 +202,19 @@ static int csm_short_range(const csm_task *t, const csm_layout *L, csm_intp r0, 
         char *p[CSM_SHORT_ROWS][CSM_NOPERANDS];
         csm_short_grp g;
         for (int q = 0; q < CSM_SHORT_ROWS; q++) {
-            memcpy(p[q], it.ptr, sizeof p[q]);
+            if (flat) {
+                for (int op = 0; op < CSM_NOPERANDS; op++)
+                    p[q][op] = L->base[op] ? L->base[op] + (r + q) * L->ostride[op][0] : NULL;
+            } else {
+                memcpy(p[q], it.ptr, sizeof p[q]);
+                csm_rowiter_next(&it, L);
+            }
             g.x[q] = (const REAL *)p[q][CSM_X];
             g.y[q] = (const REAL *)p[q][CSM_Y];
             g.out[q] = (REAL *)p[q][CSM_OUT];
             g.label[q] = 0;
             if (p[q][CSM_LABEL]) memcpy(&g.label[q], p[q][CSM_LABEL], sizeof g.label[q]);
             g.val[q] = 0.0;
-            csm_rowiter_next(&it, L);
         }
         const int done = CSM_KIND_IS_BACKWARD(t->kind)
                              ? csm_short_backward(t->kind, &g, n, tp, stream)
@@ -216,6 +224,7 @@ static int csm_short_range(const csm_task *t, const csm_layout *L, csm_intp r0, 
             if (has_row) csm_store_rowval(p[q][CSM_ROW], t->row_dtype, v);
         }
     }
+    if (flat) csm_rowiter_init(&it, L, r);
     for (; r < r1; r++) {
         const double v = csm_do_row(t, L, it.ptr, tp, 1, stream, &sc);
         if (has_row) csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, v);

@@ -22,6 +22,10 @@
  * subnormal. The sum is unscaled once, per row (csm_rows.h, csm_long.h, csm_cols.h).
  * CSM_ESCALE leaves room for the arguments up to CSM_LAZY (60) that the blocked and
  * column sums take: e^60 2^40 < FLT_MAX.
+ *
+ * Float builds also have csm_vlog1p_d, log1p in double lanes: the row groups of
+ * csm_short.h take log1p(S') for all their rows at once rather than through libm's
+ * scalar log1p per row.
  */
 
 #if REAL_IS_F32
@@ -120,6 +124,35 @@ static inline VR csm_vexp(VR x)
 {
     return csm_vexp_t(x, VSPLAT(0), CSM_EXP_ANY);
 }
+
+#if REAL_IS_F32
+/*
+ * log1p(x) for finite x >= 0, lane-wise in double, within a few units in the last place
+ * of double (a float result rounds it once more). u = 1 + x rounded, c = (1 + x) - u
+ * exactly; u = 2^k m with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s), s = (m - 1) /
+ * (m + 1), |s| <= 0.172, by its series to s^21 (the next term is below 2^-60 of the sum);
+ * log1p(x) = k ln2 + log m + c / u, ln2 as a pair whose high part has 32 trailing zero
+ * bits (k ln2_hi is exact).
+ */
+static inline csm_vd csm_vlog1p_d(csm_vd x)
+{
+    const csm_vd one = (csm_vd){0} + 1.0;
+    const csm_vd u = one + x;
+    const csm_vd c = x - (u - one);
+    const csm_vi64 bits = (csm_vi64)u;
+    csm_vi64 k = (bits >> 52) - 1023; /* u >= 1 is normal */
+    csm_vd m = (csm_vd)((bits & 0x000FFFFFFFFFFFFFLL) | 0x3FF0000000000000LL);
+    const csm_vi64 big = m > (csm_vd){0} + 0x1.6a09e667f3bcdp+0;
+    m = (csm_vd)(((csm_vi64)(m * 0.5) & big) | ((csm_vi64)m & ~big));
+    k -= big; /* a comparison's true lanes are -1 */
+    const csm_vd kd = (csm_vd)(k + 0x4330000000000000LL) - 0x1p52; /* 0 <= k < 2^52 */
+    const csm_vd s = (m - one) / (m + one), z = s * s;
+    csm_vd p = (csm_vd){0} + 2.0 / 21.0;
+    for (int j = 9; j >= 1; j--) p = p * z + 2.0 / (2 * j + 1);
+    const csm_vd logm = s * 2.0 + s * (z * p);
+    return kd * 0x1.62e42p-1 + (logm + (kd * 0x1.fdf473de6af28p-22 + c / u));
+}
+#endif
 
 #undef EXP_LO
 #undef EXP_HI

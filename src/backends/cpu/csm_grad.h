@@ -60,7 +60,8 @@ CSM_INLINE VR csm_bwd_value(int kind, VR gv, VR yv, VR s_hi, VR s_lo, VR inv_tau
         VR e = csm_vexp(yv);
         o = (VFMA(-e, s_hi, gv) - e * s_lo) * inv_tau;
     }
-    if (__builtin_expect(VANY(~(o - o == 0)), 0)) o = csm_bwd_redo(kind, o, gv, yv, s_hi, s_lo, tp);
+    /* o - o: +0 (no bits set) where o is finite, NaN where not */
+    if (__builtin_expect(VANY((VI)(o - o)), 0)) o = csm_bwd_redo(kind, o, gv, yv, s_hi, s_lo, tp);
     return o;
 }
 

@@ -7,7 +7,8 @@
  * VI the integer vector of the same shape (comparison masks, exponent bits), VL the lane
  * count, VMAX/VMIN lane-wise max/min whose result is the second operand where either is
  * NaN, VMASK the comparison mask of VL mask bytes, VLDPART/VSTPART the first lanes of a
- * vector loaded or stored (a row's tail), VHRED a horizontal reduction over VR or VI.
+ * vector loaded or stored (a row's tail), VHRED a horizontal reduction over VR or VI, VTRED
+ * the row-wise reduction of VL such vectors at once.
  */
 #ifndef CSM_REAL_H
 #define CSM_REAL_H
@@ -27,6 +28,7 @@
 #define VSTREAM csm_stream_f
 #define VLDPART csm_ldpart_f
 #define VHRED CSM_HRED_F
+#define VTRED CSM_TRED_F
 #define VSTPART csm_stpart_f
 #define R_MANT_BITS 23
 #define R_EXP_BIAS 127
@@ -46,6 +48,7 @@
 #define VSTREAM csm_stream_d
 #define VLDPART csm_ldpart_d
 #define VHRED CSM_HRED_D
+#define VTRED CSM_TRED_D
 #define VSTPART csm_stpart_d
 #define R_MANT_BITS 52
 #define R_EXP_BIAS 1023

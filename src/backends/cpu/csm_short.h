@@ -18,12 +18,18 @@
  *                     and p_y - 1 at the label taken as -S' / (1 + S') when e_y = 1
  *   backward passes   the row sums interleaved; each row is then finished as csm_grad.h
  *                     finishes it
+ * A group is CSM_SHORT_ROWS rows, at least a vector's lanes of them: the passes run over
+ * CSM_SHORT_SUB rows at a time (their state in registers), keep each row's lane-wise
+ * partials, and reduce them for all the group's rows at once (VTRED, csm_simd.h: a row's
+ * max, min, sum or tie count in about one shuffle pair per row, where its own horizontal
+ * reduction costs log2(VL) of them).
  * Tails are partial vectors (masked loads and stores, csm_simd.h). A group in which any
  * row is special (not finite max, NaN, an ignored label) or whose sum needs the careful
  * path is computed row by row by the general kernels instead, which nothing here has
  * written to yet except where they expect it (softmax's exps of a NaN row).
  */
-#define CSM_SHORT_ROWS 4
+#define CSM_SHORT_SUB 4 /* rows whose passes are interleaved */
+#define CSM_SHORT_ROWS (VL > CSM_SHORT_SUB ? VL : CSM_SHORT_SUB) /* rows per group */
 /* rows up to this many entries take the group kernels (measured: benchmarks/RESULTS.md) */
 #define CSM_SHORT_MAX ((csm_intp)1024)
 
@@ -37,30 +43,80 @@ typedef struct {
 
 static const csm_vacc csm_short_zero = {{0}, {0}};
 
+/* lane j of the reduction that VTRED leaves in v[0] is row bitrev(j)'s: the rows go in
+   in that order (W a power of two) */
+static inline int csm_bitrev(int j, int w)
+{
+    int r = 0;
+    for (int b = 1; b < w; b <<= 1, j >>= 1) r = (r << 1) | (j & 1);
+    return r;
+}
+
+/* out[r] = OP over the lanes of v[r], for the group's rows (VT vectors of W lanes, ET
+   elements) */
+#define CSM_SHORT_DEFRED(NAME, VT, ET, W, TRED, OP)                                                                    \
+    static inline void NAME(const VT *v, ET *out)                                                                    \
+    {                                                                                                                  \
+        for (int c = 0; c < CSM_SHORT_ROWS; c += (W)) {                                                                \
+            VT t[W];                                                                                                   \
+            for (int j = 0; j < (W); j++) t[j] = v[c + csm_bitrev(j, W)];                                              \
+            TRED(t, OP);                                                                                               \
+            memcpy(out + c, &t[0], sizeof t[0]);                                                                       \
+        }                                                                                                              \
+    }
+CSM_SHORT_DEFRED(csm_short_rmax, VR, REAL, VL, VTRED, VMAX)
+CSM_SHORT_DEFRED(csm_short_rmin, VR, REAL, VL, VTRED, VMIN)
+CSM_SHORT_DEFRED(csm_short_rsum_i, VI, VIS, VL, VTRED, CSM_OP_ADD)
+#if REAL_IS_F32
+CSM_SHORT_DEFRED(csm_short_rsum_d, csm_vd, double, CSM_VLD, CSM_TRED_D, CSM_OP_ADD)
+#endif
+#undef CSM_SHORT_DEFRED
+
+/* a group's lane-wise sums (csm_vacc each) as the double-doubles csm_acc_total2 gives */
+static void csm_short_totals(const csm_vacc *acc, csm_dd *s)
+{
+#if REAL_IS_F32
+    /* float rows: the two halves' sums, added lane-wise, then across lanes */
+    csm_vd v[CSM_SHORT_ROWS];
+    double t[CSM_SHORT_ROWS];
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) v[r] = acc[r].a + acc[r].b;
+    csm_short_rsum_d(v, t);
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) s[r] = csm_dd_make(t[r], 0.0);
+#else
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) s[r] = csm_acc_total2(&acc[r], &csm_short_zero);
+#endif
+}
+
 /* max and min of each row (NaN left out by the comparisons) */
 static void csm_short_scan(const csm_short_grp *g, csm_intp n, REAL *m, REAL *mn)
 {
     VR hi[CSM_SHORT_ROWS], lo[CSM_SHORT_ROWS];
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
-        hi[r] = VSPLAT(-R_INF);
-        lo[r] = VSPLAT(R_INF);
-    }
-    csm_intp i = 0;
-    for (; i + VL <= n; i += VL)
-        for (int r = 0; r < CSM_SHORT_ROWS; r++) {
-            const VR v = csm_load(g->x[r] + i, VL, 0);
-            hi[r] = VMAX(v, hi[r]);
-            lo[r] = VMIN(v, lo[r]);
+    for (int r0 = 0; r0 < CSM_SHORT_ROWS; r0 += CSM_SHORT_SUB) {
+        const REAL *const *x = g->x + r0;
+        VR h[CSM_SHORT_SUB], l[CSM_SHORT_SUB];
+        for (int r = 0; r < CSM_SHORT_SUB; r++) {
+            h[r] = VSPLAT(-R_INF);
+            l[r] = VSPLAT(R_INF);
         }
-    if (i < n)
-        for (int r = 0; r < CSM_SHORT_ROWS; r++) {
-            hi[r] = VMAX(csm_load(g->x[r] + i, n - i, -R_INF), hi[r]);
-            lo[r] = VMIN(csm_load(g->x[r] + i, n - i, R_INF), lo[r]);
+        csm_intp i = 0;
+        for (; i + VL <= n; i += VL)
+            for (int r = 0; r < CSM_SHORT_SUB; r++) {
+                const VR v = csm_load(x[r] + i, VL, 0);
+                h[r] = VMAX(v, h[r]);
+                l[r] = VMIN(v, l[r]);
+            }
+        if (i < n)
+            for (int r = 0; r < CSM_SHORT_SUB; r++) {
+                h[r] = VMAX(csm_load(x[r] + i, n - i, -R_INF), h[r]);
+                l[r] = VMIN(csm_load(x[r] + i, n - i, R_INF), l[r]);
+            }
+        for (int r = 0; r < CSM_SHORT_SUB; r++) {
+            hi[r0 + r] = h[r];
+            lo[r0 + r] = l[r];
         }
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
-        m[r] = csm_hmax(hi[r]);
-        mn[r] = csm_hmin(lo[r]);
     }
+    csm_short_rmax(hi, m);
+    csm_short_rmin(lo, mn);
 }
 
 /* the exps of one vector of one row: stored to e (store), the max's ties counted and left
@@ -91,29 +147,40 @@ CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, REAL *const *e, csm_i
                                    double inv_tau, csm_dd *s, const int store, const int ties, const int scaled,
                                    const int range)
 {
-    csm_vacc acc[CSM_SHORT_ROWS];
-    VI tie[CSM_SHORT_ROWS];
-    VR ref[CSM_SHORT_ROWS];
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
-        acc[r] = csm_short_zero;
-        tie[r] = (VI){0};
-        ref[r] = VSPLAT(m[r]);
+    csm_vacc sums[CSM_SHORT_ROWS];
+    VI tied[CSM_SHORT_ROWS];
+    for (int r0 = 0; r0 < CSM_SHORT_ROWS; r0 += CSM_SHORT_SUB) {
+        const REAL *const *x = g->x + r0;
+        csm_vacc acc[CSM_SHORT_SUB];
+        VI tie[CSM_SHORT_SUB];
+        VR ref[CSM_SHORT_SUB];
+        for (int r = 0; r < CSM_SHORT_SUB; r++) {
+            acc[r] = csm_short_zero;
+            tie[r] = (VI){0};
+            ref[r] = VSPLAT(m[r0 + r]);
+        }
+        csm_intp i = 0;
+        for (; i + VL <= n; i += VL)
+            for (int r = 0; r < CSM_SHORT_SUB; r++)
+                csm_short_term(x[r] + i, store ? e[r0 + r] + i : NULL, VL, 1, ref[r], tau, inv_tau, store, ties,
+                               scaled, range, &acc[r], &tie[r]);
+        if (i < n)
+            for (int r = 0; r < CSM_SHORT_SUB; r++)
+                csm_short_term(x[r] + i, store ? e[r0 + r] + i : NULL, n - i, 0, ref[r], tau, inv_tau, store, ties,
+                               scaled, range, &acc[r], &tie[r]);
+        for (int r = 0; r < CSM_SHORT_SUB; r++) {
+            sums[r0 + r] = acc[r];
+            tied[r0 + r] = tie[r];
+        }
     }
-    csm_intp i = 0;
-    for (; i + VL <= n; i += VL)
-        for (int r = 0; r < CSM_SHORT_ROWS; r++)
-            csm_short_term(g->x[r] + i, store ? e[r] + i : NULL, VL, 1, ref[r], tau, inv_tau, store, ties, scaled,
-                           range, &acc[r], &tie[r]);
-    if (i < n)
-        for (int r = 0; r < CSM_SHORT_ROWS; r++)
-            csm_short_term(g->x[r] + i, store ? e[r] + i : NULL, n - i, 0, ref[r], tau, inv_tau, store, ties, scaled,
-                           range, &acc[r], &tie[r]);
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
-        const csm_dd sum = csm_acc_total2(&acc[r], &csm_short_zero);
-        const double cnt = ties ? (double)csm_hsum_i(tie[r]) : 0.0;
+    csm_dd sum[CSM_SHORT_ROWS];
+    VIS cnt[CSM_SHORT_ROWS] = {0};
+    csm_short_totals(sums, sum);
+    if (ties) csm_short_rsum_i(tied, cnt);
+    for (int r = 0; r < CSM_SHORT_ROWS; r++)
         /* unscaled; softmax: the max's term (and its ties') are in the sum; else they are counted */
-        s[r] = csm_dd_add_d(csm_dd_make(sum.hi * CSM_EUNSCALE, sum.lo * CSM_EUNSCALE), ties ? cnt - 1.0 : -1.0);
-    }
+        s[r] = csm_dd_add_d(csm_dd_make(sum[r].hi * CSM_EUNSCALE, sum[r].lo * CSM_EUNSCALE),
+                            ties ? (double)cnt[r] - 1.0 : -1.0);
 }
 
 static void csm_short_expsum(const csm_short_grp *g, REAL *const *e, csm_intp n, const REAL *m, const csm_temp *tp,
@@ -124,6 +191,25 @@ static void csm_short_expsum(const csm_short_grp *g, REAL *const *e, csm_intp n,
     csm_short_expsum_t(g, e, n, m, tau, inv, s, !(T) || store, T, S, (B) ? CSM_EXP_BOUNDED : CSM_EXP_NONPOS)
     CSM_FLAGS3(ties, tp->scaled, bounded, CSM_SHORT_EXPSUM);
 #undef CSM_SHORT_EXPSUM
+}
+
+/* log1p(S') of every row of the group, as csm_dd_log1p takes it: float rows all at once
+   in double lanes (csm_vlog1p_d), double rows through libm's */
+static void csm_short_log1p(const csm_dd *s, double *L)
+{
+#if REAL_IS_F32
+    for (int c = 0; c < CSM_SHORT_ROWS; c += CSM_VLD) {
+        csm_vd hi, lo;
+        for (int l = 0; l < CSM_VLD; l++) {
+            hi[l] = s[c + l].hi;
+            lo[l] = s[c + l].lo;
+        }
+        const csm_vd v = csm_vlog1p_d(hi) + lo / (1.0 + hi);
+        memcpy(L + c, &v, sizeof v);
+    }
+#else
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) L[r] = csm_dd_log1p(s[r]);
+#endif
 }
 
 /*
@@ -155,6 +241,8 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
     if (xent && g->out[0])
         for (int r = 0; r < CSM_SHORT_ROWS; r++)
             if (csm_xent_grad_plain_ok(s[r], grad_scale * tp->inv_tau) == 0.0) return 0;
+    double L[CSM_SHORT_ROWS];
+    if (kind != CSM_SOFTMAX) csm_short_log1p(s, L);
     for (int r = 0; r < CSM_SHORT_ROWS; r++) {
         if (kind == CSM_SOFTMAX && s[r].hi != s[r].hi) {
             /* a NaN: the semantics table, from the exps in place if out is x (NaN stays NaN) */
@@ -165,16 +253,16 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
         } else if (kind == CSM_SOFTMAX) {
             csm_row_scale(e[r], g->out[r], n, (REAL)(csm_dd_inv_1p(s[r]) * CSM_EUNSCALE), stream); /* e is scaled */
         } else if (kind == CSM_LOG_SOFTMAX) {
-            csm_row_logsub(g->x[r], NULL, g->out[r], n, m[r], (REAL)csm_dd_log1p(s[r]), tp, stream);
+            csm_row_logsub(g->x[r], NULL, g->out[r], n, m[r], (REAL)L[r], tp, stream);
         } else if (kind == CSM_LOGSUMEXP) {
-            g->val[r] = (double)m[r] + csm_dd_log1p(s[r]);
+            g->val[r] = (double)m[r] + L[r];
         } else {
             csm_xent_src src = {0};
             src.from = CSM_XENT_ORDINARY;
             src.x = g->x[r];
             src.m = (double)m[r];
             src.inv_tau = tp->inv_tau;
-            src.L = csm_dd_log1p(s[r]);
+            src.L = L[r];
             g->val[r] = csm_xent_neglogp(&src, g->label[r]);
             if (g->out[r]) csm_xent_grad_plain(g->out[r], n, g->label[r], s[r], grad_scale * tp->inv_tau);
         }
@@ -182,20 +270,26 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
     return 1;
 }
 
-/* one group of a backward kind; returns 0 if the group must go row by row */
+/* the backward sums of a group's rows */
 CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp n, csm_dd *s)
 {
-    csm_vacc acc[CSM_SHORT_ROWS];
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) acc[r] = csm_short_zero;
-    csm_intp i = 0;
-    for (; i + VL <= n; i += VL)
-        for (int r = 0; r < CSM_SHORT_ROWS; r++) csm_bwd_sum_vec(kind, g->x[r] + i, g->y[r] + i, NULL, VL, 1, 0, &acc[r]);
-    if (i < n)
-        for (int r = 0; r < CSM_SHORT_ROWS; r++)
-            csm_bwd_sum_vec(kind, g->x[r] + i, g->y[r] + i, NULL, n - i, 0, 0, &acc[r]);
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) s[r] = csm_acc_total2(&acc[r], &csm_short_zero);
+    csm_vacc sums[CSM_SHORT_ROWS];
+    for (int r0 = 0; r0 < CSM_SHORT_ROWS; r0 += CSM_SHORT_SUB) {
+        const REAL *const *x = g->x + r0, *const *y = g->y + r0;
+        csm_vacc acc[CSM_SHORT_SUB];
+        for (int r = 0; r < CSM_SHORT_SUB; r++) acc[r] = csm_short_zero;
+        csm_intp i = 0;
+        for (; i + VL <= n; i += VL)
+            for (int r = 0; r < CSM_SHORT_SUB; r++) csm_bwd_sum_vec(kind, x[r] + i, y[r] + i, NULL, VL, 1, 0, &acc[r]);
+        if (i < n)
+            for (int r = 0; r < CSM_SHORT_SUB; r++)
+                csm_bwd_sum_vec(kind, x[r] + i, y[r] + i, NULL, n - i, 0, 0, &acc[r]);
+        for (int r = 0; r < CSM_SHORT_SUB; r++) sums[r0 + r] = acc[r];
+    }
+    csm_short_totals(sums, s);
 }
 
+/* one group of a backward kind; returns 0 if the group must go row by row */
 static int csm_short_backward(int kind, csm_short_grp *g, csm_intp n, const csm_temp *tp, int stream)
 {
     csm_dd s[CSM_SHORT_ROWS];
@@ -208,9 +302,11 @@ static int csm_short_backward(int kind, csm_short_grp *g, csm_intp n, const csm_
     return 1;
 }
 
-/* the backward passes' rows take the group kernels up to this length (measured: longer
-   rows are faster one at a time, each read while the previous one's output is written) */
-#define CSM_SHORT_BWD_MAX ((csm_intp)32)
+/* the backward passes' rows take the group kernels up to this length (measured on a Xeon,
+   AVX-512, one thread, 2^16 elements: groups 1.1-1.5x faster than one row at a time for
+   n = 64-256, even at 512, slower at 1024, where each row is read while the previous
+   one's output is written) */
+#define CSM_SHORT_BWD_MAX ((csm_intp)256)
 
 /* whether a task's rows (contiguous, direct) take the group kernels */
 static int csm_short_takes(const csm_task *t, const csm_layout *L, const csm_temp *tp)

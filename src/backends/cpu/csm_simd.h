@@ -302,6 +302,72 @@ static inline void csm_stpart_d(double *p, csm_vd v, int cnt) { memcpy(p, &v, (s
 } while (0)
 #endif
 
+/* ---- row-wise reductions of lanes-many vectors at once: v[0..W) (W the lane count) become
+   one vector whose lane j holds OP over the lanes of v[bitrev(j)] -- log2(W) steps, each
+   halving the vectors with two two-source shuffles and one OP per pair (W - 1 pairs in
+   all), where W separate horizontal reductions cost W log2(W) steps. A lane pairs with
+   the same partner at each step as in CSM_HRED_*, so each row's result is the one its
+   horizontal reduction gives. CSM_TRED_F: float-shaped vectors (float or int32 lanes),
+   CSM_TRED_D: double-shaped ones; v is overwritten, the result left in v[0]. ---- */
+#if defined(__clang__)
+#define CSM_SHUF2(a, b, MT, ...) __builtin_shufflevector((a), (b), __VA_ARGS__)
+#else
+#define CSM_SHUF2(a, b, MT, ...) __builtin_shuffle((a), (b), (MT){__VA_ARGS__})
+#endif
+#define CSM_PAIR_P_16_8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define CSM_PAIR_Q_16_8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define CSM_PAIR_P_16_4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
+#define CSM_PAIR_Q_16_4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define CSM_PAIR_P_16_2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define CSM_PAIR_Q_16_2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define CSM_PAIR_P_16_1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
+#define CSM_PAIR_Q_16_1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+#define CSM_PAIR_P_8_4 0, 1, 2, 3, 8, 9, 10, 11
+#define CSM_PAIR_Q_8_4 4, 5, 6, 7, 12, 13, 14, 15
+#define CSM_PAIR_P_8_2 0, 1, 8, 9, 4, 5, 12, 13
+#define CSM_PAIR_Q_8_2 2, 3, 10, 11, 6, 7, 14, 15
+#define CSM_PAIR_P_8_1 0, 8, 2, 10, 4, 12, 6, 14
+#define CSM_PAIR_Q_8_1 1, 9, 3, 11, 5, 13, 7, 15
+#define CSM_PAIR_P_4_2 0, 1, 4, 5
+#define CSM_PAIR_Q_4_2 2, 3, 6, 7
+#define CSM_PAIR_P_4_1 0, 4, 2, 6
+#define CSM_PAIR_Q_4_1 1, 5, 3, 7
+#define CSM_PAIR_P_2_1 0, 2
+#define CSM_PAIR_Q_2_1 1, 3
+#define CSM_PAIRSTEP(v, j, MT, OP, P, Q) \
+    ((v)[j] = OP(CSM_SHUF2((v)[2 * (j)], (v)[2 * (j) + 1], MT, P), CSM_SHUF2((v)[2 * (j)], (v)[2 * (j) + 1], MT, Q)))
+#if CSM_VB == 64
+#define CSM_TRED_F(v, OP) do {                                  \
+    for (int j_ = 0; j_ < 8; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_16_8, CSM_PAIR_Q_16_8); \
+    for (int j_ = 0; j_ < 4; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_16_4, CSM_PAIR_Q_16_4); \
+    for (int j_ = 0; j_ < 2; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_16_2, CSM_PAIR_Q_16_2); \
+    for (int j_ = 0; j_ < 1; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_16_1, CSM_PAIR_Q_16_1); \
+} while (0)
+#define CSM_TRED_D(v, OP) do {                                  \
+    for (int j_ = 0; j_ < 4; j_++) CSM_PAIRSTEP(v, j_, csm_vi64, OP, CSM_PAIR_P_8_4, CSM_PAIR_Q_8_4); \
+    for (int j_ = 0; j_ < 2; j_++) CSM_PAIRSTEP(v, j_, csm_vi64, OP, CSM_PAIR_P_8_2, CSM_PAIR_Q_8_2); \
+    for (int j_ = 0; j_ < 1; j_++) CSM_PAIRSTEP(v, j_, csm_vi64, OP, CSM_PAIR_P_8_1, CSM_PAIR_Q_8_1); \
+} while (0)
+#elif CSM_VB == 32
+#define CSM_TRED_F(v, OP) do {                                  \
+    for (int j_ = 0; j_ < 4; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_8_4, CSM_PAIR_Q_8_4); \
+    for (int j_ = 0; j_ < 2; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_8_2, CSM_PAIR_Q_8_2); \
+    for (int j_ = 0; j_ < 1; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_8_1, CSM_PAIR_Q_8_1); \
+} while (0)
+#define CSM_TRED_D(v, OP) do {                                  \
+    for (int j_ = 0; j_ < 2; j_++) CSM_PAIRSTEP(v, j_, csm_vi64, OP, CSM_PAIR_P_4_2, CSM_PAIR_Q_4_2); \
+    for (int j_ = 0; j_ < 1; j_++) CSM_PAIRSTEP(v, j_, csm_vi64, OP, CSM_PAIR_P_4_1, CSM_PAIR_Q_4_1); \
+} while (0)
+#else
+#define CSM_TRED_F(v, OP) do {                                  \
+    for (int j_ = 0; j_ < 2; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_4_2, CSM_PAIR_Q_4_2); \
+    for (int j_ = 0; j_ < 1; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_4_1, CSM_PAIR_Q_4_1); \
+} while (0)
+#define CSM_TRED_D(v, OP) do {                                  \
+    for (int j_ = 0; j_ < 1; j_++) CSM_PAIRSTEP(v, j_, csm_vi64, OP, CSM_PAIR_P_2_1, CSM_PAIR_Q_2_1); \
+} while (0)
+#endif
+
 /* ---- is any lane of a comparison mask set ---- */
 #if CSM_VB == 64
 static inline int csm_any_i32(csm_vi32 m) { return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0; }
