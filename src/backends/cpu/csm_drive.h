@@ -192,9 +192,17 @@ static int csm_short_range(const csm_task *t, const csm_layout *L, csm_intp r0, 
         return 1;
     }
     const int has_row = L->base[CSM_ROW] && CSM_KIND_HAS_ROW_VALUE(t->kind);
-    /* one outer dimension (the usual case): a row's operands are a stride apart, no
-       iterator needed */
+    /* one outer dimension (the usual case): a row's operands are a stride apart, so a
+       group's are computed as they are needed (every operand only for rows that go one
+       at a time), with no iterator */
     const int flat = L->nouter == 1;
+    char *base[CSM_NOPERANDS];
+    csm_intp step[CSM_NOPERANDS];
+    for (int op = 0; op < CSM_NOPERANDS; op++) {
+        base[op] = L->base[op];
+        step[op] = flat && base[op] ? L->ostride[op][0] : 0;
+    }
+#define CSM_ROW_PTR(op, row) (base[op] ? base[op] + (row) * step[op] : NULL)
     csm_rowiter it;
     csm_rowiter_init(&it, L, r0);
     csm_intp r = r0;
@@ -202,28 +210,36 @@ static int csm_short_range(const csm_task *t, const csm_layout *L, csm_intp r0, 
         char *p[CSM_SHORT_ROWS][CSM_NOPERANDS];
         csm_short_grp g;
         for (int q = 0; q < CSM_SHORT_ROWS; q++) {
+            const char *label;
             if (flat) {
-                for (int op = 0; op < CSM_NOPERANDS; op++)
-                    p[q][op] = L->base[op] ? L->base[op] + (r + q) * L->ostride[op][0] : NULL;
+                g.x[q] = (const REAL *)(base[CSM_X] + (r + q) * step[CSM_X]);
+                g.y[q] = (const REAL *)CSM_ROW_PTR(CSM_Y, r + q);
+                g.out[q] = (REAL *)CSM_ROW_PTR(CSM_OUT, r + q);
+                label = CSM_ROW_PTR(CSM_LABEL, r + q);
             } else {
                 memcpy(p[q], it.ptr, sizeof p[q]);
                 csm_rowiter_next(&it, L);
+                g.x[q] = (const REAL *)p[q][CSM_X];
+                g.y[q] = (const REAL *)p[q][CSM_Y];
+                g.out[q] = (REAL *)p[q][CSM_OUT];
+                label = p[q][CSM_LABEL];
             }
-            g.x[q] = (const REAL *)p[q][CSM_X];
-            g.y[q] = (const REAL *)p[q][CSM_Y];
-            g.out[q] = (REAL *)p[q][CSM_OUT];
             g.label[q] = 0;
-            if (p[q][CSM_LABEL]) memcpy(&g.label[q], p[q][CSM_LABEL], sizeof g.label[q]);
+            if (label) memcpy(&g.label[q], label, sizeof g.label[q]);
             g.val[q] = 0.0;
         }
         const int done = CSM_KIND_IS_BACKWARD(t->kind)
                              ? csm_short_backward(t->kind, &g, n, tp, stream)
                              : csm_short_forward(t->kind, &g, n, tp, stream, ebuf, t->grad_scale, t->ignore_index);
+        if (done && !has_row) continue;
         for (int q = 0; q < CSM_SHORT_ROWS; q++) {
+            if (flat)
+                for (int op = 0; op < CSM_NOPERANDS; op++) p[q][op] = CSM_ROW_PTR(op, r + q);
             const double v = done ? g.val[q] : csm_do_row(t, L, p[q], tp, 1, stream, &sc);
             if (has_row) csm_store_rowval(p[q][CSM_ROW], t->row_dtype, v);
         }
     }
+#undef CSM_ROW_PTR
     if (flat) csm_rowiter_init(&it, L, r);
     for (; r < r1; r++) {
         const double v = csm_do_row(t, L, it.ptr, tp, 1, stream, &sc);

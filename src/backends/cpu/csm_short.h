@@ -29,6 +29,7 @@
  * written to yet except where they expect it (softmax's exps of a NaN row).
  */
 #define CSM_SHORT_SUB 4 /* rows whose passes are interleaved */
+#define CSM_SHORT_SUBE 2 /* the same for the exp pass, whose constants fill the registers */
 #define CSM_SHORT_ROWS (VL > CSM_SHORT_SUB ? VL : CSM_SHORT_SUB) /* rows per group */
 /* rows up to this many entries take the group kernels (measured: benchmarks/RESULTS.md) */
 #define CSM_SHORT_MAX ((csm_intp)1024)
@@ -149,26 +150,26 @@ CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, REAL *const *e, csm_i
 {
     csm_vacc sums[CSM_SHORT_ROWS];
     VI tied[CSM_SHORT_ROWS];
-    for (int r0 = 0; r0 < CSM_SHORT_ROWS; r0 += CSM_SHORT_SUB) {
+    for (int r0 = 0; r0 < CSM_SHORT_ROWS; r0 += CSM_SHORT_SUBE) {
         const REAL *const *x = g->x + r0;
-        csm_vacc acc[CSM_SHORT_SUB];
-        VI tie[CSM_SHORT_SUB];
-        VR ref[CSM_SHORT_SUB];
-        for (int r = 0; r < CSM_SHORT_SUB; r++) {
+        csm_vacc acc[CSM_SHORT_SUBE];
+        VI tie[CSM_SHORT_SUBE];
+        VR ref[CSM_SHORT_SUBE];
+        for (int r = 0; r < CSM_SHORT_SUBE; r++) {
             acc[r] = csm_short_zero;
             tie[r] = (VI){0};
             ref[r] = VSPLAT(m[r0 + r]);
         }
         csm_intp i = 0;
         for (; i + VL <= n; i += VL)
-            for (int r = 0; r < CSM_SHORT_SUB; r++)
+            for (int r = 0; r < CSM_SHORT_SUBE; r++)
                 csm_short_term(x[r] + i, store ? e[r0 + r] + i : NULL, VL, 1, ref[r], tau, inv_tau, store, ties,
                                scaled, range, &acc[r], &tie[r]);
         if (i < n)
-            for (int r = 0; r < CSM_SHORT_SUB; r++)
+            for (int r = 0; r < CSM_SHORT_SUBE; r++)
                 csm_short_term(x[r] + i, store ? e[r0 + r] + i : NULL, n - i, 0, ref[r], tau, inv_tau, store, ties,
                                scaled, range, &acc[r], &tie[r]);
-        for (int r = 0; r < CSM_SHORT_SUB; r++) {
+        for (int r = 0; r < CSM_SHORT_SUBE; r++) {
             sums[r0 + r] = acc[r];
             tied[r0 + r] = tie[r];
         }
@@ -289,16 +290,39 @@ CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp 
     csm_short_totals(sums, s);
 }
 
-/* one group of a backward kind; returns 0 if the group must go row by row */
+/* dx of the group's rows (csm_grad.h's element formula), each row's sum as the pair
+   hi + lo; nt stores where streaming and a row starts on a vector boundary */
+CSM_INLINE void csm_short_bwd_out_t(int kind, const csm_short_grp *g, csm_intp n, const REAL *hi, const REAL *lo,
+                                    const csm_temp *tp, int stream)
+{
+    const VR inv = VSPLAT(tp->inv_tau);
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
+        const REAL *x = g->x[r], *y = g->y[r];
+        REAL *out = g->out[r];
+        const VR sh = VSPLAT(hi[r]), sl = VSPLAT(lo[r]);
+        const int nt = stream && csm_align_head(out) == 0;
+        csm_intp i = 0;
+        for (; i + VL <= n; i += VL) csm_bwd_out_vec(kind, x + i, y + i, NULL, out + i, VL, 1, nt, 0, sh, sl, inv, tp);
+        if (i < n) csm_bwd_out_vec(kind, x + i, y + i, NULL, out + i, n - i, 0, 0, 0, sh, sl, inv, tp);
+    }
+}
+
+/* one group of a backward kind; returns 0 (nothing written) if the group must go row by
+   row: a sum that is not finite, or that the REAL pair cannot carry */
 static int csm_short_backward(int kind, csm_short_grp *g, csm_intp n, const csm_temp *tp, int stream)
 {
     csm_dd s[CSM_SHORT_ROWS];
+    REAL hi[CSM_SHORT_ROWS], lo[CSM_SHORT_ROWS];
+    const int sm = kind == CSM_SOFTMAX_BWD;
 #define CSM_SHORT_BWD(SM) csm_short_bwd_sums_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, n, s)
-    CSM_FLAGS1(kind == CSM_SOFTMAX_BWD, CSM_SHORT_BWD);
+    CSM_FLAGS1(sm, CSM_SHORT_BWD);
 #undef CSM_SHORT_BWD
-    for (int r = 0; r < CSM_SHORT_ROWS; r++)
-        if (!csm_finite(s[r].hi)) return 0;
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) csm_bwd_out(kind, g->x[r], g->y[r], NULL, g->out[r], n, s[r], tp, stream);
+    int ok = 1;
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) ok &= csm_finite(s[r].hi) && csm_bwd_split(s[r], &hi[r], &lo[r]);
+    if (!ok) return 0;
+#define CSM_SHORT_BWD_OUT(SM) csm_short_bwd_out_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, n, hi, lo, tp, stream)
+    CSM_FLAGS1(sm, CSM_SHORT_BWD_OUT);
+#undef CSM_SHORT_BWD_OUT
     return 1;
 }
 
