@@ -39,6 +39,23 @@ def test_cross_entropy_losses_beyond_float32_are_inf(backend, reduction):
     assert np.all(np.isfinite(loss10)) and np.allclose(loss10, 6e37 * (2 if reduction == "sum" else 1), rtol=1e-6)
 
 
+def test_cross_entropy_smoothing_terms_whose_sum_overflows(backend):
+    """Label smoothing on a row holding the largest double: each other class's -log p is
+    ~1.8e308, their sum overflows, eps / K times it does not. The loss is finite, against
+    50 digits (found by the fuzzer: the C core and the reference summed the terms before
+    scaling them)."""
+    import mpmath
+
+    x = np.array([0.345584192064786, 0.821618143501158, 0.330437076183387, -1.30315723160436, 1.7976931348623157e308])
+    with mpmath.workdps(50):
+        v = [mpmath.mpf(float(t)) for t in x]
+        lse = max(v) + mpmath.log(mpmath.fsum(mpmath.exp(t - max(v)) for t in v))
+        want = float(0.9 * (lse - v[4]) + mpmath.mpf(0.1) / 5 * mpmath.fsum(lse - t for t in v))
+    for reduction in ("mean", "sum", "none"):
+        loss = call(backend, "softmax_cross_entropy", x, np.array(4), axis=0, label_smoothing=0.1, reduction=reduction)
+        np.testing.assert_allclose(loss, want, rtol=1e-14, err_msg=reduction)
+
+
 def test_cross_entropy_terms_of_weight_zero_are_zero(backend):
     """A class of weight exactly 0 in the loss adds nothing even where its -log p is +inf
     (0 * inf would be NaN): at smoothing 1 the label's own term, a class weight of 0 on a

@@ -322,7 +322,8 @@ def cross_entropy_rows(xp: Any, x: Any, axis: Any, labels: Any, probs: Any, weig
         nll = (1.0 - eps) * xp.where(w_y == 0.0, xp.zeros_like(w_y), w_y * nll_y)  # a term of weight 0 is 0
         if eps == 1.0:
             nll = xp.zeros_like(nll)
-        smooth = eps_k * xp.sum(xp.where(live & (w != 0.0), w * neg_logp, zero), axis=axis, keepdims=True)
+        # each term scaled by eps / K before the sum, which would overflow where the loss does not
+        smooth = xp.sum(xp.where(live & (w != 0.0), eps_k * w * neg_logp, zero), axis=axis, keepdims=True)
         loss_k = nll + smooth if eps != 0.0 else nll
         valid_k = xp.expand_dims(valid, axis=axis)
         loss = xp.squeeze(xp.where(valid_k, loss_k, xp.zeros_like(loss_k)), axis=axis)

@@ -309,11 +309,14 @@ static double csm_xent_finish(const csm_xent_src *srcp, const uint8_t *mask, con
         const double wy = csm_xent_weight(xp, label);
         loss = xp->eps != 1.0 && wy != 0.0 ? (1.0 - xp->eps) * wy * csm_xent_neglogp(src, label) : 0.0; /* weight 0: no term */
         if (xp->eps != 0.0) {
+            /* each term scaled by eps / K before it is summed: the sum of the unscaled
+               terms can overflow where the loss does not (an entry near the largest
+               double: -logp_j ~ 1.8e308 for several classes) */
             csm_dd sm = csm_dd_make(0.0, 0.0);
             for (csm_intp j = 0; j < n; j++)
                 if ((!mask || mask[j]) && csm_xent_weight(xp, j) != 0.0)
-                    sm = csm_dd_sum2_add(sm, csm_xent_weight(xp, j) * csm_xent_neglogp(src, j));
-            loss += eps_k * csm_dd_sum2_total(sm);
+                    sm = csm_dd_sum2_add(sm, eps_k * csm_xent_weight(xp, j) * csm_xent_neglogp(src, j));
+            loss += csm_dd_sum2_total(sm);
         }
         A = (1.0 - xp->eps) * wy + eps_k * W;
     }
