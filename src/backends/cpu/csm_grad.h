@@ -158,6 +158,19 @@ static csm_dd csm_bwd_sum(int kind, const REAL *g, const REAL *y, const uint8_t 
     return sum;
 }
 
+/* pass 2's vector loop: dx over [0, n), the row's sum as the pair hi + lo
+   (csm_bwd_split) */
+CSM_INLINE void csm_bwd_out_pair_t(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
+                                   csm_intp n, REAL hi, REAL lo, const csm_temp *tp, int stream, const int has_mask)
+{
+    const VR s_hi = VSPLAT(hi), s_lo = VSPLAT(lo), inv = VSPLAT((REAL)tp->inv_tau);
+#define CSM_BWD_BODY(i, cnt, full, nt)                                                                                 \
+    csm_bwd_out_vec(kind, g + (i), y + (i), has_mask ? mask + (i) : NULL, out + (i), cnt, full, nt, has_mask, \
+                             s_hi, s_lo, inv, tp)
+    CSM_FINISH_LOOP(n, out, stream, CSM_BWD_BODY);
+#undef CSM_BWD_BODY
+}
+
 /* pass 2: dx over [0, n), given the row's sum */
 CSM_INLINE void csm_bwd_out_t(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
                                        csm_intp n, csm_dd sum, const csm_temp *tp, int stream, const int has_mask)
@@ -173,12 +186,7 @@ CSM_INLINE void csm_bwd_out_t(int kind, const REAL *g, const REAL *y, const uint
             out[i] = mask && !mask[i] ? (REAL)0 : csm_bwd_in_double(kind, g[i], y[i], sum_d, tp);
         return;
     }
-    const VR s_hi = VSPLAT(hi), s_lo = VSPLAT(lo), inv = VSPLAT((REAL)tp->inv_tau);
-#define CSM_BWD_BODY(i, cnt, full, nt)                                                                                 \
-    csm_bwd_out_vec(kind, g + (i), y + (i), has_mask ? mask + (i) : NULL, out + (i), cnt, full, nt, has_mask, \
-                             s_hi, s_lo, inv, tp)
-    CSM_FINISH_LOOP(n, out, stream, CSM_BWD_BODY);
-#undef CSM_BWD_BODY
+    csm_bwd_out_pair_t(kind, g, y, mask, out, n, hi, lo, tp, stream, has_mask);
 }
 
 static void csm_bwd_out(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out, csm_intp n,

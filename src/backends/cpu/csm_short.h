@@ -290,21 +290,13 @@ CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp 
     csm_short_totals(sums, s);
 }
 
-/* dx of the group's rows (csm_grad.h's element formula), each row's sum as the pair
-   hi + lo; nt stores where streaming and a row starts on a vector boundary */
+/* dx of the group's rows, each row's sum as the pair hi + lo: csm_grad.h's vector loop
+   for each, with none of a single row's checks (the group has made them) */
 CSM_INLINE void csm_short_bwd_out_t(int kind, const csm_short_grp *g, csm_intp n, const REAL *hi, const REAL *lo,
                                     const csm_temp *tp, int stream)
 {
-    const VR inv = VSPLAT(tp->inv_tau);
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
-        const REAL *x = g->x[r], *y = g->y[r];
-        REAL *out = g->out[r];
-        const VR sh = VSPLAT(hi[r]), sl = VSPLAT(lo[r]);
-        const int nt = stream && csm_align_head(out) == 0;
-        csm_intp i = 0;
-        for (; i + VL <= n; i += VL) csm_bwd_out_vec(kind, x + i, y + i, NULL, out + i, VL, 1, nt, 0, sh, sl, inv, tp);
-        if (i < n) csm_bwd_out_vec(kind, x + i, y + i, NULL, out + i, n - i, 0, 0, 0, sh, sl, inv, tp);
-    }
+    for (int r = 0; r < CSM_SHORT_ROWS; r++)
+        csm_bwd_out_pair_t(kind, g->x[r], g->y[r], NULL, g->out[r], n, hi[r], lo[r], tp, stream, 0);
 }
 
 /* one group of a backward kind; returns 0 (nothing written) if the group must go row by
@@ -318,7 +310,7 @@ static int csm_short_backward(int kind, csm_short_grp *g, csm_intp n, const csm_
     CSM_FLAGS1(sm, CSM_SHORT_BWD);
 #undef CSM_SHORT_BWD
     int ok = 1;
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) ok &= csm_finite(s[r].hi) && csm_bwd_split(s[r], &hi[r], &lo[r]);
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) ok &= csm_bwd_split(s[r], &hi[r], &lo[r]); /* 0 where not finite */
     if (!ok) return 0;
 #define CSM_SHORT_BWD_OUT(SM) csm_short_bwd_out_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, n, hi, lo, tp, stream)
     CSM_FLAGS1(sm, CSM_SHORT_BWD_OUT);

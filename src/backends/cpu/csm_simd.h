@@ -336,37 +336,39 @@ static inline void csm_stpart_d(double *p, csm_vd v, int cnt) { memcpy(p, &v, (s
 #define CSM_PAIR_Q_2_1 1, 3
 #define CSM_PAIRSTEP(v, j, MT, OP, P, Q) \
     ((v)[j] = OP(CSM_SHUF2((v)[2 * (j)], (v)[2 * (j) + 1], MT, P), CSM_SHUF2((v)[2 * (j)], (v)[2 * (j) + 1], MT, Q)))
+/* W vectors of W lanes */
+#define CSM_TRED_16(v, MT, OP) do { \
+    for (int j_ = 0; j_ < 8; j_++) CSM_PAIRSTEP(v, j_, MT, OP, CSM_PAIR_P_16_8, CSM_PAIR_Q_16_8); \
+    for (int j_ = 0; j_ < 4; j_++) CSM_PAIRSTEP(v, j_, MT, OP, CSM_PAIR_P_16_4, CSM_PAIR_Q_16_4); \
+    for (int j_ = 0; j_ < 2; j_++) CSM_PAIRSTEP(v, j_, MT, OP, CSM_PAIR_P_16_2, CSM_PAIR_Q_16_2); \
+    for (int j_ = 0; j_ < 1; j_++) CSM_PAIRSTEP(v, j_, MT, OP, CSM_PAIR_P_16_1, CSM_PAIR_Q_16_1); \
+} while (0)
+#define CSM_TRED_8(v, MT, OP) do { \
+    for (int j_ = 0; j_ < 4; j_++) CSM_PAIRSTEP(v, j_, MT, OP, CSM_PAIR_P_8_4, CSM_PAIR_Q_8_4); \
+    for (int j_ = 0; j_ < 2; j_++) CSM_PAIRSTEP(v, j_, MT, OP, CSM_PAIR_P_8_2, CSM_PAIR_Q_8_2); \
+    for (int j_ = 0; j_ < 1; j_++) CSM_PAIRSTEP(v, j_, MT, OP, CSM_PAIR_P_8_1, CSM_PAIR_Q_8_1); \
+} while (0)
+#define CSM_TRED_4(v, MT, OP) do { \
+    for (int j_ = 0; j_ < 2; j_++) CSM_PAIRSTEP(v, j_, MT, OP, CSM_PAIR_P_4_2, CSM_PAIR_Q_4_2); \
+    for (int j_ = 0; j_ < 1; j_++) CSM_PAIRSTEP(v, j_, MT, OP, CSM_PAIR_P_4_1, CSM_PAIR_Q_4_1); \
+} while (0)
+#define CSM_TRED_2(v, MT, OP) do { \
+    for (int j_ = 0; j_ < 1; j_++) CSM_PAIRSTEP(v, j_, MT, OP, CSM_PAIR_P_2_1, CSM_PAIR_Q_2_1); \
+} while (0)
+#define CSM_TRED_W_(W, v, MT, OP) CSM_TRED_##W(v, MT, OP)
+#define CSM_TRED_W(W, v, MT, OP) CSM_TRED_W_(W, v, MT, OP)
 #if CSM_VB == 64
-#define CSM_TRED_F(v, OP) do {                                  \
-    for (int j_ = 0; j_ < 8; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_16_8, CSM_PAIR_Q_16_8); \
-    for (int j_ = 0; j_ < 4; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_16_4, CSM_PAIR_Q_16_4); \
-    for (int j_ = 0; j_ < 2; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_16_2, CSM_PAIR_Q_16_2); \
-    for (int j_ = 0; j_ < 1; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_16_1, CSM_PAIR_Q_16_1); \
-} while (0)
-#define CSM_TRED_D(v, OP) do {                                  \
-    for (int j_ = 0; j_ < 4; j_++) CSM_PAIRSTEP(v, j_, csm_vi64, OP, CSM_PAIR_P_8_4, CSM_PAIR_Q_8_4); \
-    for (int j_ = 0; j_ < 2; j_++) CSM_PAIRSTEP(v, j_, csm_vi64, OP, CSM_PAIR_P_8_2, CSM_PAIR_Q_8_2); \
-    for (int j_ = 0; j_ < 1; j_++) CSM_PAIRSTEP(v, j_, csm_vi64, OP, CSM_PAIR_P_8_1, CSM_PAIR_Q_8_1); \
-} while (0)
+#define CSM_TRED_LF 16
+#define CSM_TRED_LD 8
 #elif CSM_VB == 32
-#define CSM_TRED_F(v, OP) do {                                  \
-    for (int j_ = 0; j_ < 4; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_8_4, CSM_PAIR_Q_8_4); \
-    for (int j_ = 0; j_ < 2; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_8_2, CSM_PAIR_Q_8_2); \
-    for (int j_ = 0; j_ < 1; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_8_1, CSM_PAIR_Q_8_1); \
-} while (0)
-#define CSM_TRED_D(v, OP) do {                                  \
-    for (int j_ = 0; j_ < 2; j_++) CSM_PAIRSTEP(v, j_, csm_vi64, OP, CSM_PAIR_P_4_2, CSM_PAIR_Q_4_2); \
-    for (int j_ = 0; j_ < 1; j_++) CSM_PAIRSTEP(v, j_, csm_vi64, OP, CSM_PAIR_P_4_1, CSM_PAIR_Q_4_1); \
-} while (0)
+#define CSM_TRED_LF 8
+#define CSM_TRED_LD 4
 #else
-#define CSM_TRED_F(v, OP) do {                                  \
-    for (int j_ = 0; j_ < 2; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_4_2, CSM_PAIR_Q_4_2); \
-    for (int j_ = 0; j_ < 1; j_++) CSM_PAIRSTEP(v, j_, csm_vi32, OP, CSM_PAIR_P_4_1, CSM_PAIR_Q_4_1); \
-} while (0)
-#define CSM_TRED_D(v, OP) do {                                  \
-    for (int j_ = 0; j_ < 1; j_++) CSM_PAIRSTEP(v, j_, csm_vi64, OP, CSM_PAIR_P_2_1, CSM_PAIR_Q_2_1); \
-} while (0)
+#define CSM_TRED_LF 4
+#define CSM_TRED_LD 2
 #endif
+#define CSM_TRED_F(v, OP) CSM_TRED_W(CSM_TRED_LF, v, csm_vi32, OP)
+#define CSM_TRED_D(v, OP) CSM_TRED_W(CSM_TRED_LD, v, csm_vi64, OP)
 
 /* ---- is any lane of a comparison mask set ---- */
 #if CSM_VB == 64
