@@ -314,4 +314,5 @@ def stats_logsumexp(stats: Any, dtype: Any) -> Any:
     rec = np.ascontiguousarray(stats, dtype=np.float64)
     lse = np.empty(rec.shape[:-1], dtype=np.float64)
     ck.stats_logsumexp(rec, lse)
-    return lse.astype(dtype, copy=False)
+    with np.errstate(all="ignore"):  # a float16 result may round to a subnormal or 0: as the dtype holds it
+        return lse.astype(dtype, copy=False)
