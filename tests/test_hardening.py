@@ -106,6 +106,33 @@ def test_backward_sum_of_huge_terms_and_an_infinity_is_that_infinity(backend, op
     assert_matches(call(backend, op, g, y, axis=axis), want, "float64", f"{op} {order}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_log_softmax_backward_outputs_beyond_the_exps_bound(backend, dtype):
+    """log_softmax_backward's vector loop takes exp(y) without range checks while every |y|
+    of a vector lies within its bound (87 float, 708 double) and hands any other vector to
+    the checked path: one entry beyond it -- tiny, subnormal-exp, -inf, NaN, large -- at
+    each position of rows long enough for whole vectors of every instruction set, against
+    the float64 closed form."""
+    n = 70
+    specials = {"float32": [-90.0, -104.0, -150.0, -np.inf, np.nan, 88.5, 1.0],
+                "float64": [-710.0, -740.0, -800.0, -np.inf, np.nan, 709.5, 1.0]}[dtype]
+    rng = np.random.default_rng(17)
+    rows = []
+    for v in specials:
+        for pos in range(0, n, 5):
+            y = np.log(rng.dirichlet(np.ones(n))).astype(dtype)
+            y[pos] = v
+            rows.append(y)
+    y = np.array(rows, dtype=dtype)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    want = oracle("log_softmax_backward", g.astype(np.float64), y.astype(np.float64), against=backend)
+    got = call(backend, "log_softmax_backward", g, y)
+    rtol = 1e-6 if dtype == "float32" else 1e-14
+    with np.errstate(over="ignore"):  # exp(88.5) s beyond float32: -inf, as the exact value rounds
+        want = want.astype(dtype)
+    assert_matches(got, want, dtype, f"log_softmax_backward {dtype}", rtol=rtol, atol=rtol)
+
+
 def test_large_ignore_index_is_refused_with_its_name():
     with pytest.raises(ValueError, match="ignore_index"):
         csoftmax.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), ignore_index=2**70)

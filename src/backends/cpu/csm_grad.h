@@ -158,17 +158,67 @@ static csm_dd csm_bwd_sum(int kind, const REAL *g, const REAL *y, const uint8_t 
     return sum;
 }
 
+/*
+ * Pass 2's hot loop: whole vectors from i on, while each is the common case -- for
+ * log_softmax, every |y| within csm_exp_bound, so exp(y) needs none of csm_vexp's clamps
+ * or range tests (CSM_EXP_BOUNDED); and no lane for csm_bwd_redo. It returns where it
+ * stopped: past the last whole vector, or at one it left unwritten for csm_bwd_out_vec
+ * (y outside the bound -- -inf, NaN, a tiny or large value -- or a lane to redo). The loop
+ * holds no call, so its constants stay in registers.
+ */
+CSM_INLINE csm_intp csm_bwd_run(const int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
+                                csm_intp i, csm_intp n, const int nt, const int has_mask, VR s_hi, VR s_lo, VR inv)
+{
+    const VI magnitude = (VI){0} + (VIS)(((uint64_t)1 << (8 * sizeof(REAL) - 1)) - 1); /* all bits but the sign */
+    const VI bound = (VI)VSPLAT(csm_exp_bound);
+    for (; i + VL <= n; i += VL) {
+        const VR gv = csm_load(g + i, VL, 0), yv = csm_load(y + i, VL, 0);
+        VR o;
+        VI bad;
+        if (kind == CSM_SOFTMAX_BWD) {
+            o = yv * ((gv - s_hi) - s_lo) * inv;
+            bad = (VI)(o - o);
+        } else {
+            const VR e = csm_vexp_t(yv, VSPLAT(0), CSM_EXP_BOUNDED);
+            o = (VFMA(-e, s_hi, gv) - e * s_lo) * inv;
+            bad = (VI)(o - o) | (((VI)yv & magnitude) > bound); /* NaN's bits exceed the bound's */
+        }
+        if (__builtin_expect(VANY(bad), 0)) break;
+        if (has_mask) o = VSEL(csm_load_mask(mask + i, VL), o, VSPLAT(0));
+        csm_put(out + i, o, VL, 1, nt);
+    }
+    return i;
+}
+
 /* pass 2's vector loop: dx over [0, n), the row's sum as the pair hi + lo
-   (csm_bwd_split) */
-CSM_INLINE void csm_bwd_out_pair_t(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
+   (csm_bwd_split); the head up to an aligned address for streamed stores, the whole
+   vectors by csm_bwd_run, what it leaves and the tail one vector at a time */
+CSM_INLINE void csm_bwd_out_pair_t(const int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
                                    csm_intp n, REAL hi, REAL lo, const csm_temp *tp, int stream, const int has_mask)
 {
     const VR s_hi = VSPLAT(hi), s_lo = VSPLAT(lo), inv = VSPLAT((REAL)tp->inv_tau);
-#define CSM_BWD_BODY(i, cnt, full, nt)                                                                                 \
-    csm_bwd_out_vec(kind, g + (i), y + (i), has_mask ? mask + (i) : NULL, out + (i), cnt, full, nt, has_mask, \
-                             s_hi, s_lo, inv, tp)
-    CSM_FINISH_LOOP(n, out, stream, CSM_BWD_BODY);
-#undef CSM_BWD_BODY
+#define CSM_BWD_VEC(i, cnt, full, nt)                                                                                  \
+    csm_bwd_out_vec(kind, g + (i), y + (i), has_mask ? mask + (i) : NULL, out + (i), cnt, full, nt, has_mask, s_hi, \
+                    s_lo, inv, tp)
+    csm_intp i = 0, head = stream ? csm_align_head(out) : -1;
+    const int nt = head >= 0;
+    if (head > n) head = n;
+    if (head > 0) {
+        CSM_BWD_VEC(0, head, 0, 0);
+        i = head;
+    }
+    for (;;) {
+        i = nt ? csm_bwd_run(kind, g, y, mask, out, i, n, 1, has_mask, s_hi, s_lo, inv)
+               : csm_bwd_run(kind, g, y, mask, out, i, n, 0, has_mask, s_hi, s_lo, inv);
+        if (i + VL > n) break;
+        if (nt)
+            CSM_BWD_VEC(i, VL, 1, 1);
+        else
+            CSM_BWD_VEC(i, VL, 1, 0);
+        i += VL;
+    }
+    if (i < n) CSM_BWD_VEC(i, n - i, 0, 0);
+#undef CSM_BWD_VEC
 }
 
 /* pass 2: dx over [0, n), given the row's sum */
@@ -192,8 +242,9 @@ CSM_INLINE void csm_bwd_out_t(int kind, const REAL *g, const REAL *y, const uint
 static void csm_bwd_out(int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out, csm_intp n,
                                  csm_dd sum, const csm_temp *tp, int stream)
 {
-#define CSM_BWD_OUT(M) csm_bwd_out_t(kind, g, y, (M) ? mask : NULL, out, n, sum, tp, stream, M)
-    CSM_FLAGS1(mask != NULL, CSM_BWD_OUT);
+#define CSM_BWD_OUT(SM, M)                                                                                             \
+    csm_bwd_out_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, y, (M) ? mask : NULL, out, n, sum, tp, stream, M)
+    CSM_FLAGS2(kind == CSM_SOFTMAX_BWD, mask != NULL, CSM_BWD_OUT);
 #undef CSM_BWD_OUT
 }
 
