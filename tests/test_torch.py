@@ -58,8 +58,22 @@ def test_plain_calls_take_the_fast_entry_on_views():
     ptr = xc.data_ptr()
     assert csoftmax.softmax(xc, out=xc) is xc and xc.data_ptr() == ptr  # in place, on the tensor's memory
     _close(xc, torch.softmax(x, -1))
-    for layout in (x.t(), x[:, ::2], x.unsqueeze(0).expand(3, 4, 6)):  # strides torch holds: views, stride 0
+    layouts = (x.t(), x[:, ::2], x[1:, 2:], x.unsqueeze(0).expand(3, 4, 6), x[0, 0], x[:0])
+    for layout in layouts:  # strides torch holds: views, an offset, stride 0, 0-d, empty
         _close(csoftmax.log_softmax(layout, axis=-1), torch.log_softmax(layout, -1))
+        g = _randn(*layout.shape, seed=3)
+        _close(csoftmax.softmax_backward(g, layout, axis=-1), torch._softmax_backward_data(g, layout, -1, DT))
+    neg = torch._neg_view(x)  # the negative bit: a lazy negation the memory does not hold
+    assert neg.is_neg()
+    _close(csoftmax.softmax(neg), torch.softmax(-x, -1))
+    _close(csoftmax.log_softmax_backward(neg, x), torch._log_softmax_backward_data(-x, x, -1, DT))
+    o = torch.empty(6, 8, dtype=DT)
+    assert csoftmax.softmax(x, out=o[1:5, 1:7]) is not None
+    _close(o[1:5, 1:7], torch.softmax(x, -1))
+    y32 = torch.softmax(x, -1).float()  # another dtype: promoted, by the general path
+    _close(csoftmax.softmax_backward(x, y32), torch._softmax_backward_data(x, y32.double(), -1, DT))
+    with pytest.raises(TypeError, match="same library"):
+        csoftmax.softmax_backward(x, y32.numpy())
 
 
 def test_out_bumps_the_version_counter():

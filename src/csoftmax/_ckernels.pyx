@@ -6,7 +6,8 @@ order, alignment and writability. It only copies pointers, shapes and strides in
 task struct (a mask that broadcasts gets stride 0 where it does) and runs it with the
 GIL released. Reduced dimensions of per-row operands (ROW, LABEL) arrive with keepdims
 shapes; their strides there are set to 0. fast_forward()/fast_backward() are the fast
-entry of plain calls: they check what they take themselves and decline the rest.
+entry of plain calls: they check what they take themselves and decline the rest;
+tensor_view() gives them torch tensors' memory as arrays.
 """
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uint64_t
@@ -422,6 +423,44 @@ def fast_backward(int kind, cnp.ndarray g, cnp.ndarray y, object axis, object te
     out = PyArray_NewLikeArray(g, cnp.NPY_KEEPORDER, NULL, 0) if out_arg is None else out_arg
     _put(&t, CSM_OUT, out, 0)
     return _fast_run(&t, out)
+
+
+def tensor_view(object t, dict typenums):
+    """A NumPy array over the memory of a CPU tensor, built from its data pointer, shape
+    and strides -- what Tensor.numpy() gives, for a fraction of its cost, for the fast
+    entries of the torch backend. None (to decline) for a tensor that requires grad, is
+    not on the CPU, has its negative bit set (a lazy negation that numpy() refuses too),
+    has a dtype not in typenums (torch dtype -> NumPy type number; float32 and float64
+    only), or whose pointer or
+    strides torch does not give (sparse, nested, wrapped tensors). The array does not
+    hold the tensor: it serves the duration of one call, while the caller holds it."""
+    cdef cnp.npy_intp dims[64]
+    cdef cnp.npy_intp strides[64]
+    cdef int nd, d, typ
+    cdef Py_ssize_t itemsize
+    if t.requires_grad or not t.is_cpu or t.is_neg():
+        return None
+    code = typenums.get(t.dtype)
+    if code is None:
+        return None
+    typ = code
+    if typ != cnp.NPY_FLOAT64 and typ != cnp.NPY_FLOAT32:  # the dtypes the fast entries take
+        return None
+    try:
+        ptr = t.data_ptr()
+        shape = t.shape
+        st = t.stride()
+    except (RuntimeError, TypeError, NotImplementedError, ValueError):
+        return None
+    nd = len(shape)
+    if nd > 64 or len(st) != nd:
+        return None
+    itemsize = 8 if typ == cnp.NPY_FLOAT64 else 4
+    for d in range(nd):
+        dims[d] = shape[d]
+        strides[d] = <cnp.npy_intp>st[d] * itemsize
+    return cnp.PyArray_New(cnp.ndarray, nd, dims, typ, strides, <void *><size_t>ptr, 0, cnp.NPY_ARRAY_WRITEABLE,
+                           None)
 
 
 def same_layout(cnp.ndarray a, cnp.ndarray b):

@@ -1,7 +1,8 @@
 """The `torch` backend: torch tensors, behind the backend protocol (csoftmax._protocol).
 
 Tensors are computed by the backends of their memory, through zero-copy views: CPU
-tensors by the C core (`c`) as NumPy arrays (Tensor.numpy() in, torch.from_numpy out),
+tensors by the C core (`c`) as NumPy arrays (Tensor.numpy() in -- on plain calls, the
+cheaper _ckernels.tensor_view -- and torch.from_numpy out),
 CUDA tensors by the CUDA kernels (`cuda`) as CuPy arrays through DLPack, on the tensor's
 device and torch's current stream there. Results are tensors of the result dtype on the
 input's device; an `out=` tensor is written in place (and its version counter bumped, as
@@ -39,6 +40,7 @@ import numpy as np
 
 import csoftmax
 
+from .. import _ckernels as ck
 from .. import _reference as R
 from .._ops import Family, Kind, Op
 from . import c as _c
@@ -160,7 +162,7 @@ def _down(t: Any) -> Any:
         return None
     t = t.detach()
     if t.is_cpu:
-        return t.numpy()
+        return t.resolve_neg().numpy()  # a lazily negated tensor (negative bit set) made plain first
     if not t.is_cuda:
         raise TypeError(f"csoftmax takes CPU and CUDA tensors, not tensors on {t.device.type}")
     return importlib.import_module("cupy").from_dlpack(t)
@@ -341,41 +343,48 @@ def cross_entropy(op: Op, logits: Any, /, *, axis: Any, labels: Any, probs: Any,
 
 
 # ---- plain calls: the C core's fast entry on the views ----
+_TYPENUMS = {torch.float32: np.dtype(np.float32).num, torch.float64: np.dtype(np.float64).num}
+
+
 def fast_entry(op: Op, cls: Any) -> Any:
     """For plain calls on CPU tensors that need no autograd: the C core's fast entry on
-    their NumPy views (None, to decline, for anything else: the general path takes it)."""
+    views of their memory (_ckernels.tensor_view: the data pointer, shape and strides,
+    at a fraction of Tensor.numpy()'s cost), the result a tensor over the array the core
+    allocated (torch.from_numpy, the cheapest way torch has to make one). None, to
+    decline, for anything else: the general path takes it."""
     core = _c.fast_entry(op, np.ndarray)
     if core is None:
         return None
+    view = ck.tensor_view
 
     def forward_entry(x: Any, axis: Any, temperature: Any, out: Any) -> Any:
-        if x.requires_grad or not x.is_cpu:
+        a = view(x, _TYPENUMS)
+        if a is None:
             return None
-        try:
-            if out is None:
-                r = core(x.numpy(), axis, temperature, None)
-                return None if r is None else torch.from_numpy(r)
-            if not isinstance(out, torch.Tensor) or out.requires_grad or not out.is_cpu:
-                return None
-            if core(x.numpy(), axis, temperature, out.numpy()) is None:
-                return None
-        except (TypeError, RuntimeError):  # a dtype NumPy cannot view (bfloat16, ...)
+        if out is None:
+            r = core(a, axis, temperature, None)
+            return None if r is None else torch.from_numpy(r)
+        if type(out) is not torch.Tensor:
+            return None
+        o = view(out, _TYPENUMS)
+        if o is None or core(a, axis, temperature, o) is None:
             return None
         _increment_version(out)
         return out
 
     def backward_entry(g: Any, y: Any, axis: Any, temperature: Any, out: Any) -> Any:
-        if g.requires_grad or y.requires_grad or not (g.is_cpu and y.is_cpu):
+        if type(y) is not torch.Tensor:
             return None
-        try:
-            if out is None:
-                r = core(g.numpy(), y.numpy(), axis, temperature, None)
-                return None if r is None else torch.from_numpy(r)
-            if not isinstance(out, torch.Tensor) or out.requires_grad or not out.is_cpu:
-                return None
-            if core(g.numpy(), y.numpy(), axis, temperature, out.numpy()) is None:
-                return None
-        except (TypeError, RuntimeError):
+        a, b = view(g, _TYPENUMS), view(y, _TYPENUMS)
+        if a is None or b is None:
+            return None
+        if out is None:
+            r = core(a, b, axis, temperature, None)
+            return None if r is None else torch.from_numpy(r)
+        if type(out) is not torch.Tensor:
+            return None
+        o = view(out, _TYPENUMS)
+        if o is None or core(a, b, axis, temperature, o) is None:
             return None
         _increment_version(out)
         return out
