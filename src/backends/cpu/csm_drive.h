@@ -19,7 +19,9 @@
 /* rows up to this many bytes take the three in-cache passes; longer ones are read once in
    blocks for their statistics, then once more to be written */
 #define CSM_CACHE_ROW_BYTES ((csm_intp)128 * 1024)
-/* outputs from this many bytes up are written with non-temporal stores */
+/* outputs from this many bytes up are written with non-temporal stores -- but not
+   softmax's rows: their exps are stored to out and scaled there in cache, which measured
+   faster at every size tried (benchmarks/RESULTS.md, "Non-temporal stores") */
 #define CSM_STREAM_BYTES ((csm_intp)8 * 1024 * 1024)
 
 static int csm_is_long(csm_intp n) { return n * (csm_intp)sizeof(REAL) > CSM_CACHE_ROW_BYTES; }
@@ -185,9 +187,7 @@ static int csm_short_range(const csm_task *t, const csm_layout *L, csm_intp r0, 
 {
     const csm_intp n = L->n;
     csm_scratch sc = {0};
-    REAL *ebuf = NULL;
-    if (!csm_scratch_alloc(&sc, t, n) ||
-        (t->kind == CSM_SOFTMAX && stream && !(ebuf = (REAL *)malloc((size_t)(CSM_SHORT_ROWS * n) * sizeof(REAL))))) {
+    if (!csm_scratch_alloc(&sc, t, n)) {
         csm_scratch_free(&sc);
         return 1;
     }
@@ -230,7 +230,7 @@ static int csm_short_range(const csm_task *t, const csm_layout *L, csm_intp r0, 
         }
         const int done = CSM_KIND_IS_BACKWARD(t->kind)
                              ? csm_short_backward(t->kind, &g, n, tp, stream)
-                             : csm_short_forward(t->kind, &g, n, tp, stream, ebuf, t->grad_scale, t->ignore_index);
+                             : csm_short_forward(t->kind, &g, n, tp, stream, t->grad_scale, t->ignore_index);
         if (done && !has_row) continue;
         for (int q = 0; q < CSM_SHORT_ROWS; q++) {
             if (flat)
@@ -246,7 +246,6 @@ static int csm_short_range(const csm_task *t, const csm_layout *L, csm_intp r0, 
         if (has_row) csm_store_rowval(it.ptr[CSM_ROW], t->row_dtype, v);
         csm_rowiter_next(&it, L);
     }
-    free(ebuf);
     csm_scratch_free(&sc);
     return 0;
 }
@@ -258,10 +257,7 @@ static int csm_rows_range(const csm_task *t, const csm_layout *L, csm_intp r0, c
     if (r1 <= r0) return 0;
     if (direct && csm_short_takes(t, L, tp)) return csm_short_range(t, L, r0, r1, tp, stream);
     csm_scratch sc = {0};
-    /* softmax keeps its exps in a buffer only when the output is streamed: out is then
-       written once, and never read */
-    const int need_scratch =
-        !direct || t->kind == CSM_XENT || (t->kind == CSM_SOFTMAX && stream && !csm_is_long(L->n));
+    const int need_scratch = !direct || t->kind == CSM_XENT;
     if (need_scratch && !csm_scratch_alloc(&sc, t, L->n)) {
         csm_scratch_free(&sc);
         return 1;
@@ -281,7 +277,8 @@ static int csm_drive_rows(const csm_task *t, const csm_layout *L, int direct)
 {
     const csm_temp tp = csm_temp_make(t->temperature);
     const int nth = csm_pick_threads(L->nrows, L->n, CSM_PAR_MIN_WORK);
-    const int stream = direct && L->base[CSM_OUT] && L->nrows * L->n * (csm_intp)sizeof(REAL) >= CSM_STREAM_BYTES;
+    const int stream = direct && t->kind != CSM_SOFTMAX && L->base[CSM_OUT] &&
+                       L->nrows * L->n * (csm_intp)sizeof(REAL) >= CSM_STREAM_BYTES;
     int failed = 0;
     if (nth <= 1) {
         failed = csm_rows_range(t, L, 0, L->nrows, &tp, direct, stream);

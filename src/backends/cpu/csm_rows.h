@@ -110,11 +110,11 @@ static csm_intp csm_row_find(const REAL *x, const uint8_t *mask, csm_intp n, REA
 }
 
 /* ---- expsum: S' and, when storing, every exp written to out ---- */
-/* one vector at i (cnt lanes; full: cnt == VL); excl: the lane left out of S', or -1 */
-CSM_INLINE void csm_expsum_vec(const REAL *x, const uint8_t *mask, REAL *out, csm_intp i, csm_intp cnt,
-                                        const int full, const int has_mask, const int scaled, const int store,
-                                        const int range, VR ref, double tau, double inv_tau, csm_intp excl,
-                                        csm_vacc *acc)
+/* one vector at i (cnt lanes; full: cnt == VL); excl: the lane left out of S', or -1;
+   returns the terms of the sum */
+CSM_INLINE VR csm_expsum_vec(const REAL *x, const uint8_t *mask, REAL *out, csm_intp i, csm_intp cnt,
+                                      const int full, const int has_mask, const int scaled, const int store,
+                                      const int range, VR ref, double tau, double inv_tau, csm_intp excl)
 {
     VR v = csm_load_masked(x + i, has_mask ? mask + i : NULL, full ? VL : cnt);
     VR dh, dl;
@@ -123,9 +123,11 @@ CSM_INLINE void csm_expsum_vec(const REAL *x, const uint8_t *mask, REAL *out, cs
     VR e = csm_vexp_sc(dh, dl, full ? range : CSM_EXP_NONPOS, CSM_ESCALE);
     if (store) csm_store(out + i, e, full ? VL : cnt);
     if (excl >= 0) e = VSEL(csm_iota() == (VIS)excl, VSPLAT(0), e);
-    csm_acc_add(acc, e);
+    return e;
 }
 
+/* S' over the row: two vectors at a time (csm_acc_add2) into two accumulators in turn,
+   the vector holding the max's lane k on its own */
 CSM_INLINE csm_dd csm_expsum_t(const REAL *x, const uint8_t *mask, REAL *out, csm_intp n, REAL m, csm_intp k,
                                         double tau, double inv_tau, const int has_mask, const int scaled,
                                         const int store, const int range)
@@ -134,26 +136,26 @@ CSM_INLINE csm_dd csm_expsum_t(const REAL *x, const uint8_t *mask, REAL *out, cs
     const VR ref = VSPLAT(m);
     const csm_intp nfull = n - n % VL;
     const csm_intp kb = k >= 0 ? k - k % VL : n; /* the vector holding k; none when k < 0 */
-#define CSM_EXPSUM(i, cnt, full, excl, acc)                                                                             \
-    csm_expsum_vec(x, mask, out, i, cnt, full, has_mask, scaled, store, range, ref, tau, inv_tau, excl, acc)
+#define CSM_EXPSUM(i, cnt, full, excl)                                                                                  \
+    csm_expsum_vec(x, mask, out, i, cnt, full, has_mask, scaled, store, range, ref, tau, inv_tau, excl)
+#define CSM_EXPSUM_PAIRS(stop)                                                                                         \
+    do {                                                                                                               \
+        for (; i + 4 * VL <= (stop); i += 4 * VL) {                                                                    \
+            csm_acc_add2(&a0, CSM_EXPSUM(i, VL, 1, -1), CSM_EXPSUM(i + VL, VL, 1, -1));                                \
+            csm_acc_add2(&a1, CSM_EXPSUM(i + 2 * VL, VL, 1, -1), CSM_EXPSUM(i + 3 * VL, VL, 1, -1));                   \
+        }                                                                                                              \
+        for (; i < (stop); i += VL) csm_acc_add(&a0, CSM_EXPSUM(i, VL, 1, -1));                                        \
+    } while (0)
     csm_intp i = 0;
-    const csm_intp stop = kb < nfull ? kb : nfull;
-    for (; i + 2 * VL <= stop; i += 2 * VL) {
-        CSM_EXPSUM(i, VL, 1, -1, &a0);
-        CSM_EXPSUM(i + VL, VL, 1, -1, &a1);
-    }
-    for (; i < stop; i += VL) CSM_EXPSUM(i, VL, 1, -1, &a0);
+    CSM_EXPSUM_PAIRS(kb < nfull ? kb : nfull);
     if (kb < nfull) {
-        CSM_EXPSUM(kb, VL, 1, k - kb, &a1);
+        csm_acc_add(&a1, CSM_EXPSUM(kb, VL, 1, k - kb));
         i = kb + VL;
     }
-    for (; i + 2 * VL <= nfull; i += 2 * VL) {
-        CSM_EXPSUM(i, VL, 1, -1, &a0);
-        CSM_EXPSUM(i + VL, VL, 1, -1, &a1);
-    }
-    for (; i < nfull; i += VL) CSM_EXPSUM(i, VL, 1, -1, &a0);
-    if (nfull < n) CSM_EXPSUM(nfull, n - nfull, 0, k >= nfull && kb < n ? k - nfull : -1, &a1);
+    CSM_EXPSUM_PAIRS(nfull);
+    if (nfull < n) csm_acc_add(&a1, CSM_EXPSUM(nfull, n - nfull, 0, k >= nfull && kb < n ? k - nfull : -1));
 #undef CSM_EXPSUM
+#undef CSM_EXPSUM_PAIRS
     return csm_acc_total2(&a0, &a1);
 }
 
@@ -310,8 +312,9 @@ static double csm_special_row(int kind, const REAL *x, csm_intp sx, const uint8_
 
 /*
  * One contiguous row of a forward kind, kept in cache (three passes). out may equal x
- * (in place). buf, when given, is a row of scratch that holds softmax's exps, so that out
- * is written once (and may be streamed). Returns the row's logsumexp (CSM_LOGSUMEXP).
+ * (in place). buf, when given, is a row of scratch that holds softmax's exps (rows
+ * gathered into a buffer); else they are stored to out and scaled there. Returns the
+ * row's logsumexp (CSM_LOGSUMEXP).
  */
 static double csm_row_forward(int kind, const REAL *x, const uint8_t *mask, REAL *out, REAL *buf, csm_intp n,
                                        const csm_temp *tp, int stream)

@@ -121,10 +121,10 @@ static void csm_short_scan(const csm_short_grp *g, csm_intp n, REAL *m, REAL *mn
 }
 
 /* the exps of one vector of one row: stored to e (store), the max's ties counted and left
-   out (ties), summed */
-CSM_INLINE void csm_short_term(const REAL *x, REAL *e, csm_intp cnt, const int full, VR ref, double tau,
-                               double inv_tau, const int store, const int ties, const int scaled, const int range,
-                               csm_vacc *acc, VI *tie)
+   out (ties); returns the terms of the sum */
+CSM_INLINE VR csm_short_term(const REAL *x, REAL *e, csm_intp cnt, const int full, VR ref, double tau,
+                             double inv_tau, const int store, const int ties, const int scaled, const int range,
+                             VI *tie)
 {
     /* a partial vector's padding is the max (exp 1, taken out below) rather than -inf, whose
        exp would go through the subnormal range, which costs a microcode assist per vector */
@@ -140,10 +140,11 @@ CSM_INLINE void csm_short_term(const REAL *x, REAL *e, csm_intp cnt, const int f
         t = VSEL(eq, VSPLAT(0), t);
     }
     if (!full) t = VSEL(live, t, VSPLAT(0));
-    csm_acc_add(acc, t);
+    return t;
 }
 
-/* S' of every row of the group (m finite); e[r]: where row r's exps go when storing */
+/* S' of every row of the group (m finite); e[r]: where row r's exps go when storing.
+   Two vectors of a row at a time, their terms summed by csm_acc_add2. */
 CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, REAL *const *e, csm_intp n, const REAL *m, double tau,
                                    double inv_tau, csm_dd *s, const int store, const int ties, const int scaled,
                                    const int range)
@@ -151,24 +152,34 @@ CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, REAL *const *e, csm_i
     csm_vacc sums[CSM_SHORT_ROWS];
     VI tied[CSM_SHORT_ROWS];
     for (int r0 = 0; r0 < CSM_SHORT_ROWS; r0 += CSM_SHORT_SUBE) {
-        const REAL *const *x = g->x + r0;
+        /* the rows' pointers as locals: the build does not assume strict aliasing, so read
+           through g and e they would be loaded again after every store */
+        const REAL *x[CSM_SHORT_SUBE];
+        REAL *ex[CSM_SHORT_SUBE];
         csm_vacc acc[CSM_SHORT_SUBE];
         VI tie[CSM_SHORT_SUBE];
         VR ref[CSM_SHORT_SUBE];
         for (int r = 0; r < CSM_SHORT_SUBE; r++) {
+            x[r] = g->x[r0 + r];
+            ex[r] = store ? e[r0 + r] : NULL;
             acc[r] = csm_short_zero;
             tie[r] = (VI){0};
             ref[r] = VSPLAT(m[r0 + r]);
         }
+#define CSM_SHORT_TERM(r, i, cnt, full)                                                                                \
+    csm_short_term(x[r] + (i), store ? ex[r] + (i) : NULL, cnt, full, ref[r], tau, inv_tau, store, ties, scaled, range, \
+                   &tie[r])
         csm_intp i = 0;
-        for (; i + VL <= n; i += VL)
+        for (; i + 2 * VL <= n; i += 2 * VL)
             for (int r = 0; r < CSM_SHORT_SUBE; r++)
-                csm_short_term(x[r] + i, store ? e[r0 + r] + i : NULL, VL, 1, ref[r], tau, inv_tau, store, ties,
-                               scaled, range, &acc[r], &tie[r]);
+                csm_acc_add2(&acc[r], CSM_SHORT_TERM(r, i, VL, 1), CSM_SHORT_TERM(r, i + VL, VL, 1));
+        if (i + VL <= n) {
+            for (int r = 0; r < CSM_SHORT_SUBE; r++) csm_acc_add(&acc[r], CSM_SHORT_TERM(r, i, VL, 1));
+            i += VL;
+        }
         if (i < n)
-            for (int r = 0; r < CSM_SHORT_SUBE; r++)
-                csm_short_term(x[r] + i, store ? e[r0 + r] + i : NULL, n - i, 0, ref[r], tau, inv_tau, store, ties,
-                               scaled, range, &acc[r], &tie[r]);
+            for (int r = 0; r < CSM_SHORT_SUBE; r++) csm_acc_add(&acc[r], CSM_SHORT_TERM(r, i, n - i, 0));
+#undef CSM_SHORT_TERM
         for (int r = 0; r < CSM_SHORT_SUBE; r++) {
             sums[r0 + r] = acc[r];
             tied[r0 + r] = tie[r];
@@ -216,9 +227,9 @@ static void csm_short_log1p(const csm_dd *s, double *L)
 /*
  * One group of a forward kind or plain cross-entropy; returns 0 (nothing written but
  * where csm_row_forward would have written too) if the group must go row by row.
- * ebuf: CSM_SHORT_ROWS rows of scratch for softmax's exps when the output is streamed.
+ * softmax's exps are stored to its output and scaled there.
  */
-static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_temp *tp, int stream, REAL *ebuf,
+static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_temp *tp, int stream,
                              double grad_scale, int64_t ignore_index)
 {
     REAL m[CSM_SHORT_ROWS], mn[CSM_SHORT_ROWS];
@@ -232,10 +243,8 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
         if (!csm_finite((double)m[r])) return 0;
         bounded &= ((double)mn[r] - (double)m[r]) * tp->inv_tau >= -csm_exp_bound;
     }
-    REAL *e[CSM_SHORT_ROWS];
     const int store = kind == CSM_SOFTMAX || (xent && g->out[0]);
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) e[r] = kind == CSM_SOFTMAX && stream ? ebuf + r * n : g->out[r];
-    csm_short_expsum(g, e, n, m, tp, store, kind != CSM_SOFTMAX, bounded, s);
+    csm_short_expsum(g, g->out, n, m, tp, store, kind != CSM_SOFTMAX, bounded, s);
     int nan = 0;
     for (int r = 0; r < CSM_SHORT_ROWS; r++) nan |= s[r].hi != s[r].hi;
     if (nan && kind != CSM_SOFTMAX) return 0; /* nothing written over x: row by row */
@@ -252,7 +261,7 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
             st.any = 1;
             csm_special_row(kind, g->x[r], 1, NULL, 1, g->out[r], 1, n, &st, 0);
         } else if (kind == CSM_SOFTMAX) {
-            csm_row_scale(e[r], g->out[r], n, (REAL)(csm_dd_inv_1p(s[r]) * CSM_EUNSCALE), stream); /* e is scaled */
+            csm_row_scale(g->out[r], g->out[r], n, (REAL)(csm_dd_inv_1p(s[r]) * CSM_EUNSCALE), stream); /* e is scaled */
         } else if (kind == CSM_LOG_SOFTMAX) {
             csm_row_logsub(g->x[r], NULL, g->out[r], n, m[r], (REAL)L[r], tp, stream);
         } else if (kind == CSM_LOGSUMEXP) {

@@ -127,6 +127,19 @@ CSM_INLINE void csm_acc_add(csm_vacc *acc, VR e)
 #endif
 }
 
+/* two vectors of exps into the sum: for float rows added in float first (one rounding,
+   relative 2^-24 of the pair, against the <= 4 ulp of the contract; the CUDA kernels do
+   the same), so that one widening serves both; double rows take each in turn */
+CSM_INLINE void csm_acc_add2(csm_vacc *acc, VR e0, VR e1)
+{
+#if REAL_IS_F32
+    csm_acc_add(acc, e0 + e1);
+#else
+    csm_acc_add(acc, e0);
+    csm_acc_add(acc, e1);
+#endif
+}
+
 /* the same for sums of user data, which may hold infinities: a compensation that went
    NaN (inf - inf) is dropped, so that the sum is what plain addition gives: +-inf, or NaN
    for +inf + -inf */
