@@ -343,7 +343,7 @@ def cross_entropy(op: Op, logits: Any, /, *, axis: Any, labels: Any, probs: Any,
 
 
 # ---- plain calls: the C core's fast entry on the views ----
-_TYPENUMS = {torch.float32: np.dtype(np.float32).num, torch.float64: np.dtype(np.float64).num}
+_TYPENUMS: dict[Any, int] = {torch.float32: np.dtype(np.float32).num, torch.float64: np.dtype(np.float64).num}
 
 
 def fast_entry(op: Op, cls: Any) -> Any:
