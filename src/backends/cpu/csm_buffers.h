@@ -73,14 +73,14 @@ typedef struct {
 static int csm_scratch_alloc(csm_scratch *sc, const csm_task *t, csm_intp n)
 {
     size_t cnt = (size_t)(n > 0 ? n : 1);
-    const int xent = t->kind == CSM_XENT, need_buf = xent || t->kind == CSM_SOFTMAX;
+    const int xent = t->kind == CSM_XENT;
     memset(sc, 0, sizeof *sc);
     sc->x = (REAL *)malloc(cnt * sizeof(REAL));
     if (t->data[CSM_Y]) sc->y = (REAL *)malloc(cnt * sizeof(REAL));
     if (xent) sc->out = (REAL *)malloc(cnt * sizeof(REAL));
-    if (need_buf) sc->buf = (REAL *)malloc(cnt * sizeof(REAL));
+    if (xent) sc->buf = (REAL *)malloc(cnt * sizeof(REAL));
     if (t->data[CSM_MASK]) sc->mask = (uint8_t *)malloc(cnt);
-    return sc->x && (sc->y || !t->data[CSM_Y]) && (sc->out || !xent) && (sc->buf || !need_buf) &&
+    return sc->x && (sc->y || !t->data[CSM_Y]) && (sc->out || !xent) && (sc->buf || !xent) &&
            (sc->mask || !t->data[CSM_MASK]);
 }
 

@@ -67,11 +67,11 @@ static double csm_forward_row(const csm_task *t, const csm_layout *L, char *cons
         const REAL *x = (const REAL *)p[CSM_X];
         REAL *out = (REAL *)p[CSM_OUT];
         if (csm_is_long(n)) return csm_row_forward_long(kind, x, mask, out, n, tp, stream);
-        return csm_row_forward(kind, x, mask, out, sc ? sc->buf : NULL, n, tp, stream);
+        return csm_row_forward(kind, x, mask, out, n, tp, stream);
     }
     csm_gather(sc->x, p[CSM_X], L, CSM_X, t->dtype);
     if (mask) csm_gather_mask(sc->mask, (const char *)mask, L);
-    double v = csm_row_forward(kind, sc->x, mask ? sc->mask : NULL, sc->x, sc->buf, n, tp, 0);
+    double v = csm_row_forward(kind, sc->x, mask ? sc->mask : NULL, sc->x, n, tp, 0);
     if (kind != CSM_LOGSUMEXP) csm_scatter(p[CSM_OUT], sc->x, L, CSM_OUT, t->dtype);
     return v;
 }

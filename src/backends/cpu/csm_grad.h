@@ -40,8 +40,8 @@ CSM_INLINE void csm_bwd_sum_vec(int kind, const REAL *g, const REAL *y, const ui
  * that is not finite although its inputs are is computed again, wider (csm_bwd_wide).
  */
 /* the lanes of o that are not finite although their g and y are, computed again wider (a
-   cold path out of line, so that the hot loop keeps o in a register rather than in memory
-   for the lane-wise writes, and tests only o) */
+   cold path out of line, so that a loop over csm_bwd_value keeps o in a register rather
+   than in memory for the lane-wise writes, and tests only o) */
 static __attribute__((noinline, cold)) VR csm_bwd_redo(int kind, VR o, VR gv, VR yv, VR s_hi, VR s_lo,
                                                        const csm_temp *tp)
 {
@@ -207,16 +207,16 @@ CSM_INLINE void csm_bwd_out_pair_t(const int kind, const REAL *g, const REAL *y,
         CSM_BWD_VEC(0, head, 0, 0);
         i = head;
     }
+#define CSM_BWD_RUN(NT) csm_bwd_run(kind, g, y, mask, out, i, n, NT, has_mask, s_hi, s_lo, inv)
+#define CSM_BWD_LEFT(NT) CSM_BWD_VEC(i, VL, 1, NT)
     for (;;) {
-        i = nt ? csm_bwd_run(kind, g, y, mask, out, i, n, 1, has_mask, s_hi, s_lo, inv)
-               : csm_bwd_run(kind, g, y, mask, out, i, n, 0, has_mask, s_hi, s_lo, inv);
+        i = CSM_FLAGS1(nt, CSM_BWD_RUN);
         if (i + VL > n) break;
-        if (nt)
-            CSM_BWD_VEC(i, VL, 1, 1);
-        else
-            CSM_BWD_VEC(i, VL, 1, 0);
+        CSM_FLAGS1(nt, CSM_BWD_LEFT); /* the vector the loop left */
         i += VL;
     }
+#undef CSM_BWD_RUN
+#undef CSM_BWD_LEFT
     if (i < n) CSM_BWD_VEC(i, n - i, 0, 0);
 #undef CSM_BWD_VEC
 }

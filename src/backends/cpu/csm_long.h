@@ -83,7 +83,7 @@ static void csm_part_finish(int kind, const REAL *x, const uint8_t *mask, REAL *
 static double csm_row_forward_long(int kind, const REAL *x, const uint8_t *mask, REAL *out, csm_intp n,
                                             const csm_temp *tp, int stream)
 {
-    if (CSM_TAU_RIM(tp)) return csm_row_forward(kind, x, mask, out, NULL, n, tp, 0); /* csm_rim.h's scalar passes */
+    if (CSM_TAU_RIM(tp)) return csm_row_forward(kind, x, mask, out, n, tp, 0); /* csm_rim.h's scalar passes */
     csm_part c;
     csm_part_init(&c);
     csm_part_add(&c, x, mask, n, tp);

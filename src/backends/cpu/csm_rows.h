@@ -312,11 +312,10 @@ static double csm_special_row(int kind, const REAL *x, csm_intp sx, const uint8_
 
 /*
  * One contiguous row of a forward kind, kept in cache (three passes). out may equal x
- * (in place). buf, when given, is a row of scratch that holds softmax's exps (rows
- * gathered into a buffer); else they are stored to out and scaled there. Returns the
- * row's logsumexp (CSM_LOGSUMEXP).
+ * (in place). softmax's exps are stored to out and scaled there. Returns the row's
+ * logsumexp (CSM_LOGSUMEXP).
  */
-static double csm_row_forward(int kind, const REAL *x, const uint8_t *mask, REAL *out, REAL *buf, csm_intp n,
+static double csm_row_forward(int kind, const REAL *x, const uint8_t *mask, REAL *out, csm_intp n,
                                        const csm_temp *tp, int stream)
 {
     csm_stats st;
@@ -330,13 +329,12 @@ static double csm_row_forward(int kind, const REAL *x, const uint8_t *mask, REAL
         return 0.0;
     }
     st.k = csm_row_find(x, mask, n, st.m);
-    REAL *e = kind != CSM_SOFTMAX ? NULL : buf ? buf : out;
-    st.s = csm_row_expsum(x, mask, e, n, &st, tp);
+    st.s = csm_row_expsum(x, mask, kind == CSM_SOFTMAX ? out : NULL, n, &st, tp);
     /* A NaN among the unmasked entries: rewrite the row. In place, x may now hold the
        exps, but NaN stays NaN through exp, which is all csm_special_row needs then. */
     if (st.s.hi != st.s.hi) return csm_special_row(kind, x, 1, mask, 1, out, 1, n, &st, tp->tau_inf);
     if (kind == CSM_SOFTMAX) {
-        csm_row_scale(e, out, n, (REAL)(csm_dd_inv_1p(st.s) * CSM_EUNSCALE), stream); /* e is scaled */
+        csm_row_scale(out, out, n, (REAL)(csm_dd_inv_1p(st.s) * CSM_EUNSCALE), stream); /* the exps are scaled */
         return 0.0;
     }
     double lse = csm_dd_log1p(st.s);

@@ -143,9 +143,9 @@ CSM_INLINE VR csm_short_term(const REAL *x, REAL *e, csm_intp cnt, const int ful
     return t;
 }
 
-/* S' of every row of the group (m finite); e[r]: where row r's exps go when storing.
+/* S' of every row of the group (m finite); when storing, row r's exps go to g->out[r].
    Two vectors of a row at a time, their terms summed by csm_acc_add2. */
-CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, REAL *const *e, csm_intp n, const REAL *m, double tau,
+CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, csm_intp n, const REAL *m, double tau,
                                    double inv_tau, csm_dd *s, const int store, const int ties, const int scaled,
                                    const int range)
 {
@@ -161,7 +161,7 @@ CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, REAL *const *e, csm_i
         VR ref[CSM_SHORT_SUBE];
         for (int r = 0; r < CSM_SHORT_SUBE; r++) {
             x[r] = g->x[r0 + r];
-            ex[r] = store ? e[r0 + r] : NULL;
+            ex[r] = store ? g->out[r0 + r] : NULL;
             acc[r] = csm_short_zero;
             tie[r] = (VI){0};
             ref[r] = VSPLAT(m[r0 + r]);
@@ -195,12 +195,12 @@ CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, REAL *const *e, csm_i
                             ties ? (double)cnt[r] - 1.0 : -1.0);
 }
 
-static void csm_short_expsum(const csm_short_grp *g, REAL *const *e, csm_intp n, const REAL *m, const csm_temp *tp,
+static void csm_short_expsum(const csm_short_grp *g, csm_intp n, const REAL *m, const csm_temp *tp,
                              int store, int ties, int bounded, csm_dd *s)
 {
     const double tau = tp->tau, inv = tp->inv_tau;
 #define CSM_SHORT_EXPSUM(T, S, B)                                                                                      \
-    csm_short_expsum_t(g, e, n, m, tau, inv, s, !(T) || store, T, S, (B) ? CSM_EXP_BOUNDED : CSM_EXP_NONPOS)
+    csm_short_expsum_t(g, n, m, tau, inv, s, !(T) || store, T, S, (B) ? CSM_EXP_BOUNDED : CSM_EXP_NONPOS)
     CSM_FLAGS3(ties, tp->scaled, bounded, CSM_SHORT_EXPSUM);
 #undef CSM_SHORT_EXPSUM
 }
@@ -244,7 +244,7 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
         bounded &= ((double)mn[r] - (double)m[r]) * tp->inv_tau >= -csm_exp_bound;
     }
     const int store = kind == CSM_SOFTMAX || (xent && g->out[0]);
-    csm_short_expsum(g, g->out, n, m, tp, store, kind != CSM_SOFTMAX, bounded, s);
+    csm_short_expsum(g, n, m, tp, store, kind != CSM_SOFTMAX, bounded, s);
     int nan = 0;
     for (int r = 0; r < CSM_SHORT_ROWS; r++) nan |= s[r].hi != s[r].hi;
     if (nan && kind != CSM_SOFTMAX) return 0; /* nothing written over x: row by row */
@@ -261,7 +261,7 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
             st.any = 1;
             csm_special_row(kind, g->x[r], 1, NULL, 1, g->out[r], 1, n, &st, 0);
         } else if (kind == CSM_SOFTMAX) {
-            csm_row_scale(g->out[r], g->out[r], n, (REAL)(csm_dd_inv_1p(s[r]) * CSM_EUNSCALE), stream); /* e is scaled */
+            csm_row_scale(g->out[r], g->out[r], n, (REAL)(csm_dd_inv_1p(s[r]) * CSM_EUNSCALE), stream); /* the exps are scaled */
         } else if (kind == CSM_LOG_SOFTMAX) {
             csm_row_logsub(g->x[r], NULL, g->out[r], n, m[r], (REAL)L[r], tp, stream);
         } else if (kind == CSM_LOGSUMEXP) {

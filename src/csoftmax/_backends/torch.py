@@ -357,36 +357,25 @@ def fast_entry(op: Op, cls: Any) -> Any:
         return None
     view = ck.tensor_view
 
-    def forward_entry(x: Any, axis: Any, temperature: Any, out: Any) -> Any:
-        a = view(x, _TYPENUMS)
-        if a is None:
-            return None
+    def run(arrays: Any, axis: Any, temperature: Any, out: Any) -> Any:
+        """core on the views of the inputs; its result as a tensor, or out= written in place."""
         if out is None:
-            r = core(a, axis, temperature, None)
+            r = core(*arrays, axis, temperature, None)
             return None if r is None else torch.from_numpy(r)
-        if type(out) is not torch.Tensor:
-            return None
-        o = view(out, _TYPENUMS)
-        if o is None or core(a, axis, temperature, o) is None:
+        o = view(out, _TYPENUMS) if type(out) is torch.Tensor else None
+        if o is None or core(*arrays, axis, temperature, o) is None:
             return None
         _increment_version(out)
         return out
+
+    def forward_entry(x: Any, axis: Any, temperature: Any, out: Any) -> Any:
+        a = view(x, _TYPENUMS)
+        return None if a is None else run((a,), axis, temperature, out)
 
     def backward_entry(g: Any, y: Any, axis: Any, temperature: Any, out: Any) -> Any:
         if type(y) is not torch.Tensor:
             return None
         a, b = view(g, _TYPENUMS), view(y, _TYPENUMS)
-        if a is None or b is None:
-            return None
-        if out is None:
-            r = core(a, b, axis, temperature, None)
-            return None if r is None else torch.from_numpy(r)
-        if type(out) is not torch.Tensor:
-            return None
-        o = view(out, _TYPENUMS)
-        if o is None or core(a, b, axis, temperature, o) is None:
-            return None
-        _increment_version(out)
-        return out
+        return None if a is None or b is None else run((a, b), axis, temperature, out)
 
     return forward_entry if op.family is Family.FORWARD else backward_entry
