@@ -20,8 +20,9 @@
    blocks for their statistics, then once more to be written */
 #define CSM_CACHE_ROW_BYTES ((csm_intp)128 * 1024)
 /* outputs from this many bytes up are written with non-temporal stores -- but not
-   softmax's rows: their exps are stored to out and scaled there in cache, which measured
-   faster at every size tried (benchmarks/RESULTS.md, "Non-temporal stores") */
+   softmax's in-cache rows: their exps are stored to out and scaled there in cache, which
+   measured faster at every size tried (benchmarks/RESULTS.md, "Non-temporal stores");
+   softmax's long rows compute their exps again as they write, and stream */
 #define CSM_STREAM_BYTES ((csm_intp)8 * 1024 * 1024)
 
 static int csm_is_long(csm_intp n) { return n * (csm_intp)sizeof(REAL) > CSM_CACHE_ROW_BYTES; }
@@ -277,7 +278,7 @@ static int csm_drive_rows(const csm_task *t, const csm_layout *L, int direct)
 {
     const csm_temp tp = csm_temp_make(t->temperature);
     const int nth = csm_pick_threads(L->nrows, L->n, CSM_PAR_MIN_WORK);
-    const int stream = direct && t->kind != CSM_SOFTMAX && L->base[CSM_OUT] &&
+    const int stream = direct && (t->kind != CSM_SOFTMAX || csm_is_long(L->n)) && L->base[CSM_OUT] &&
                        L->nrows * L->n * (csm_intp)sizeof(REAL) >= CSM_STREAM_BYTES;
     int failed = 0;
     if (nth <= 1) {
