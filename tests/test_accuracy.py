@@ -400,3 +400,32 @@ def test_ulp_contract_along_a_leading_axis(backend, op, dtype, kind):
         soft, logs = exact_ld(x[:, j])
         err = ulps(got[:, j], soft if op == "softmax" else logs, dtype)
         assert err.max() <= ULP_LIMIT, f"{op} {kind} column {j}: {err.max():.2f} ulp"
+
+
+@needs_ld
+@pytest.mark.parametrize("n", [5, 16, 100, 2000])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+def test_ulp_contract_tame_rows_at_the_anchor_limits(backend, op, n):
+    """float32 rows the C core takes with its anchored exp (no mask, tau = 1, entries within
+    512 of 0 and within 87 of the max: exp(x) reduced from x, the row's factor e^-r_m in
+    double) and rows just past each limit (the general path), side by side in one batch of
+    32, so that the group kernels take the short ones: every op within the contract."""
+    rng = np.random.default_rng(n)
+    tops = [511.99, 511.0, -425.0, 0.0, 3.0, 512.5, -430.0, 87.0]  # -430 - 86.9 and 512.5: past the limit
+    rows = []
+    for r in range(32):
+        top = tops[r % len(tops)]
+        v = top - rng.random(n) * (86.9 if r % 3 else 40.0)
+        v[rng.integers(n)] = top
+        if r % 5 == 0:
+            v[rng.integers(n)] = top - 86.99  # spread at the bounded range's edge
+        rows.append(v)
+    x = np.array(rows, dtype=np.float32)
+    got = call(backend, op, x, axis=-1)
+    for r in range(len(rows)):
+        if op == "logsumexp":
+            assert ulps(got[r], _lse_ld(x[r]), np.float32) <= 2.0, f"row {r} (top {x[r].max()})"
+            continue
+        soft, logs = exact_ld(x[r])
+        err = ulps(got[r], soft if op == "softmax" else logs, np.float32)
+        assert err.max() <= ULP_LIMIT, f"row {r} (top {x[r].max()}): {err.max():.2f} ulp at {err.argmax()}"

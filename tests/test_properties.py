@@ -32,12 +32,15 @@ def arrays_and_axis(draw, elements=None):
 @SETTINGS
 @given(data=arrays_and_axis(elements=st.integers(-40, 40).map(float)), shift=st.integers(-1000, 1000))
 def test_shift_invariance(backend, data, shift):
-    """softmax(x + c) == softmax(x) bit for bit when x + c is exact (integers)."""
+    """softmax(x + c) and softmax(x) agree when x + c is exact (integers): within 8 ulp, the
+    contract's 4 ulp of the exact value for each. Not bit for bit: the C core's anchored
+    exp (docs/design.md, "The anchored exp") reduces exp(x) from x itself, so a shifted
+    row rounds differently."""
     x, axis = data
     for op in ("softmax", "log_softmax"):
         a = call(backend, op, x, axis=axis)
         b = call(backend, op, x + x.dtype.type(shift), axis=axis)
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_max_ulp(a, b, maxulp=8)
 
 
 @SETTINGS

@@ -416,7 +416,10 @@ static double csm_row_xent(const REAL *x, const REAL *q, int64_t label, const ui
         src.from = CSM_XENT_RIM;
     } else {
         st.k = csm_row_find(x, mask, n, st.m);
-        st.s = csm_row_expsum(x, mask, grad, n, &st, tp); /* grad holds exp((x_j - m) / tau) 2^CSM_ESCALE */
+        /* grad holds exp((x_j - m) / tau) 2^CSM_ESCALE (the gradient's finishers take that
+           scale, so the row may take the anchored exp only where there is no gradient) */
+        double unscale;
+        st.s = csm_row_expsum(x, mask, grad, n, &st, tp, grad ? NULL : &unscale);
         src.from = CSM_XENT_ORDINARY;
         src.e = grad;
     }

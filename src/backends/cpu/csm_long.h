@@ -60,7 +60,7 @@ static void csm_part_add(csm_part *c, const REAL *x, const uint8_t *mask, csm_in
             c->m = st.m;
         }
         const REAL r = (REAL)c->r; /* a value of the row: exact */
-#define CSM_EXPSUM(M, S) csm_expsum_t(xb, (M) ? mb : NULL, NULL, bn, r, excl, tau, inv, M, S, 0, CSM_EXP_ANY)
+#define CSM_EXPSUM(M, S) csm_expsum_t(xb, (M) ? mb : NULL, NULL, bn, r, 0, excl, tau, inv, M, S, 0, CSM_EXP_ANY)
         s = csm_dd_add(s, CSM_FLAGS2(mb != NULL, tp->scaled, CSM_EXPSUM));
 #undef CSM_EXPSUM
     }

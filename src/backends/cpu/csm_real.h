@@ -8,7 +8,7 @@
  * count, VMAX/VMIN lane-wise max/min whose result is the second operand where either is
  * NaN, VMASK the comparison mask of VL mask bytes, VLDPART/VSTPART the first lanes of a
  * vector loaded or stored (a row's tail), VHRED a horizontal reduction over VR or VI, VTRED
- * the row-wise reduction of VL such vectors at once.
+ * the row-wise reduction of VL such vectors at once, VSCALEF a * 2^k (AVX-512 builds only).
  */
 #ifndef CSM_REAL_H
 #define CSM_REAL_H
@@ -30,6 +30,7 @@
 #define VHRED CSM_HRED_F
 #define VTRED CSM_TRED_F
 #define VSTPART csm_stpart_f
+#define VSCALEF csm_scalef_f
 #define R_MANT_BITS 23
 #define R_EXP_BIAS 127
 #define R_MAX 3.4028234663852886e38f /* the largest finite value */
@@ -50,6 +51,7 @@
 #define VHRED CSM_HRED_D
 #define VTRED CSM_TRED_D
 #define VSTPART csm_stpart_d
+#define VSCALEF csm_scalef_d
 #define R_MANT_BITS 52
 #define R_EXP_BIAS 1023
 #define R_MAX 1.7976931348623157e308

@@ -114,13 +114,20 @@ static csm_intp csm_row_find(const REAL *x, const uint8_t *mask, csm_intp n, REA
    returns the terms of the sum */
 CSM_INLINE VR csm_expsum_vec(const REAL *x, const uint8_t *mask, REAL *out, csm_intp i, csm_intp cnt,
                                       const int full, const int has_mask, const int scaled, const int store,
-                                      const int range, VR ref, double tau, double inv_tau, csm_intp excl)
+                                      const int range, VR ref, VR kc, double tau, double inv_tau, csm_intp excl)
 {
-    VR v = csm_load_masked(x + i, has_mask ? mask + i : NULL, full ? VL : cnt);
-    VR dh, dl;
-    csm_vdiff(v, ref, tau, inv_tau, scaled, &dh, &dl);
-    /* a partial vector's padding is -inf: it needs the checked exp */
-    VR e = csm_vexp_sc(dh, dl, full ? range : CSM_EXP_NONPOS, CSM_ESCALE);
+    VR e;
+    if (range == CSM_EXP_ANCHORED) {
+        /* a partial vector's padding is the max, a tame entry, taken out below */
+        e = csm_vexp_anchored(csm_load(x + i, full ? VL : cnt, ref[0]), kc);
+        if (!full) e = VSEL(csm_iota() < (VIS)cnt, e, VSPLAT(0));
+    } else {
+        VR v = csm_load_masked(x + i, has_mask ? mask + i : NULL, full ? VL : cnt);
+        VR dh, dl;
+        csm_vdiff(v, ref, tau, inv_tau, scaled, &dh, &dl);
+        /* a partial vector's padding is -inf: it needs the checked exp */
+        e = csm_vexp_sc(dh, dl, full ? range : CSM_EXP_NONPOS, CSM_ESCALE);
+    }
     if (store) csm_store(out + i, e, full ? VL : cnt);
     if (excl >= 0) e = VSEL(csm_iota() == (VIS)excl, VSPLAT(0), e);
     return e;
@@ -128,16 +135,16 @@ CSM_INLINE VR csm_expsum_vec(const REAL *x, const uint8_t *mask, REAL *out, csm_
 
 /* S' over the row: two vectors at a time (csm_acc_add2) into two accumulators in turn,
    the vector holding the max's lane k on its own */
-CSM_INLINE csm_dd csm_expsum_t(const REAL *x, const uint8_t *mask, REAL *out, csm_intp n, REAL m, csm_intp k,
-                                        double tau, double inv_tau, const int has_mask, const int scaled,
+CSM_INLINE csm_dd csm_expsum_t(const REAL *x, const uint8_t *mask, REAL *out, csm_intp n, REAL m, REAL kcs,
+                                        csm_intp k, double tau, double inv_tau, const int has_mask, const int scaled,
                                         const int store, const int range)
 {
     csm_vacc a0 = {{0}, {0}}, a1 = {{0}, {0}};
-    const VR ref = VSPLAT(m);
+    const VR ref = VSPLAT(m), kc = VSPLAT(kcs);
     const csm_intp nfull = n - n % VL;
     const csm_intp kb = k >= 0 ? k - k % VL : n; /* the vector holding k; none when k < 0 */
 #define CSM_EXPSUM(i, cnt, full, excl)                                                                                  \
-    csm_expsum_vec(x, mask, out, i, cnt, full, has_mask, scaled, store, range, ref, tau, inv_tau, excl)
+    csm_expsum_vec(x, mask, out, i, cnt, full, has_mask, scaled, store, range, ref, kc, tau, inv_tau, excl)
 #define CSM_EXPSUM_PAIRS(stop)                                                                                         \
     do {                                                                                                               \
         for (; i + 4 * VL <= (stop); i += 4 * VL) {                                                                    \
@@ -159,34 +166,51 @@ CSM_INLINE csm_dd csm_expsum_t(const REAL *x, const uint8_t *mask, REAL *out, cs
     return csm_acc_total2(&a0, &a1);
 }
 
-/* the exp variant a row allows: bounded when the scan saw no mask and min and max
-   within the exp's normal range of each other */
-static int csm_exp_range(const csm_stats *st, const csm_temp *tp)
+/* the exp variant a row allows: anchored (float rows: no mask, tau = 1, entries within
+   CSM_ANCHOR_MAX of 0), else bounded, when the scan saw no mask and min and max within the
+   exp's normal range of each other, else the checked one */
+static int csm_exp_range(const csm_stats *st, const csm_temp *tp, int has_mask)
 {
+    if (has_mask) return CSM_EXP_NONPOS;
     double spread = ((double)st->mn - (double)st->m) * tp->inv_tau;
-    return spread >= -csm_exp_bound ? CSM_EXP_BOUNDED : CSM_EXP_NONPOS; /* false for mn = -inf, NaN */
+    if (!(spread >= -csm_exp_bound)) return CSM_EXP_NONPOS; /* also for mn = -inf, NaN */
+    if (CSM_ANCHOR && !tp->scaled && fabs((double)st->mn) <= CSM_ANCHOR_MAX && fabs((double)st->m) <= CSM_ANCHOR_MAX)
+        return CSM_EXP_ANCHORED;
+    return CSM_EXP_BOUNDED;
 }
 
-/* S' of a scanned row (k found), unscaled; the exps stored into out (when given) are
-   exp((x_j - m) / tau) 2^CSM_ESCALE */
+/* S' of a scanned row (k found). The exps stored into out (when given) are
+   exp((x_j - m) / tau) / *unscale: *unscale is 2^-CSM_ESCALE, or where the row takes the
+   anchored exp (csm_exp.h), 2^-CSM_ESCALE e^-r_m; with unscale NULL, the row may not take
+   it (the caller needs the plain scale). */
 static csm_dd csm_row_expsum(const REAL *x, const uint8_t *mask, REAL *out, csm_intp n, const csm_stats *st,
-                             const csm_temp *tp)
+                             const csm_temp *tp, double *unscale)
 {
     const double tau = tp->tau, inv = tp->inv_tau;
     const REAL m = st->m;
     const csm_intp k = st->k;
 #define CSM_EXPSUM_T(M, S, O, RANGE)                                                                                   \
-    csm_expsum_t(x, (M) ? mask : NULL, (O) ? out : NULL, n, m, k, tau, inv, M, S, O, RANGE)
+    csm_expsum_t(x, (M) ? mask : NULL, (O) ? out : NULL, n, m, a.kc, k, tau, inv, M, S, O, RANGE)
 #define CSM_EXPSUM_BOUNDED(S, O) CSM_EXPSUM_T(0, S, O, CSM_EXP_BOUNDED)
+#define CSM_EXPSUM_ANCHORED(O) CSM_EXPSUM_T(0, 0, O, CSM_EXP_ANCHORED)
 #define CSM_EXPSUM_NONPOS(M, S, O) CSM_EXPSUM_T(M, S, O, CSM_EXP_NONPOS)
     csm_dd s;
-    if (!mask && csm_exp_range(st, tp) == CSM_EXP_BOUNDED)
+    csm_anchor a = {0, CSM_EUNSCALE};
+    int range = csm_exp_range(st, tp, mask != NULL);
+    if (range == CSM_EXP_ANCHORED && !unscale) range = CSM_EXP_BOUNDED;
+    if (range == CSM_EXP_ANCHORED) {
+        a = csm_anchor_of(m);
+        s = CSM_FLAGS1(out != NULL, CSM_EXPSUM_ANCHORED);
+    } else if (range == CSM_EXP_BOUNDED) {
         s = CSM_FLAGS2(tp->scaled, out != NULL, CSM_EXPSUM_BOUNDED);
-    else
+    } else {
         s = CSM_FLAGS3(mask != NULL, tp->scaled, out != NULL, CSM_EXPSUM_NONPOS);
-    return csm_dd_make(s.hi * CSM_EUNSCALE, s.lo * CSM_EUNSCALE);
+    }
+    if (unscale) *unscale = a.u;
+    return csm_dd_make(s.hi * a.u, s.lo * a.u);
 #undef CSM_EXPSUM_T
 #undef CSM_EXPSUM_BOUNDED
+#undef CSM_EXPSUM_ANCHORED
 #undef CSM_EXPSUM_NONPOS
 }
 
@@ -329,12 +353,13 @@ static double csm_row_forward(int kind, const REAL *x, const uint8_t *mask, REAL
         return 0.0;
     }
     st.k = csm_row_find(x, mask, n, st.m);
-    st.s = csm_row_expsum(x, mask, kind == CSM_SOFTMAX ? out : NULL, n, &st, tp);
+    double unscale;
+    st.s = csm_row_expsum(x, mask, kind == CSM_SOFTMAX ? out : NULL, n, &st, tp, &unscale);
     /* A NaN among the unmasked entries: rewrite the row. In place, x may now hold the
        exps, but NaN stays NaN through exp, which is all csm_special_row needs then. */
     if (st.s.hi != st.s.hi) return csm_special_row(kind, x, 1, mask, 1, out, 1, n, &st, tp->tau_inf);
     if (kind == CSM_SOFTMAX) {
-        csm_row_scale(out, out, n, (REAL)(csm_dd_inv_1p(st.s) * CSM_EUNSCALE), stream); /* the exps are scaled */
+        csm_row_scale(out, out, n, (REAL)(csm_dd_inv_1p(st.s) * unscale), stream); /* the exps are scaled */
         return 0.0;
     }
     double lse = csm_dd_log1p(st.s);

@@ -122,16 +122,21 @@ static void csm_short_scan(const csm_short_grp *g, csm_intp n, REAL *m, REAL *mn
 
 /* the exps of one vector of one row: stored to e (store), the max's ties counted and left
    out (ties); returns the terms of the sum */
-CSM_INLINE VR csm_short_term(const REAL *x, REAL *e, csm_intp cnt, const int full, VR ref, double tau,
+CSM_INLINE VR csm_short_term(const REAL *x, REAL *e, csm_intp cnt, const int full, VR ref, VR kc, double tau,
                              double inv_tau, const int store, const int ties, const int scaled, const int range,
                              VI *tie)
 {
     /* a partial vector's padding is the max (exp 1, taken out below) rather than -inf, whose
        exp would go through the subnormal range, which costs a microcode assist per vector */
     const VR v = csm_load(x, full ? VL : cnt, ref[0]);
-    VR dh, dl;
-    csm_vdiff(v, ref, tau, inv_tau, scaled, &dh, &dl);
-    VR t = csm_vexp_sc(dh, dl, range, CSM_ESCALE); /* scaled (csm_exp.h); the max's term is 2^CSM_ESCALE */
+    VR t;
+    if (range == CSM_EXP_ANCHORED) {
+        t = csm_vexp_anchored(v, kc); /* exp(x) 2^kc (csm_exp.h) */
+    } else {
+        VR dh, dl;
+        csm_vdiff(v, ref, tau, inv_tau, scaled, &dh, &dl);
+        t = csm_vexp_sc(dh, dl, range, CSM_ESCALE); /* scaled (csm_exp.h); the max's term is 2^CSM_ESCALE */
+    }
     if (store) csm_store(e, t, full ? VL : cnt);
     const VI live = full ? ~(VI){0} : csm_iota() < (VIS)cnt;
     if (ties) {
@@ -143,11 +148,12 @@ CSM_INLINE VR csm_short_term(const REAL *x, REAL *e, csm_intp cnt, const int ful
     return t;
 }
 
-/* S' of every row of the group (m finite); when storing, row r's exps go to g->out[r].
-   Two vectors of a row at a time, their terms summed by csm_acc_add2. */
-CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, csm_intp n, const REAL *m, double tau,
-                                   double inv_tau, csm_dd *s, const int store, const int ties, const int scaled,
-                                   const int range)
+/* S' of every row of the group (m finite); when storing, row r's exps go to g->out[r],
+   times 1 / us[r]. Two vectors of a row at a time, their terms summed by csm_acc_add2.
+   kc: the rows' anchors (CSM_EXP_ANCHORED). */
+CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, csm_intp n, const REAL *m, const REAL *kcs,
+                                   const double *us, double tau, double inv_tau, csm_dd *s, const int store,
+                                   const int ties, const int scaled, const int range)
 {
     csm_vacc sums[CSM_SHORT_ROWS];
     VI tied[CSM_SHORT_ROWS];
@@ -158,8 +164,9 @@ CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, csm_intp n, const REA
         REAL *ex[CSM_SHORT_SUBE];
         csm_vacc acc[CSM_SHORT_SUBE];
         VI tie[CSM_SHORT_SUBE];
-        VR ref[CSM_SHORT_SUBE];
+        VR ref[CSM_SHORT_SUBE], kc[CSM_SHORT_SUBE];
         for (int r = 0; r < CSM_SHORT_SUBE; r++) {
+            kc[r] = VSPLAT(kcs[r0 + r]);
             x[r] = g->x[r0 + r];
             ex[r] = store ? g->out[r0 + r] : NULL;
             acc[r] = csm_short_zero;
@@ -167,8 +174,8 @@ CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, csm_intp n, const REA
             ref[r] = VSPLAT(m[r0 + r]);
         }
 #define CSM_SHORT_TERM(r, i, cnt, full)                                                                                \
-    csm_short_term(x[r] + (i), store ? ex[r] + (i) : NULL, cnt, full, ref[r], tau, inv_tau, store, ties, scaled, range, \
-                   &tie[r])
+    csm_short_term(x[r] + (i), store ? ex[r] + (i) : NULL, cnt, full, ref[r], kc[r], tau, inv_tau, store, ties, scaled, \
+                   range, &tie[r])
         csm_intp i = 0;
         for (; i + 2 * VL <= n; i += 2 * VL)
             for (int r = 0; r < CSM_SHORT_SUBE; r++)
@@ -191,18 +198,56 @@ CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, csm_intp n, const REA
     if (ties) csm_short_rsum_i(tied, cnt);
     for (int r = 0; r < CSM_SHORT_ROWS; r++)
         /* unscaled; softmax: the max's term (and its ties') are in the sum; else they are counted */
-        s[r] = csm_dd_add_d(csm_dd_make(sum[r].hi * CSM_EUNSCALE, sum[r].lo * CSM_EUNSCALE),
-                            ties ? (double)cnt[r] - 1.0 : -1.0);
+        s[r] = csm_dd_add_d(csm_dd_make(sum[r].hi * us[r], sum[r].lo * us[r]), ties ? (double)cnt[r] - 1.0 : -1.0);
 }
 
+/* the group's anchors (csm_exp.h): kc and u of each row */
+static void csm_short_anchors(const REAL *m, REAL *kc, double *u)
+{
+#if REAL_IS_F32
+    for (int c = 0; c < CSM_SHORT_ROWS; c += CSM_VLD) {
+        csm_vd mv, km;
+        for (int l = 0; l < CSM_VLD; l++) mv[l] = (double)m[c + l];
+        const csm_vd uv = csm_vanchor_d(mv, &km);
+        for (int l = 0; l < CSM_VLD; l++) {
+            u[c + l] = uv[l];
+            kc[c + l] = (REAL)(CSM_ESCALE - km[l]);
+        }
+    }
+#else
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
+        const csm_anchor a = csm_anchor_of(m[r]);
+        kc[r] = a.kc;
+        u[r] = a.u;
+    }
+#endif
+}
+
+/* S' of the group's rows by the exp variant `range`; the exps stored (store) are exp(x_j -
+   m) / us[r] */
 static void csm_short_expsum(const csm_short_grp *g, csm_intp n, const REAL *m, const csm_temp *tp,
-                             int store, int ties, int bounded, csm_dd *s)
+                             int store, int ties, int range, csm_dd *s, double *us)
 {
     const double tau = tp->tau, inv = tp->inv_tau;
-#define CSM_SHORT_EXPSUM(T, S, B)                                                                                      \
-    csm_short_expsum_t(g, n, m, tau, inv, s, !(T) || store, T, S, (B) ? CSM_EXP_BOUNDED : CSM_EXP_NONPOS)
-    CSM_FLAGS3(ties, tp->scaled, bounded, CSM_SHORT_EXPSUM);
+    REAL kc[CSM_SHORT_ROWS] = {0};
+    if (range == CSM_EXP_ANCHORED)
+        csm_short_anchors(m, kc, us);
+    else
+        for (int r = 0; r < CSM_SHORT_ROWS; r++) us[r] = CSM_EUNSCALE;
+#define CSM_SHORT_EXPSUM(T, S, RANGE) csm_short_expsum_t(g, n, m, kc, us, tau, inv, s, !(T) || store, T, S, RANGE)
+#define CSM_SHORT_BOUNDED(T, S) CSM_SHORT_EXPSUM(T, S, CSM_EXP_BOUNDED)
+#define CSM_SHORT_NONPOS(T, S) CSM_SHORT_EXPSUM(T, S, CSM_EXP_NONPOS)
+#define CSM_SHORT_ANCHORED(T) CSM_SHORT_EXPSUM(T, 0, CSM_EXP_ANCHORED)
+    if (range == CSM_EXP_ANCHORED)
+        CSM_FLAGS1(ties, CSM_SHORT_ANCHORED);
+    else if (range == CSM_EXP_BOUNDED)
+        CSM_FLAGS2(ties, tp->scaled, CSM_SHORT_BOUNDED);
+    else
+        CSM_FLAGS2(ties, tp->scaled, CSM_SHORT_NONPOS);
 #undef CSM_SHORT_EXPSUM
+#undef CSM_SHORT_BOUNDED
+#undef CSM_SHORT_NONPOS
+#undef CSM_SHORT_ANCHORED
 }
 
 /* log1p(S') of every row of the group, as csm_dd_log1p takes it: float rows all at once
@@ -224,6 +269,33 @@ static void csm_short_log1p(const csm_dd *s, double *L)
 #endif
 }
 
+/* rows up to this many entries are finished in the group's own loop below rather than by
+   a call per row (csm_row_scale, csm_row_logsub), whose setup costs more than such a row */
+#define CSM_SHORT_INLINE_MAX ((csm_intp)(2 * VL))
+
+/* the finishing pass of a group's short rows: softmax out = e c[r] from the exps stored in
+   out, log_softmax out = (x - m[r]) / tau - L[r] (csm_logp); whole vectors at aligned
+   addresses streamed where `stream` (the caller fences) */
+CSM_INLINE void csm_short_finish_t(const csm_short_grp *g, csm_intp n, const REAL *m, const REAL *c, REAL inv_tau,
+                                   int stream, const int logsm, const int scaled)
+{
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
+        const REAL *src = logsm ? g->x[r] : g->out[r];
+        REAL *out = g->out[r];
+        const VR ref = VSPLAT(m[r]), cv = VSPLAT(c[r]);
+        const int nt = stream && csm_align_head(out) == 0;
+        csm_intp i = 0;
+        for (; i + VL <= n; i += VL) {
+            const VR v = csm_load(src + i, VL, 0);
+            csm_put(out + i, logsm ? csm_logp(v, ref, cv, inv_tau, scaled) : v * cv, VL, 1, nt);
+        }
+        if (i < n) {
+            const VR v = csm_load(src + i, n - i, 0);
+            csm_store(out + i, logsm ? csm_logp(v, ref, cv, inv_tau, scaled) : v * cv, n - i);
+        }
+    }
+}
+
 /*
  * One group of a forward kind or plain cross-entropy; returns 0 (nothing written but
  * where csm_row_forward would have written too) if the group must go row by row.
@@ -239,12 +311,21 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
         if (xent && g->label[r] == ignore_index) return 0;
     csm_short_scan(g, n, m, mn);
     int bounded = 1;
+    double amax = 0.0;
     for (int r = 0; r < CSM_SHORT_ROWS; r++) {
         if (!csm_finite((double)m[r])) return 0;
         bounded &= ((double)mn[r] - (double)m[r]) * tp->inv_tau >= -csm_exp_bound;
+        const double a = fabs((double)m[r]) > fabs((double)mn[r]) ? fabs((double)m[r]) : fabs((double)mn[r]);
+        amax = a > amax ? a : amax; /* (libm's fmax is a call) */
     }
     const int store = kind == CSM_SOFTMAX || (xent && g->out[0]);
-    csm_short_expsum(g, n, m, tp, store, kind != CSM_SOFTMAX, bounded, s);
+    /* the anchored exp where the rows allow it, but not under a gradient, whose finishers
+       take the plain scale */
+    int range = bounded ? CSM_EXP_BOUNDED : CSM_EXP_NONPOS;
+    if (CSM_ANCHOR && bounded && !tp->scaled && amax <= CSM_ANCHOR_MAX && !(xent && g->out[0]))
+        range = CSM_EXP_ANCHORED;
+    double us[CSM_SHORT_ROWS];
+    csm_short_expsum(g, n, m, tp, store, kind != CSM_SOFTMAX, range, s, us);
     int nan = 0;
     for (int r = 0; r < CSM_SHORT_ROWS; r++) nan |= s[r].hi != s[r].hi;
     if (nan && kind != CSM_SOFTMAX) return 0; /* nothing written over x: row by row */
@@ -253,6 +334,18 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
             if (csm_xent_grad_plain_ok(s[r], grad_scale * tp->inv_tau) == 0.0) return 0;
     double L[CSM_SHORT_ROWS];
     if (kind != CSM_SOFTMAX) csm_short_log1p(s, L);
+    if ((kind == CSM_SOFTMAX && !nan) || kind == CSM_LOG_SOFTMAX) {
+        if (n <= CSM_SHORT_INLINE_MAX) {
+            REAL c[CSM_SHORT_ROWS];
+            const REAL inv = (REAL)tp->inv_tau;
+            for (int r = 0; r < CSM_SHORT_ROWS; r++)
+                c[r] = kind == CSM_SOFTMAX ? (REAL)(csm_dd_inv_1p(s[r]) * us[r]) : (REAL)L[r]; /* the exps are scaled */
+#define CSM_SHORT_FINISH(LOGSM, S) csm_short_finish_t(g, n, m, c, inv, stream, LOGSM, S)
+            CSM_FLAGS2(kind == CSM_LOG_SOFTMAX, tp->scaled, CSM_SHORT_FINISH);
+#undef CSM_SHORT_FINISH
+            return 1;
+        }
+    }
     for (int r = 0; r < CSM_SHORT_ROWS; r++) {
         if (kind == CSM_SOFTMAX && s[r].hi != s[r].hi) {
             /* a NaN: the semantics table, from the exps in place if out is x (NaN stays NaN) */
@@ -261,7 +354,7 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
             st.any = 1;
             csm_special_row(kind, g->x[r], 1, NULL, 1, g->out[r], 1, n, &st, 0);
         } else if (kind == CSM_SOFTMAX) {
-            csm_row_scale(g->out[r], g->out[r], n, (REAL)(csm_dd_inv_1p(s[r]) * CSM_EUNSCALE), stream); /* the exps are scaled */
+            csm_row_scale(g->out[r], g->out[r], n, (REAL)(csm_dd_inv_1p(s[r]) * us[r]), stream); /* the exps are scaled */
         } else if (kind == CSM_LOG_SOFTMAX) {
             csm_row_logsub(g->x[r], NULL, g->out[r], n, m[r], (REAL)L[r], tp, stream);
         } else if (kind == CSM_LOGSUMEXP) {

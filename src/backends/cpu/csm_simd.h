@@ -40,7 +40,18 @@ typedef int64_t csm_vi64 __attribute__((vector_size(CSM_VB)));
 #endif
 
 /* the argument ranges of the vector exp (csm_exp.h) */
-enum { CSM_EXP_BOUNDED = 0, CSM_EXP_NONPOS = 1, CSM_EXP_ANY = 2 };
+enum { CSM_EXP_BOUNDED = 0, CSM_EXP_NONPOS = 1, CSM_EXP_ANY = 2, CSM_EXP_ANCHORED = 3 };
+
+/* ---- a * 2^k for integer-valued k, one instruction where the ISA has one (AVX-512's
+   vscalef; csm_exp.h's anchored exp, whose results are normal, uses it; elsewhere the
+   exponent bits are built in integer lanes) ---- */
+#if CSM_VB == 64
+#define CSM_HAVE_SCALEF 1
+static inline csm_vf csm_scalef_f(csm_vf a, csm_vf k) { return (csm_vf)_mm512_scalef_ps((__m512)a, (__m512)k); }
+static inline csm_vd csm_scalef_d(csm_vd a, csm_vd k) { return (csm_vd)_mm512_scalef_pd((__m512d)a, (__m512d)k); }
+#else
+#define CSM_HAVE_SCALEF 0
+#endif
 
 /* ---- fused multiply-add: a*b + c with one rounding where the hardware has it ---- */
 #if CSM_HAVE_FMA && CSM_VB == 64
