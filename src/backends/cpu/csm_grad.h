@@ -33,6 +33,24 @@ CSM_INLINE void csm_bwd_sum_vec(int kind, const REAL *g, const REAL *y, const ui
     csm_acc_add_any(acc, v);
 }
 
+/* two whole vectors' terms into the sum: for float rows the pair in float first, the
+   second product fused onto the first (one rounding of 2^-24 relative to the pair, where
+   each product rounds to float anyway), so that one widening serves both, as the forward
+   sums' csm_acc_add2; double rows take each in turn */
+CSM_INLINE void csm_bwd_sum_vec2(int kind, const REAL *g, const REAL *y, const uint8_t *mask, const int has_mask,
+                                 csm_vacc *acc)
+{
+#if REAL_IS_F32
+    if (!has_mask) {
+        const VR a = csm_load(g, VL, 0), b = csm_load(g + VL, VL, 0);
+        csm_acc_add_any(acc, kind == CSM_SOFTMAX_BWD ? VFMA(b, csm_load(y + VL, VL, 0), a * csm_load(y, VL, 0)) : a + b);
+        return;
+    }
+#endif
+    csm_bwd_sum_vec(kind, g, y, mask, VL, 1, has_mask, acc);
+    csm_bwd_sum_vec(kind, g + VL, y + VL, has_mask ? mask + VL : NULL, VL, 1, has_mask, acc);
+}
+
 /*
  * softmax: y (g - s) / tau; log_softmax: (g - exp(y) s) / tau. The sum s comes as a pair
  * s_hi + s_lo in REAL, so that g - s stays accurate where g and s nearly cancel: g - s_hi
@@ -101,9 +119,9 @@ CSM_INLINE csm_dd csm_bwd_sum_t(int kind, const REAL *g, const REAL *y, const ui
 {
     csm_vacc a0 = {{0}, {0}}, a1 = {{0}, {0}};
     csm_intp i = 0;
-    for (; i + 2 * VL <= n; i += 2 * VL) {
-        csm_bwd_sum_vec(kind, g + i, y + i, has_mask ? mask + i : NULL, VL, 1, has_mask, &a0);
-        csm_bwd_sum_vec(kind, g + i + VL, y + i + VL, has_mask ? mask + i + VL : NULL, VL, 1, has_mask, &a1);
+    for (; i + 4 * VL <= n; i += 4 * VL) {
+        csm_bwd_sum_vec2(kind, g + i, y + i, has_mask ? mask + i : NULL, has_mask, &a0);
+        csm_bwd_sum_vec2(kind, g + i + 2 * VL, y + i + 2 * VL, has_mask ? mask + i + 2 * VL : NULL, has_mask, &a1);
     }
     for (; i + VL <= n; i += VL)
         csm_bwd_sum_vec(kind, g + i, y + i, has_mask ? mask + i : NULL, VL, 1, has_mask, &a0);
@@ -167,7 +185,8 @@ static csm_dd csm_bwd_sum(int kind, const REAL *g, const REAL *y, const uint8_t 
  * holds no call, so its constants stay in registers.
  */
 CSM_INLINE csm_intp csm_bwd_run(const int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
-                                csm_intp i, csm_intp n, const int nt, const int has_mask, VR s_hi, VR s_lo, VR inv)
+                                csm_intp i, csm_intp n, const int nt, const int has_mask, const int scaled, VR s_hi,
+                                VR s_lo, VR inv)
 {
     const VI magnitude = (VI){0} + (VIS)(((uint64_t)1 << (8 * sizeof(REAL) - 1)) - 1); /* all bits but the sign */
     const VI bound = (VI)VSPLAT(csm_exp_bound);
@@ -176,11 +195,13 @@ CSM_INLINE csm_intp csm_bwd_run(const int kind, const REAL *g, const REAL *y, co
         VR o;
         VI bad;
         if (kind == CSM_SOFTMAX_BWD) {
-            o = yv * ((gv - s_hi) - s_lo) * inv;
+            o = yv * ((gv - s_hi) - s_lo);
+            if (scaled) o *= inv; /* (tau = 1: the product by 1 left out) */
             bad = (VI)(o - o);
         } else {
             const VR e = csm_vexp_t(yv, VSPLAT(0), CSM_EXP_BOUNDED);
-            o = (VFMA(-e, s_hi, gv) - e * s_lo) * inv;
+            o = VFMA(-e, s_hi, gv) - e * s_lo;
+            if (scaled) o *= inv;
             bad = (VI)(o - o) | (((VI)yv & magnitude) > bound); /* NaN's bits exceed the bound's */
         }
         if (__builtin_expect(VANY(bad), 0)) break;
@@ -207,10 +228,10 @@ CSM_INLINE void csm_bwd_out_pair_t(const int kind, const REAL *g, const REAL *y,
         CSM_BWD_VEC(0, head, 0, 0);
         i = head;
     }
-#define CSM_BWD_RUN(NT) csm_bwd_run(kind, g, y, mask, out, i, n, NT, has_mask, s_hi, s_lo, inv)
+#define CSM_BWD_RUN(NT, S) csm_bwd_run(kind, g, y, mask, out, i, n, NT, has_mask, S, s_hi, s_lo, inv)
 #define CSM_BWD_LEFT(NT) CSM_BWD_VEC(i, VL, 1, NT)
     for (;;) {
-        i = CSM_FLAGS1(nt, CSM_BWD_RUN);
+        i = CSM_FLAGS2(nt, tp->scaled, CSM_BWD_RUN);
         if (i + VL > n) break;
         CSM_FLAGS1(nt, CSM_BWD_LEFT); /* the vector the loop left */
         i += VL;

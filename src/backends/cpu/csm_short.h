@@ -390,6 +390,8 @@ CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp 
         csm_vacc acc[CSM_SHORT_SUB];
         for (int r = 0; r < CSM_SHORT_SUB; r++) acc[r] = csm_short_zero;
         csm_intp i = 0;
+        for (; i + 2 * VL <= n; i += 2 * VL)
+            for (int r = 0; r < CSM_SHORT_SUB; r++) csm_bwd_sum_vec2(kind, x[r] + i, y[r] + i, NULL, 0, &acc[r]);
         for (; i + VL <= n; i += VL)
             for (int r = 0; r < CSM_SHORT_SUB; r++) csm_bwd_sum_vec(kind, x[r] + i, y[r] + i, NULL, VL, 1, 0, &acc[r]);
         if (i < n)
