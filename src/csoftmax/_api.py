@@ -132,7 +132,7 @@ def softmax(x: Any, /, axis: Axis = -1, *, temperature: float = 1.0, where: Any 
     >>> csoftmax.softmax([1.0, 2.0, 3.0])
     array([0.09003057, 0.24472847, 0.66524096])
     >>> csoftmax.softmax(np.float32([1, 2, 3]), temperature=2.0)
-    array([0.18632373, 0.3071959 , 0.5064804 ], dtype=float32)
+    array([0.18632373, 0.30719587, 0.5064804 ], dtype=float32)
     >>> csoftmax.softmax([[1.0, 2.0], [3.0, 5.0]], axis=0)
     array([[0.11920292, 0.04742587],
            [0.88079708, 0.95257413]])

@@ -214,12 +214,28 @@ static csm_dd csm_row_expsum(const REAL *x, const uint8_t *mask, REAL *out, csm_
 #undef CSM_EXPSUM_NONPOS
 }
 
-/* softmax from stored exps: out = e * c (e may be out itself) */
-static void csm_row_scale(const REAL *e, REAL *out, csm_intp n, REAL c, int stream)
+/* e * c, rounded once: with FMA, the factor split as chi + clo in REAL and the product
+   fused (the factor's own rounding would add half an ulp to every element); without,
+   through double (csm_mul_wide) -- two roundings there could take the max's e / S above
+   1 */
+CSM_INLINE VR csm_scale_pair(VR e, VR chi, VR clo, double c)
 {
-    const VR cv = VSPLAT(c);
+#if CSM_HAVE_FMA
+    (void)c;
+    return VFMA(e, chi, e * clo);
+#else
+    (void)chi;
+    (void)clo;
+    return csm_mul_wide(e, c);
+#endif
+}
+
+/* softmax from stored exps: out = e * c (e may be out itself) */
+static void csm_row_scale(const REAL *e, REAL *out, csm_intp n, double c, int stream)
+{
+    const VR chi = VSPLAT((REAL)c), clo = VSPLAT((REAL)(c - (double)(REAL)c));
 #define CSM_SCALE_BODY(i, cnt, full, nt)                                                                               \
-    csm_put(out + (i), csm_load(e + (i), (full) ? VL : (cnt), 0) * cv, cnt, full, nt)
+    csm_put(out + (i), csm_scale_pair(csm_load(e + (i), (full) ? VL : (cnt), 0), chi, clo, c), cnt, full, nt)
     CSM_FINISH_LOOP(n, out, stream, CSM_SCALE_BODY);
 #undef CSM_SCALE_BODY
 }
@@ -359,7 +375,10 @@ static double csm_row_forward(int kind, const REAL *x, const uint8_t *mask, REAL
        exps, but NaN stays NaN through exp, which is all csm_special_row needs then. */
     if (st.s.hi != st.s.hi) return csm_special_row(kind, x, 1, mask, 1, out, 1, n, &st, tp->tau_inf);
     if (kind == CSM_SOFTMAX) {
-        csm_row_scale(out, out, n, (REAL)(csm_dd_inv_1p(st.s) * unscale), stream); /* the exps are scaled */
+        /* 1 / the sum of the stored exps, the max's own among them (2^CSM_ESCALE, or its
+           anchored exp), so that no entry comes out above 1 */
+        const double tot = (st.s.hi + st.s.lo) / unscale + (double)out[st.k];
+        csm_row_scale(out, out, n, 1.0 / tot, stream);
         return 0.0;
     }
     double lse = csm_dd_log1p(st.s);

@@ -276,22 +276,22 @@ static void csm_short_log1p(const csm_dd *s, double *L)
 /* the finishing pass of a group's short rows: softmax out = e c[r] from the exps stored in
    out, log_softmax out = (x - m[r]) / tau - L[r] (csm_logp); whole vectors at aligned
    addresses streamed where `stream` (the caller fences) */
-CSM_INLINE void csm_short_finish_t(const csm_short_grp *g, csm_intp n, const REAL *m, const REAL *c, REAL inv_tau,
-                                   int stream, const int logsm, const int scaled)
+CSM_INLINE void csm_short_finish_t(const csm_short_grp *g, csm_intp n, const REAL *m, const double *c,
+                                   REAL inv_tau, int stream, const int logsm, const int scaled)
 {
     for (int r = 0; r < CSM_SHORT_ROWS; r++) {
         const REAL *src = logsm ? g->x[r] : g->out[r];
         REAL *out = g->out[r];
-        const VR ref = VSPLAT(m[r]), cv = VSPLAT(c[r]);
+        const VR ref = VSPLAT(m[r]), cv = VSPLAT((REAL)c[r]), clo = VSPLAT((REAL)(c[r] - (double)(REAL)c[r]));
         const int nt = stream && csm_align_head(out) == 0;
         csm_intp i = 0;
         for (; i + VL <= n; i += VL) {
             const VR v = csm_load(src + i, VL, 0);
-            csm_put(out + i, logsm ? csm_logp(v, ref, cv, inv_tau, scaled) : v * cv, VL, 1, nt);
+            csm_put(out + i, logsm ? csm_logp(v, ref, cv, inv_tau, scaled) : csm_scale_pair(v, cv, clo, c[r]), VL, 1, nt);
         }
         if (i < n) {
             const VR v = csm_load(src + i, n - i, 0);
-            csm_store(out + i, logsm ? csm_logp(v, ref, cv, inv_tau, scaled) : v * cv, n - i);
+            csm_store(out + i, logsm ? csm_logp(v, ref, cv, inv_tau, scaled) : csm_scale_pair(v, cv, clo, c[r]), n - i);
         }
     }
 }
@@ -344,10 +344,10 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
     if (kind != CSM_SOFTMAX) csm_short_log1p(s, L);
     if ((kind == CSM_SOFTMAX && !nan) || kind == CSM_LOG_SOFTMAX) {
         if (n <= CSM_SHORT_INLINE_MAX) {
-            REAL c[CSM_SHORT_ROWS];
+            double c[CSM_SHORT_ROWS];
             const REAL inv = (REAL)tp->inv_tau;
             for (int r = 0; r < CSM_SHORT_ROWS; r++)
-                c[r] = kind == CSM_SOFTMAX ? (REAL)(csm_dd_inv_1p(s[r]) * us[r]) : (REAL)L[r]; /* the exps are scaled */
+                c[r] = kind == CSM_SOFTMAX ? csm_dd_inv_1p(s[r]) * us[r] : (double)(REAL)L[r]; /* the exps are scaled */
 #define CSM_SHORT_FINISH(LOGSM, S) csm_short_finish_t(g, n, m, c, inv, stream, LOGSM, S)
             CSM_FLAGS2(kind == CSM_LOG_SOFTMAX, tp->scaled, CSM_SHORT_FINISH);
 #undef CSM_SHORT_FINISH
@@ -362,7 +362,7 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
             st.any = 1;
             csm_special_row(kind, g->x[r], 1, NULL, 1, g->out[r], 1, n, &st, 0);
         } else if (kind == CSM_SOFTMAX) {
-            csm_row_scale(g->out[r], g->out[r], n, (REAL)(csm_dd_inv_1p(s[r]) * us[r]), stream); /* the exps are scaled */
+            csm_row_scale(g->out[r], g->out[r], n, csm_dd_inv_1p(s[r]) * us[r], stream); /* the exps are scaled */
         } else if (kind == CSM_LOG_SOFTMAX) {
             csm_row_logsub(g->x[r], NULL, g->out[r], n, m[r], (REAL)L[r], tp, stream);
         } else if (kind == CSM_LOGSUMEXP) {
