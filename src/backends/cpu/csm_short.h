@@ -315,7 +315,7 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
        (min - max rounds by at most half an ulp of the bound, inside its slack); every
        entry within CSM_ANCHOR_MAX of 0 */
     int finite = 1, bounded = 1, tame = 1;
-    const VI absbits = ~((VI){0} + ((VIS)1 << (8 * sizeof(REAL) - 1)));
+    const VI absbits = (VI){0} + (VIS)(((uint64_t)1 << (8 * sizeof(REAL) - 1)) - 1); /* all bits but the sign */
     for (int c = 0; c < CSM_SHORT_ROWS; c += VL) {
         VR mv, nv;
         memcpy(&mv, m + c, sizeof mv);
