@@ -137,7 +137,7 @@ static inline VR csm_vexp(VR x)
  * so the vector loop computes a_j = exp(x_j) 2^(CSM_ESCALE - k_m) (csm_vexp_anchored: the
  * power of two goes into the exponent, which is built anyway; AVX-512's vscalef does
  * both in one instruction) and the row's factor u = 2^-CSM_ESCALE e^-r_m, in double
- * (csm_anchor_of; csm_vanchor_d for a group of rows), takes the sums and the stored exps
+ * (csm_vanchor_d, a group's rows at once; csm_anchor_of for one), takes the sums and the stored exps
  * back to exp(x_j - m). Every a_j is normal (2^(CSM_ESCALE - 127) and up), so there are no
  * clamps and no range checks.
  * Error: the reduction's first step is exact (k LN2_HI is exact, and x - k LN2_HI by
@@ -171,24 +171,9 @@ CSM_INLINE VR csm_vexp_anchored(VR x, VR kc)
 #endif
 }
 
-/* a row's anchor: kc = CSM_ESCALE - k_m for csm_vexp_anchored and u = 2^-CSM_ESCALE e^-r_m */
-typedef struct {
-    REAL kc;
-    double u;
-} csm_anchor;
-
-static inline csm_anchor csm_anchor_of(REAL m)
-{
-    const double km = rint((double)m * 1.4426950408889634074);
-    csm_anchor a;
-    a.kc = (REAL)(CSM_ESCALE - km);
-    a.u = exp(-fma(-km, 0x1.62e42fefa39efp-1, (double)m)) * CSM_EUNSCALE;
-    return a;
-}
-
-#if REAL_IS_F32
-/* csm_anchor_of's u for the double lanes m (|m| <= CSM_ANCHOR_MAX), and k_m: e^-r_m as
-   1 + r + r^2 P(r) with the double exp's polynomial (|r_m| <= ln(2)/2), within 2^-52 */
+/* the anchors of the double lanes m (|m| <= CSM_ANCHOR_MAX): k_m, and u = 2^-CSM_ESCALE
+   e^-r_m with e^-r_m as 1 + r + r^2 P(r) by the double exp's polynomial (|r_m| <= ln(2)/2),
+   within 2^-52 (double lanes exist in every build) */
 static inline csm_vd csm_vanchor_d(csm_vd m, csm_vd *km)
 {
     static const double c[CSM_EXP_F64_NPOLY] = {CSM_EXP_F64_POLY};
@@ -200,6 +185,23 @@ static inline csm_vd csm_vanchor_d(csm_vd m, csm_vd *km)
     return (1.0 + csm_fma_d(p, r * r, r)) * CSM_EUNSCALE;
 }
 
+/* one row's anchor: kc = CSM_ESCALE - k_m for csm_vexp_anchored, and u */
+typedef struct {
+    REAL kc;
+    double u;
+} csm_anchor;
+
+static inline csm_anchor csm_anchor_of(REAL m)
+{
+    csm_vd km;
+    const csm_vd u = csm_vanchor_d((csm_vd){0} + (double)m, &km);
+    csm_anchor a;
+    a.kc = (REAL)(CSM_ESCALE - km[0]);
+    a.u = u[0];
+    return a;
+}
+
+#if REAL_IS_F32
 /*
  * log1p(x) for finite x >= 0, lane-wise in double, within a few units in the last place
  * of double (a float result rounds it once more). u = 1 + x rounded, c = (1 + x) - u

@@ -423,6 +423,7 @@ static double csm_row_xent(const REAL *x, const REAL *q, int64_t label, const ui
     csm_stats st;
     csm_row_scan(x, mask, n, &st);
     csm_xent_src src = {0};
+    double unscale = CSM_EUNSCALE; /* what the stored exps are unscaled by (csm_row_expsum) */
     src.x = x;
     src.m = (double)st.m;
     src.tau = tp->tau;
@@ -439,13 +440,12 @@ static double csm_row_xent(const REAL *x, const REAL *q, int64_t label, const ui
         st.k = csm_row_find(x, mask, n, st.m);
         /* grad holds exp((x_j - m) / tau) 2^CSM_ESCALE (the gradient's finishers take that
            scale, so the row may take the anchored exp only where there is no gradient) */
-        double unscale;
         st.s = csm_row_expsum(x, mask, grad, n, &st, tp, grad ? NULL : &unscale);
         src.from = CSM_XENT_ORDINARY;
         src.e = grad;
     }
     src.L = csm_dd_log1p(st.s);
-    src.c = csm_dd_inv_1p(st.s) * (src.from == CSM_XENT_ORDINARY ? CSM_EUNSCALE : 1.0); /* e is scaled */
+    src.c = csm_dd_inv_1p(st.s) * (src.from == CSM_XENT_ORDINARY ? unscale : 1.0); /* e is scaled */
     if (src.from == CSM_XENT_ORDINARY && !q && !mask && !xp->w && xp->eps == 0.0 &&
         (!grad || csm_xent_grad_plain_ok(st.s, xp->scale * tp->inv_tau) != 0.0)) {
         if (grad) csm_xent_grad_plain(grad, n, label, st.s, xp->scale * tp->inv_tau);

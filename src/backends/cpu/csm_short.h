@@ -201,10 +201,9 @@ CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, csm_intp n, const REA
         s[r] = csm_dd_add_d(csm_dd_make(sum[r].hi * us[r], sum[r].lo * us[r]), ties ? (double)cnt[r] - 1.0 : -1.0);
 }
 
-/* the group's anchors (csm_exp.h): kc and u of each row */
+/* the group's anchors (csm_exp.h): kc and u of each row, a vector of double lanes at a time */
 static void csm_short_anchors(const REAL *m, REAL *kc, double *u)
 {
-#if REAL_IS_F32
     for (int c = 0; c < CSM_SHORT_ROWS; c += CSM_VLD) {
         csm_vd mv, km;
         for (int l = 0; l < CSM_VLD; l++) mv[l] = (double)m[c + l];
@@ -214,13 +213,6 @@ static void csm_short_anchors(const REAL *m, REAL *kc, double *u)
             kc[c + l] = (REAL)(CSM_ESCALE - km[l]);
         }
     }
-#else
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
-        const csm_anchor a = csm_anchor_of(m[r]);
-        kc[r] = a.kc;
-        u[r] = a.u;
-    }
-#endif
 }
 
 /* S' of the group's rows by the exp variant `range`; the exps stored (store) are exp(x_j -
@@ -342,17 +334,15 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
             if (csm_xent_grad_plain_ok(s[r], grad_scale * tp->inv_tau) == 0.0) return 0;
     double L[CSM_SHORT_ROWS];
     if (kind != CSM_SOFTMAX) csm_short_log1p(s, L);
-    if ((kind == CSM_SOFTMAX && !nan) || kind == CSM_LOG_SOFTMAX) {
-        if (n <= CSM_SHORT_INLINE_MAX) {
-            double c[CSM_SHORT_ROWS];
-            const REAL inv = (REAL)tp->inv_tau;
-            for (int r = 0; r < CSM_SHORT_ROWS; r++)
-                c[r] = kind == CSM_SOFTMAX ? csm_dd_inv_1p(s[r]) * us[r] : (double)(REAL)L[r]; /* the exps are scaled */
+    if (n <= CSM_SHORT_INLINE_MAX && ((kind == CSM_SOFTMAX && !nan) || kind == CSM_LOG_SOFTMAX)) {
+        double c[CSM_SHORT_ROWS];
+        const REAL inv = (REAL)tp->inv_tau;
+        for (int r = 0; r < CSM_SHORT_ROWS; r++)
+            c[r] = kind == CSM_SOFTMAX ? csm_dd_inv_1p(s[r]) * us[r] : (double)(REAL)L[r]; /* the exps are scaled */
 #define CSM_SHORT_FINISH(LOGSM, S) csm_short_finish_t(g, n, m, c, inv, stream, LOGSM, S)
-            CSM_FLAGS2(kind == CSM_LOG_SOFTMAX, tp->scaled, CSM_SHORT_FINISH);
+        CSM_FLAGS2(kind == CSM_LOG_SOFTMAX, tp->scaled, CSM_SHORT_FINISH);
 #undef CSM_SHORT_FINISH
-            return 1;
-        }
+        return 1;
     }
     for (int r = 0; r < CSM_SHORT_ROWS; r++) {
         if (kind == CSM_SOFTMAX && s[r].hi != s[r].hi) {
