@@ -84,6 +84,39 @@ def test_backward_groups(backend, op, n, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [8, 16, 33, 256, 257])
+@pytest.mark.parametrize("case", ["overflow", "redo"])
+@pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
+def test_backward_groups_at_the_range_limits(backend, op, n, dtype, case):
+    """A row of finite g near the largest value beside ordinary rows: its sum overflows
+    the dtype (log_softmax: n * 0.75 max; the group hands its rows to the careful path), or
+    g - sum overflows although dx does not (signs alternating: the lanes computed again,
+    wider); each row judged at its own scale; in place too, over g and over y."""
+    rng = np.random.default_rng(n)
+    big = float(np.finfo(dtype).max) * 0.75
+    fwd = op.replace("_backward", "")
+    for at in positions(backend, 0, 5, 15):
+        x = rows_with(n, "none", -1, dtype, rng, rows_for(backend))
+        y = oracle(fwd, x).astype(dtype)
+        g = rng.standard_normal(x.shape).astype(dtype)
+        g[at] = big if case == "overflow" else np.where(np.arange(n) % 2, big, -big).astype(dtype)
+        with np.errstate(over="ignore"):  # the exact dx rounded to the dtype: inf beyond its range
+            want = np.asarray(oracle(op, g, y, against=backend)).astype(dtype)
+        label = f"{op} n={n} {case} at row {at}"
+        got = [call(backend, op, g, y)]
+        if mutable(backend):
+            for into in (0, 1):
+                gb, yb = to_backend(backend, g.copy()), to_backend(backend, y.copy())
+                getattr(csoftmax, op)(gb, yb, out=(gb, yb)[into], backend=backend)
+                got.append(to_numpy(backend, (gb, yb)[into]))
+        rtol = 4e-6 if dtype == "float32" else 1e-14
+        for res in got:
+            for r in range(len(g)):  # (an infinity where the exact dx overflows, as wanted)
+                scale = float(np.abs(g[r].astype(np.float64)).max()) + 1.0
+                np.testing.assert_allclose(res[r], want[r], rtol=rtol, atol=rtol * scale, err_msg=f"{label}, row {r}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("n", [1, 2, 8, 9, 16, 33, 1000, 1025])
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_cross_entropy_groups(backend, n, dtype, reduction):

@@ -210,24 +210,32 @@ static int csm_short_range(const csm_task *t, const csm_layout *L, csm_intp r0, 
     for (; r + CSM_SHORT_ROWS <= r1; r += CSM_SHORT_ROWS) {
         char *p[CSM_SHORT_ROWS][CSM_NOPERANDS];
         csm_short_grp g;
-        for (int q = 0; q < CSM_SHORT_ROWS; q++) {
-            const char *label;
-            if (flat) {
-                g.x[q] = (const REAL *)(base[CSM_X] + (r + q) * step[CSM_X]);
-                g.y[q] = (const REAL *)CSM_ROW_PTR(CSM_Y, r + q);
-                g.out[q] = (REAL *)CSM_ROW_PTR(CSM_OUT, r + q);
-                label = CSM_ROW_PTR(CSM_LABEL, r + q);
-            } else {
+        if (flat) {
+            /* the pointers from locals, so that nothing of the loop lives in memory (the
+               compiler kept running pointers on the stack, a store-to-load chain per row) */
+            const char *bx = base[CSM_X] + r * step[CSM_X], *by = CSM_ROW_PTR(CSM_Y, r);
+            char *bo = CSM_ROW_PTR(CSM_OUT, r);
+            const char *bl = CSM_ROW_PTR(CSM_LABEL, r);
+            const csm_intp sx = step[CSM_X], sy = step[CSM_Y], so = step[CSM_OUT], sl = step[CSM_LABEL];
+            for (int q = 0; q < CSM_SHORT_ROWS; q++) {
+                g.x[q] = (const REAL *)(bx + q * sx);
+                g.y[q] = by ? (const REAL *)(by + q * sy) : NULL;
+                g.out[q] = bo ? (REAL *)(bo + q * so) : NULL;
+                g.label[q] = 0;
+                if (bl) memcpy(&g.label[q], bl + q * sl, sizeof g.label[q]);
+                g.val[q] = 0.0;
+            }
+        } else {
+            for (int q = 0; q < CSM_SHORT_ROWS; q++) {
                 memcpy(p[q], it.ptr, sizeof p[q]);
                 csm_rowiter_next(&it, L);
                 g.x[q] = (const REAL *)p[q][CSM_X];
                 g.y[q] = (const REAL *)p[q][CSM_Y];
                 g.out[q] = (REAL *)p[q][CSM_OUT];
-                label = p[q][CSM_LABEL];
+                g.label[q] = 0;
+                if (p[q][CSM_LABEL]) memcpy(&g.label[q], p[q][CSM_LABEL], sizeof g.label[q]);
+                g.val[q] = 0.0;
             }
-            g.label[q] = 0;
-            if (label) memcpy(&g.label[q], label, sizeof g.label[q]);
-            g.val[q] = 0.0;
         }
         const int done = CSM_KIND_IS_BACKWARD(t->kind)
                              ? csm_short_backward(t->kind, &g, n, tp, stream)

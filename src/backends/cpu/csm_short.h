@@ -16,8 +16,8 @@
  *   cross-entropy     (index targets, no weights, smoothing or mask) as log_softmax, with
  *                     the exps stored in the gradient and scaled in place: p_j scale / tau,
  *                     and p_y - 1 at the label taken as -S' / (1 + S') when e_y = 1
- *   backward passes   the row sums interleaved; each row is then finished as csm_grad.h
- *                     finishes it
+ *   backward passes   the row sums interleaved and split into REAL pairs a vector of rows
+ *                     at a time; each row is then finished by csm_grad.h's vector loop
  * A group is CSM_SHORT_ROWS rows, at least a vector's lanes of them: the passes run over
  * CSM_SHORT_SUB rows at a time (their state in registers), keep each row's lane-wise
  * partials, and reduce them for all the group's rows at once (VTRED, csm_simd.h: a row's
@@ -371,10 +371,9 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
     return 1;
 }
 
-/* the backward sums of a group's rows */
-CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp n, csm_dd *s)
+/* the backward sums of a group's rows, lane-wise (csm_vacc each) */
+CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp n, csm_vacc *sums)
 {
-    csm_vacc sums[CSM_SHORT_ROWS];
     for (int r0 = 0; r0 < CSM_SHORT_ROWS; r0 += CSM_SHORT_SUB) {
         const REAL *const *x = g->x + r0, *const *y = g->y + r0;
         csm_vacc acc[CSM_SHORT_SUB];
@@ -389,33 +388,92 @@ CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp 
                 csm_bwd_sum_vec(kind, x[r] + i, y[r] + i, NULL, n - i, 0, 0, &acc[r]);
         for (int r = 0; r < CSM_SHORT_SUB; r++) sums[r0 + r] = acc[r];
     }
-    csm_short_totals(sums, s);
+}
+
+/*
+ * The group's sums as the REAL pairs hi + lo of csm_bwd_split, a vector of rows at a time
+ * and without branches (a row's scalar split, with its tests, cost more than a row of 8);
+ * returns 0 if a pair cannot carry its row's sum (not finite, or beyond float's range).
+ * (d - d: +0, no bits set, where d is finite; NaN where not.)
+ */
+static inline int csm_short_bwd_pairs(const csm_vacc *acc, REAL *hi, REAL *lo)
+{
+#if REAL_IS_F32
+    /* float rows: the double totals (csm_short_totals), then hi = (float)t and
+       lo = (float)(t - hi), two vectors of double lanes to one of float */
+    csm_vd v[CSM_SHORT_ROWS];
+    double t[CSM_SHORT_ROWS];
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) v[r] = acc[r].a + acc[r].b;
+    csm_short_rsum_d(v, t);
+    VI bad = {0};
+    for (int c = 0; c < CSM_SHORT_ROWS; c += VL) {
+        csm_vd a, b;
+        memcpy(&a, t + c, sizeof a);
+        memcpy(&b, t + c + CSM_VLD, sizeof b);
+        const VR h = csm_d2f(a, b), l = csm_d2f(a - csm_f2d_lo(h), b - csm_f2d_hi(h));
+        bad |= (VI)(h - h) | (VI)csm_d2f(a - a, b - b);
+        memcpy(hi + c, &h, sizeof h);
+        memcpy(lo + c, &l, sizeof l);
+    }
+#else
+    csm_dd s[CSM_SHORT_ROWS];
+    csm_short_totals(acc, s);
+    VI bad = {0};
+    for (int c = 0; c < CSM_SHORT_ROWS; c += VL) {
+        VR sh, sl;
+        for (int j = 0; j < VL; j++) {
+            sh[j] = s[c + j].hi;
+            sl[j] = s[c + j].lo;
+        }
+        const VR d = sh + sl, l = (sh - d) + sl;
+        bad |= (VI)(d - d);
+        memcpy(hi + c, &d, sizeof d);
+        memcpy(lo + c, &l, sizeof l);
+    }
+#endif
+    return !VANY(bad);
 }
 
 /* dx of the group's rows, each row's sum as the pair hi + lo: csm_grad.h's vector loop
-   for each, with none of a single row's checks (the group has made them) */
-CSM_INLINE void csm_short_bwd_out_t(int kind, const csm_short_grp *g, csm_intp n, const REAL *hi, const REAL *lo,
-                                    const csm_temp *tp, int stream)
+   (csm_bwd_run) over each row with none of a single row's setup -- the group has made
+   the checks and takes one instantiation for all its rows (nt: every row's output
+   aligned for streamed stores); a vector the loop leaves (a lane to redo, y outside the
+   exp's bound) and a row's tail go through csm_bwd_out_vec */
+CSM_INLINE void csm_short_bwd_out_t(const int kind, const csm_short_grp *g, csm_intp n, const REAL *hi,
+                                    const REAL *lo, const csm_temp *tp, const int nt, const int scaled)
 {
-    for (int r = 0; r < CSM_SHORT_ROWS; r++)
-        csm_bwd_out_pair_t(kind, g->x[r], g->y[r], NULL, g->out[r], n, hi[r], lo[r], tp, stream, 0);
+    const VR inv = VSPLAT((REAL)tp->inv_tau);
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
+        const REAL *x = g->x[r], *y = g->y[r];
+        REAL *out = g->out[r];
+        const VR s_hi = VSPLAT(hi[r]), s_lo = VSPLAT(lo[r]);
+        csm_intp i = 0;
+        for (;;) {
+            i = csm_bwd_run(kind, x, y, NULL, out, i, n, nt, 0, scaled, s_hi, s_lo, inv);
+            if (i + VL > n) break;
+            csm_bwd_out_vec(kind, x + i, y + i, NULL, out + i, VL, 1, nt, 0, s_hi, s_lo, inv, tp);
+            i += VL;
+        }
+        if (i < n) csm_bwd_out_vec(kind, x + i, y + i, NULL, out + i, n - i, 0, 0, 0, s_hi, s_lo, inv, tp);
+    }
 }
 
 /* one group of a backward kind; returns 0 (nothing written) if the group must go row by
    row: a sum that is not finite, or that the REAL pair cannot carry */
 static int csm_short_backward(int kind, csm_short_grp *g, csm_intp n, const csm_temp *tp, int stream)
 {
-    csm_dd s[CSM_SHORT_ROWS];
+    csm_vacc sums[CSM_SHORT_ROWS];
     REAL hi[CSM_SHORT_ROWS], lo[CSM_SHORT_ROWS];
     const int sm = kind == CSM_SOFTMAX_BWD;
-#define CSM_SHORT_BWD(SM) csm_short_bwd_sums_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, n, s)
+#define CSM_SHORT_BWD(SM) csm_short_bwd_sums_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, n, sums)
     CSM_FLAGS1(sm, CSM_SHORT_BWD);
 #undef CSM_SHORT_BWD
-    int ok = 1;
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) ok &= csm_bwd_split(s[r], &hi[r], &lo[r]); /* 0 where not finite */
-    if (!ok) return 0;
-#define CSM_SHORT_BWD_OUT(SM) csm_short_bwd_out_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, n, hi, lo, tp, stream)
-    CSM_FLAGS1(sm, CSM_SHORT_BWD_OUT);
+    if (!csm_short_bwd_pairs(sums, hi, lo)) return 0;
+    int nt = stream;
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) nt &= csm_align_head(g->out[r]) == 0;
+#define CSM_SHORT_BWD_OUT(SM, NT, S)                                                                                   \
+    csm_short_bwd_out_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, n, hi, lo, tp, NT, S)
+    CSM_FLAGS3(sm, nt, tp->scaled, CSM_SHORT_BWD_OUT);
 #undef CSM_SHORT_BWD_OUT
     return 1;
 }
