@@ -44,6 +44,25 @@ typedef struct {
 
 static const csm_vacc csm_short_zero = {{0}, {0}};
 
+/* the group's S' (or sums), row r's as hi[r] + lo[r]: arrays, so that the steps after the
+   sums (csm_short_sums_finish, log1p, the finishing factors) run a vector of rows at a time */
+typedef struct {
+    double hi[CSM_SHORT_ROWS], lo[CSM_SHORT_ROWS];
+} csm_short_sums;
+
+static inline csm_dd csm_short_dd(const csm_short_sums *s, int r) { return csm_dd_make(s->hi[r], s->lo[r]); }
+
+/* csm_dd_add_d (csm_dd.h) lane-wise: hi + lo + b as a pair; where the sum is not finite,
+   that sum and 0 */
+static inline void csm_short_vdd_add_d(csm_vd *hi, csm_vd *lo, csm_vd b)
+{
+    const csm_vd a = *hi, s = a + b, bb = s - a, e = (a - (s - bb)) + (b - bb);
+    const csm_vi64 fin = s - s == (csm_vd){0};
+    const csm_vd l = e + *lo, h = s + l, t = l - (h - s);
+    *hi = (csm_vd)(((csm_vi64)h & fin) | ((csm_vi64)s & ~fin));
+    *lo = (csm_vd)((csm_vi64)t & fin);
+}
+
 /* lane j of the reduction that VTRED leaves in v[0] is row bitrev(j)'s: the rows go in
    in that order (W a power of two) */
 static inline int csm_bitrev(int j, int w)
@@ -74,17 +93,20 @@ CSM_SHORT_DEFRED(csm_short_rsum_d, csm_vd, double, CSM_VLD, CSM_TRED_D, CSM_OP_A
 #undef CSM_SHORT_DEFRED
 
 /* a group's lane-wise sums (csm_vacc each) as the double-doubles csm_acc_total2 gives */
-static void csm_short_totals(const csm_vacc *acc, csm_dd *s)
+static void csm_short_totals(const csm_vacc *acc, csm_short_sums *s)
 {
 #if REAL_IS_F32
     /* float rows: the two halves' sums, added lane-wise, then across lanes */
     csm_vd v[CSM_SHORT_ROWS];
-    double t[CSM_SHORT_ROWS];
     for (int r = 0; r < CSM_SHORT_ROWS; r++) v[r] = acc[r].a + acc[r].b;
-    csm_short_rsum_d(v, t);
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) s[r] = csm_dd_make(t[r], 0.0);
+    csm_short_rsum_d(v, s->hi);
+    memset(s->lo, 0, sizeof s->lo);
 #else
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) s[r] = csm_acc_total2(&acc[r], &csm_short_zero);
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
+        const csm_dd t = csm_acc_total2(&acc[r], &csm_short_zero);
+        s->hi[r] = t.hi;
+        s->lo[r] = t.lo;
+    }
 #endif
 }
 
@@ -152,7 +174,7 @@ CSM_INLINE VR csm_short_term(const REAL *x, REAL *e, csm_intp cnt, const int ful
    times 1 / us[r]. Two vectors of a row at a time, their terms summed by csm_acc_add2.
    kc: the rows' anchors (CSM_EXP_ANCHORED). */
 CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, csm_intp n, const REAL *m, const REAL *kcs,
-                                   const double *us, double tau, double inv_tau, csm_dd *s, const int store,
+                                   const double *us, double tau, double inv_tau, csm_short_sums *s, const int store,
                                    const int ties, const int scaled, const int range)
 {
     csm_vacc sums[CSM_SHORT_ROWS];
@@ -192,13 +214,24 @@ CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, csm_intp n, const REA
             tied[r0 + r] = tie[r];
         }
     }
-    csm_dd sum[CSM_SHORT_ROWS];
+    csm_short_sums sum;
     VIS cnt[CSM_SHORT_ROWS] = {0};
-    csm_short_totals(sums, sum);
+    csm_short_totals(sums, &sum);
     if (ties) csm_short_rsum_i(tied, cnt);
-    for (int r = 0; r < CSM_SHORT_ROWS; r++)
-        /* unscaled; softmax: the max's term (and its ties') are in the sum; else they are counted */
-        s[r] = csm_dd_add_d(csm_dd_make(sum[r].hi * us[r], sum[r].lo * us[r]), ties ? (double)cnt[r] - 1.0 : -1.0);
+    /* unscaled; softmax: the max's term (and its ties') are in the sum; else they are
+       counted. A vector of rows at a time. */
+    for (int c = 0; c < CSM_SHORT_ROWS; c += CSM_VLD) {
+        csm_vd hi, lo, u, b;
+        for (int l = 0; l < CSM_VLD; l++) b[l] = ties ? (double)cnt[c + l] - 1.0 : -1.0;
+        memcpy(&hi, sum.hi + c, sizeof hi);
+        memcpy(&lo, sum.lo + c, sizeof lo);
+        memcpy(&u, us + c, sizeof u);
+        hi *= u;
+        lo *= u;
+        csm_short_vdd_add_d(&hi, &lo, b);
+        memcpy(s->hi + c, &hi, sizeof hi);
+        memcpy(s->lo + c, &lo, sizeof lo);
+    }
 }
 
 /* the group's anchors (csm_exp.h): kc and u of each row, a vector of double lanes at a time */
@@ -218,7 +251,7 @@ static void csm_short_anchors(const REAL *m, REAL *kc, double *u)
 /* S' of the group's rows by the exp variant `range`; the exps stored (store) are exp(x_j -
    m) / us[r] */
 static void csm_short_expsum(const csm_short_grp *g, csm_intp n, const REAL *m, const csm_temp *tp,
-                             int store, int ties, int range, csm_dd *s, double *us)
+                             int store, int ties, int range, csm_short_sums *s, double *us)
 {
     const double tau = tp->tau, inv = tp->inv_tau;
     REAL kc[CSM_SHORT_ROWS] = {0};
@@ -244,20 +277,18 @@ static void csm_short_expsum(const csm_short_grp *g, csm_intp n, const REAL *m, 
 
 /* log1p(S') of every row of the group, as csm_dd_log1p takes it: float rows all at once
    in double lanes (csm_vlog1p_d), double rows through libm's */
-static void csm_short_log1p(const csm_dd *s, double *L)
+static void csm_short_log1p(const csm_short_sums *s, double *L)
 {
 #if REAL_IS_F32
     for (int c = 0; c < CSM_SHORT_ROWS; c += CSM_VLD) {
         csm_vd hi, lo;
-        for (int l = 0; l < CSM_VLD; l++) {
-            hi[l] = s[c + l].hi;
-            lo[l] = s[c + l].lo;
-        }
+        memcpy(&hi, s->hi + c, sizeof hi);
+        memcpy(&lo, s->lo + c, sizeof lo);
         const csm_vd v = csm_vlog1p_d(hi) + lo / (1.0 + hi);
         memcpy(L + c, &v, sizeof v);
     }
 #else
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) L[r] = csm_dd_log1p(s[r]);
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) L[r] = csm_dd_log1p(csm_short_dd(s, r));
 #endif
 }
 
@@ -266,15 +297,17 @@ static void csm_short_log1p(const csm_dd *s, double *L)
 #define CSM_SHORT_INLINE_MAX ((csm_intp)(2 * VL))
 
 /* the finishing pass of a group's short rows: softmax out = e c[r] from the exps stored in
-   out, log_softmax out = (x - m[r]) / tau - L[r] (csm_logp); whole vectors at aligned
-   addresses streamed where `stream` (the caller fences) */
+   out (c[r] as the pair chi[r] + clos[r], csm_scale_pair), log_softmax out = (x - m[r]) /
+   tau - L[r] with L[r] = chi[r] (csm_logp); whole vectors at aligned addresses streamed
+   where `stream` (the caller fences) */
 CSM_INLINE void csm_short_finish_t(const csm_short_grp *g, csm_intp n, const REAL *m, const double *c,
-                                   REAL inv_tau, int stream, const int logsm, const int scaled)
+                                   const REAL *chi, const REAL *clos, REAL inv_tau, int stream, const int logsm,
+                                   const int scaled)
 {
     for (int r = 0; r < CSM_SHORT_ROWS; r++) {
         const REAL *src = logsm ? g->x[r] : g->out[r];
         REAL *out = g->out[r];
-        const VR ref = VSPLAT(m[r]), cv = VSPLAT((REAL)c[r]), clo = VSPLAT((REAL)(c[r] - (double)(REAL)c[r]));
+        const VR ref = VSPLAT(m[r]), cv = VSPLAT(chi[r]), clo = VSPLAT(clos[r]);
         const int nt = stream && csm_align_head(out) == 0;
         csm_intp i = 0;
         for (; i + VL <= n; i += VL) {
@@ -297,7 +330,7 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
                              double grad_scale, int64_t ignore_index)
 {
     REAL m[CSM_SHORT_ROWS], mn[CSM_SHORT_ROWS];
-    csm_dd s[CSM_SHORT_ROWS];
+    csm_short_sums s;
     const int xent = kind == CSM_XENT;
     for (int r = 0; r < CSM_SHORT_ROWS; r++)
         if (xent && g->label[r] == ignore_index) return 0;
@@ -325,34 +358,55 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
     if (CSM_ANCHOR && bounded && tame && !tp->scaled && !(xent && g->out[0]))
         range = CSM_EXP_ANCHORED;
     double us[CSM_SHORT_ROWS];
-    csm_short_expsum(g, n, m, tp, store, kind != CSM_SOFTMAX, range, s, us);
+    csm_short_expsum(g, n, m, tp, store, kind != CSM_SOFTMAX, range, &s, us);
     int nan = 0;
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) nan |= s[r].hi != s[r].hi;
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) nan |= s.hi[r] != s.hi[r];
     if (nan && kind != CSM_SOFTMAX) return 0; /* nothing written over x: row by row */
     if (xent && g->out[0])
         for (int r = 0; r < CSM_SHORT_ROWS; r++)
-            if (csm_xent_grad_plain_ok(s[r], grad_scale * tp->inv_tau) == 0.0) return 0;
+            if (csm_xent_grad_plain_ok(csm_short_dd(&s, r), grad_scale * tp->inv_tau) == 0.0) return 0;
     double L[CSM_SHORT_ROWS];
-    if (kind != CSM_SOFTMAX) csm_short_log1p(s, L);
+    if (kind != CSM_SOFTMAX) csm_short_log1p(&s, L);
     if (n <= CSM_SHORT_INLINE_MAX && ((kind == CSM_SOFTMAX && !nan) || kind == CSM_LOG_SOFTMAX)) {
+        /* the rows' factors, a vector of rows at a time: softmax's us / (1 + S') (the exps
+           are scaled; csm_dd_inv_1p lane-wise) as the REAL pair chi + clo, log_softmax's L
+           rounded to REAL */
         double c[CSM_SHORT_ROWS];
+        REAL chi[CSM_SHORT_ROWS], clo[CSM_SHORT_ROWS];
+        for (int k = 0; k < CSM_SHORT_ROWS; k += CSM_VLD) {
+            csm_vd cv;
+            if (kind == CSM_SOFTMAX) {
+                csm_vd hi, lo, u;
+                memcpy(&hi, s.hi + k, sizeof hi);
+                memcpy(&lo, s.lo + k, sizeof lo);
+                memcpy(&u, us + k, sizeof u);
+                csm_short_vdd_add_d(&hi, &lo, (csm_vd){0} + 1.0);
+                const csm_vd q = 1.0 / hi;
+                cv = (q - q * (lo * q)) * u;
+            } else {
+                memcpy(&cv, L + k, sizeof cv);
+            }
+            memcpy(c + k, &cv, sizeof cv);
+        }
+        for (int r = 0; r < CSM_SHORT_ROWS; r++) {
+            chi[r] = (REAL)c[r];
+            clo[r] = (REAL)(c[r] - (double)chi[r]);
+        }
         const REAL inv = (REAL)tp->inv_tau;
-        for (int r = 0; r < CSM_SHORT_ROWS; r++)
-            c[r] = kind == CSM_SOFTMAX ? csm_dd_inv_1p(s[r]) * us[r] : (double)(REAL)L[r]; /* the exps are scaled */
-#define CSM_SHORT_FINISH(LOGSM, S) csm_short_finish_t(g, n, m, c, inv, stream, LOGSM, S)
+#define CSM_SHORT_FINISH(LOGSM, S) csm_short_finish_t(g, n, m, c, chi, clo, inv, stream, LOGSM, S)
         CSM_FLAGS2(kind == CSM_LOG_SOFTMAX, tp->scaled, CSM_SHORT_FINISH);
 #undef CSM_SHORT_FINISH
         return 1;
     }
     for (int r = 0; r < CSM_SHORT_ROWS; r++) {
-        if (kind == CSM_SOFTMAX && s[r].hi != s[r].hi) {
+        if (kind == CSM_SOFTMAX && s.hi[r] != s.hi[r]) {
             /* a NaN: the semantics table, from the exps in place if out is x (NaN stays NaN) */
             csm_stats st = {0};
             st.m = m[r];
             st.any = 1;
             csm_special_row(kind, g->x[r], 1, NULL, 1, g->out[r], 1, n, &st, 0);
         } else if (kind == CSM_SOFTMAX) {
-            csm_row_scale(g->out[r], g->out[r], n, csm_dd_inv_1p(s[r]) * us[r], stream); /* the exps are scaled */
+            csm_row_scale(g->out[r], g->out[r], n, csm_dd_inv_1p(csm_short_dd(&s, r)) * us[r], stream); /* the exps are scaled */
         } else if (kind == CSM_LOG_SOFTMAX) {
             csm_row_logsub(g->x[r], NULL, g->out[r], n, m[r], (REAL)L[r], tp, stream);
         } else if (kind == CSM_LOGSUMEXP) {
@@ -365,7 +419,7 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
             src.inv_tau = tp->inv_tau;
             src.L = L[r];
             g->val[r] = csm_xent_neglogp(&src, g->label[r]);
-            if (g->out[r]) csm_xent_grad_plain(g->out[r], n, g->label[r], s[r], grad_scale * tp->inv_tau);
+            if (g->out[r]) csm_xent_grad_plain(g->out[r], n, g->label[r], csm_short_dd(&s, r), grad_scale * tp->inv_tau);
         }
     }
     return 1;
@@ -399,12 +453,11 @@ CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp 
 static inline int csm_short_bwd_pairs(const csm_vacc *acc, REAL *hi, REAL *lo)
 {
 #if REAL_IS_F32
-    /* float rows: the double totals (csm_short_totals), then hi = (float)t and
-       lo = (float)(t - hi), two vectors of double lanes to one of float */
-    csm_vd v[CSM_SHORT_ROWS];
-    double t[CSM_SHORT_ROWS];
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) v[r] = acc[r].a + acc[r].b;
-    csm_short_rsum_d(v, t);
+    /* float rows: the double totals, then hi = (float)t and lo = (float)(t - hi), two
+       vectors of double lanes to one of float */
+    csm_short_sums s;
+    csm_short_totals(acc, &s);
+    const double *t = s.hi;
     VI bad = {0};
     for (int c = 0; c < CSM_SHORT_ROWS; c += VL) {
         csm_vd a, b;
@@ -416,15 +469,13 @@ static inline int csm_short_bwd_pairs(const csm_vacc *acc, REAL *hi, REAL *lo)
         memcpy(lo + c, &l, sizeof l);
     }
 #else
-    csm_dd s[CSM_SHORT_ROWS];
-    csm_short_totals(acc, s);
+    csm_short_sums s;
+    csm_short_totals(acc, &s);
     VI bad = {0};
     for (int c = 0; c < CSM_SHORT_ROWS; c += VL) {
         VR sh, sl;
-        for (int j = 0; j < VL; j++) {
-            sh[j] = s[c + j].hi;
-            sl[j] = s[c + j].lo;
-        }
+        memcpy(&sh, s.hi + c, sizeof sh);
+        memcpy(&sl, s.lo + c, sizeof sl);
         const VR d = sh + sl, l = (sh - d) + sl;
         bad |= (VI)(d - d);
         memcpy(hi + c, &d, sizeof d);
