@@ -211,35 +211,40 @@ CSM_INLINE csm_intp csm_bwd_run(const int kind, const REAL *g, const REAL *y, co
     return i;
 }
 
-/* pass 2's vector loop: dx over [0, n), the row's sum as the pair hi + lo
-   (csm_bwd_split); the head up to an aligned address for streamed stores, the whole
-   vectors by csm_bwd_run, what it leaves and the tail one vector at a time */
+/* dx from i to n, the row's sum as the pair hi + lo (csm_bwd_split): the whole vectors
+   by csm_bwd_run, each vector it leaves by csm_bwd_out_vec, the tail as a partial vector */
+CSM_INLINE void csm_bwd_vectors(const int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
+                                csm_intp i, csm_intp n, const int nt, const int has_mask, const int scaled, VR s_hi,
+                                VR s_lo, VR inv, const csm_temp *tp)
+{
+    for (;;) {
+        i = csm_bwd_run(kind, g, y, mask, out, i, n, nt, has_mask, scaled, s_hi, s_lo, inv);
+        if (i + VL > n) break;
+        csm_bwd_out_vec(kind, g + i, y + i, has_mask ? mask + i : NULL, out + i, VL, 1, nt, has_mask, s_hi, s_lo, inv,
+                        tp); /* the vector the loop left */
+        i += VL;
+    }
+    if (i < n)
+        csm_bwd_out_vec(kind, g + i, y + i, has_mask ? mask + i : NULL, out + i, n - i, 0, 0, has_mask, s_hi, s_lo, inv,
+                        tp);
+}
+
+/* pass 2's vector loop: dx over [0, n), the row's sum as the pair hi + lo; the head up to
+   an aligned address for streamed stores, the rest by csm_bwd_vectors */
 CSM_INLINE void csm_bwd_out_pair_t(const int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
                                    csm_intp n, REAL hi, REAL lo, const csm_temp *tp, int stream, const int has_mask)
 {
     const VR s_hi = VSPLAT(hi), s_lo = VSPLAT(lo), inv = VSPLAT((REAL)tp->inv_tau);
-#define CSM_BWD_VEC(i, cnt, full, nt)                                                                                  \
-    csm_bwd_out_vec(kind, g + (i), y + (i), has_mask ? mask + (i) : NULL, out + (i), cnt, full, nt, has_mask, s_hi, \
-                    s_lo, inv, tp)
     csm_intp i = 0, head = stream ? csm_align_head(out) : -1;
     const int nt = head >= 0;
     if (head > n) head = n;
     if (head > 0) {
-        CSM_BWD_VEC(0, head, 0, 0);
+        csm_bwd_out_vec(kind, g, y, mask, out, head, 0, 0, has_mask, s_hi, s_lo, inv, tp);
         i = head;
     }
-#define CSM_BWD_RUN(NT, S) csm_bwd_run(kind, g, y, mask, out, i, n, NT, has_mask, S, s_hi, s_lo, inv)
-#define CSM_BWD_LEFT(NT) CSM_BWD_VEC(i, VL, 1, NT)
-    for (;;) {
-        i = CSM_FLAGS2(nt, tp->scaled, CSM_BWD_RUN);
-        if (i + VL > n) break;
-        CSM_FLAGS1(nt, CSM_BWD_LEFT); /* the vector the loop left */
-        i += VL;
-    }
-#undef CSM_BWD_RUN
-#undef CSM_BWD_LEFT
-    if (i < n) CSM_BWD_VEC(i, n - i, 0, 0);
-#undef CSM_BWD_VEC
+#define CSM_BWD_VECTORS(NT, S) csm_bwd_vectors(kind, g, y, mask, out, i, n, NT, has_mask, S, s_hi, s_lo, inv, tp)
+    CSM_FLAGS2(nt, tp->scaled, CSM_BWD_VECTORS);
+#undef CSM_BWD_VECTORS
 }
 
 /* pass 2: dx over [0, n), given the row's sum */

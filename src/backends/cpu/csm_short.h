@@ -45,7 +45,8 @@ typedef struct {
 static const csm_vacc csm_short_zero = {{0}, {0}};
 
 /* the group's S' (or sums), row r's as hi[r] + lo[r]: arrays, so that the steps after the
-   sums (csm_short_sums_finish, log1p, the finishing factors) run a vector of rows at a time */
+   sums (S' from the totals, log1p, the finishing factors, the backward pairs) run a vector
+   of rows at a time */
 typedef struct {
     double hi[CSM_SHORT_ROWS], lo[CSM_SHORT_ROWS];
 } csm_short_sums;
@@ -61,6 +62,14 @@ static inline void csm_short_vdd_add_d(csm_vd *hi, csm_vd *lo, csm_vd b)
     const csm_vd l = e + *lo, h = s + l, t = l - (h - s);
     *hi = (csm_vd)(((csm_vi64)h & fin) | ((csm_vi64)s & ~fin));
     *lo = (csm_vd)((csm_vi64)t & fin);
+}
+
+/* csm_dd_inv_1p lane-wise: 1 / (1 + hi + lo) */
+static inline csm_vd csm_short_vdd_inv_1p(csm_vd hi, csm_vd lo)
+{
+    csm_short_vdd_add_d(&hi, &lo, (csm_vd){0} + 1.0);
+    const csm_vd q = 1.0 / hi;
+    return q - q * (lo * q); /* first-order correction for the low part */
 }
 
 /* lane j of the reduction that VTRED leaves in v[0] is row bitrev(j)'s: the rows go in
@@ -380,9 +389,7 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
                 memcpy(&hi, s.hi + k, sizeof hi);
                 memcpy(&lo, s.lo + k, sizeof lo);
                 memcpy(&u, us + k, sizeof u);
-                csm_short_vdd_add_d(&hi, &lo, (csm_vd){0} + 1.0);
-                const csm_vd q = 1.0 / hi;
-                cv = (q - q * (lo * q)) * u;
+                cv = csm_short_vdd_inv_1p(hi, lo) * u;
             } else {
                 memcpy(&cv, L + k, sizeof cv);
             }
@@ -452,26 +459,22 @@ CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp 
  */
 static inline int csm_short_bwd_pairs(const csm_vacc *acc, REAL *hi, REAL *lo)
 {
-#if REAL_IS_F32
-    /* float rows: the double totals, then hi = (float)t and lo = (float)(t - hi), two
-       vectors of double lanes to one of float */
     csm_short_sums s;
     csm_short_totals(acc, &s);
-    const double *t = s.hi;
     VI bad = {0};
+#if REAL_IS_F32
+    /* float rows (whose totals have no low part): hi = (float)t and lo = (float)(t - hi),
+       two vectors of double lanes to one of float */
     for (int c = 0; c < CSM_SHORT_ROWS; c += VL) {
         csm_vd a, b;
-        memcpy(&a, t + c, sizeof a);
-        memcpy(&b, t + c + CSM_VLD, sizeof b);
+        memcpy(&a, s.hi + c, sizeof a);
+        memcpy(&b, s.hi + c + CSM_VLD, sizeof b);
         const VR h = csm_d2f(a, b), l = csm_d2f(a - csm_f2d_lo(h), b - csm_f2d_hi(h));
         bad |= (VI)(h - h) | (VI)csm_d2f(a - a, b - b);
         memcpy(hi + c, &h, sizeof h);
         memcpy(lo + c, &l, sizeof l);
     }
 #else
-    csm_short_sums s;
-    csm_short_totals(acc, &s);
-    VI bad = {0};
     for (int c = 0; c < CSM_SHORT_ROWS; c += VL) {
         VR sh, sl;
         memcpy(&sh, s.hi + c, sizeof sh);
@@ -486,10 +489,9 @@ static inline int csm_short_bwd_pairs(const csm_vacc *acc, REAL *hi, REAL *lo)
 }
 
 /* dx of the group's rows, each row's sum as the pair hi + lo: csm_grad.h's vector loop
-   (csm_bwd_run) over each row with none of a single row's setup -- the group has made
+   (csm_bwd_vectors) over each row with none of a single row's setup -- the group has made
    the checks and takes one instantiation for all its rows (nt: every row's output
-   aligned for streamed stores); a vector the loop leaves (a lane to redo, y outside the
-   exp's bound) and a row's tail go through csm_bwd_out_vec */
+   aligned for streamed stores) */
 CSM_INLINE void csm_short_bwd_out_t(const int kind, const csm_short_grp *g, csm_intp n, const REAL *hi,
                                     const REAL *lo, const csm_temp *tp, const int nt, const int scaled)
 {
@@ -498,14 +500,7 @@ CSM_INLINE void csm_short_bwd_out_t(const int kind, const csm_short_grp *g, csm_
         const REAL *x = g->x[r], *y = g->y[r];
         REAL *out = g->out[r];
         const VR s_hi = VSPLAT(hi[r]), s_lo = VSPLAT(lo[r]);
-        csm_intp i = 0;
-        for (;;) {
-            i = csm_bwd_run(kind, x, y, NULL, out, i, n, nt, 0, scaled, s_hi, s_lo, inv);
-            if (i + VL > n) break;
-            csm_bwd_out_vec(kind, x + i, y + i, NULL, out + i, VL, 1, nt, 0, s_hi, s_lo, inv, tp);
-            i += VL;
-        }
-        if (i < n) csm_bwd_out_vec(kind, x + i, y + i, NULL, out + i, n - i, 0, 0, 0, s_hi, s_lo, inv, tp);
+        csm_bwd_vectors(kind, x, y, NULL, out, 0, n, nt, 0, scaled, s_hi, s_lo, inv, tp);
     }
 }
 
