@@ -204,12 +204,18 @@ static int csm_short_range(const csm_task *t, const csm_layout *L, csm_intp r0, 
         step[op] = flat && base[op] ? L->ostride[op][0] : 0;
     }
 #define CSM_ROW_PTR(op, row) (base[op] ? base[op] + (row) * step[op] : NULL)
+    /* the first pass over a group prefetches the next one where its rows come from memory
+       (csm_short.h, CSM_SHORT_PF_BYTES) */
+    const int pf = flat && n * (csm_intp)sizeof(REAL) >= CSM_SHORT_PF_BYTES &&
+                   L->nrows * n * (csm_intp)sizeof(REAL) >= CSM_STREAM_BYTES;
     csm_rowiter it;
     csm_rowiter_init(&it, L, r0);
     csm_intp r = r0;
     for (; r + CSM_SHORT_ROWS <= r1; r += CSM_SHORT_ROWS) {
         char *p[CSM_SHORT_ROWS][CSM_NOPERANDS];
         csm_short_grp g;
+        g.ahead_x = pf ? CSM_SHORT_ROWS * step[CSM_X] : 0;
+        g.ahead_y = pf ? CSM_SHORT_ROWS * step[CSM_Y] : 0;
         if (flat) {
             /* the pointers from locals, so that nothing of the loop lives in memory (the
                compiler kept running pointers on the stack, a store-to-load chain per row) */

@@ -40,7 +40,26 @@ typedef struct {
     REAL *out[CSM_SHORT_ROWS];        /* the output, the gradient, or NULL */
     int64_t label[CSM_SHORT_ROWS];    /* cross-entropy */
     double val[CSM_SHORT_ROWS];       /* logsumexp, the loss */
+    csm_intp ahead_x, ahead_y;        /* bytes from a row of x (y) to the same row of the
+                                         next group, prefetched by the first pass; 0: none */
 } csm_short_grp;
+
+/*
+ * Out of cache, a group's interleaved rows are many short streams that the hardware
+ * prefetchers follow late: float32 rows of 128-256 ran 1.5-2.6x slower per element than
+ * rows of 512+ (one at a time) at 2^22 elements. So where the rows are at least
+ * CSM_SHORT_PF_BYTES and the array at least CSM_STREAM_BYTES (csm_drive.h: it comes from
+ * memory), the first pass over a group (scan, backward sums) asks for the same lines of
+ * the next group into L2, one prefetch per vector and operand (benchmarks/RESULTS.md,
+ * "Prefetching the next group"). In cache those prefetches cost 3-11%, so the passes are
+ * instantiated without them (pf = 0) too.
+ */
+#define CSM_SHORT_PF_BYTES ((csm_intp)512)
+
+static inline void csm_short_prefetch(const REAL *p, csm_intp ahead, const int pf)
+{
+    if (pf) __builtin_prefetch((const char *)p + ahead, 0, 2);
+}
 
 static const csm_vacc csm_short_zero = {{0}, {0}};
 
@@ -120,7 +139,7 @@ static void csm_short_totals(const csm_vacc *acc, csm_short_sums *s)
 }
 
 /* max and min of each row (NaN left out by the comparisons) */
-static void csm_short_scan(const csm_short_grp *g, csm_intp n, REAL *m, REAL *mn)
+CSM_INLINE void csm_short_scan_t(const csm_short_grp *g, csm_intp n, REAL *m, REAL *mn, const int pf)
 {
     VR hi[CSM_SHORT_ROWS], lo[CSM_SHORT_ROWS];
     for (int r0 = 0; r0 < CSM_SHORT_ROWS; r0 += CSM_SHORT_SUB) {
@@ -133,12 +152,14 @@ static void csm_short_scan(const csm_short_grp *g, csm_intp n, REAL *m, REAL *mn
         csm_intp i = 0;
         for (; i + VL <= n; i += VL)
             for (int r = 0; r < CSM_SHORT_SUB; r++) {
+                csm_short_prefetch(x[r] + i, g->ahead_x, pf);
                 const VR v = csm_load(x[r] + i, VL, 0);
                 h[r] = VMAX(v, h[r]);
                 l[r] = VMIN(v, l[r]);
             }
         if (i < n)
             for (int r = 0; r < CSM_SHORT_SUB; r++) {
+                csm_short_prefetch(x[r] + i, g->ahead_x, pf);
                 h[r] = VMAX(csm_load(x[r] + i, n - i, -R_INF), h[r]);
                 l[r] = VMIN(csm_load(x[r] + i, n - i, R_INF), l[r]);
             }
@@ -343,7 +364,9 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
     const int xent = kind == CSM_XENT;
     for (int r = 0; r < CSM_SHORT_ROWS; r++)
         if (xent && g->label[r] == ignore_index) return 0;
-    csm_short_scan(g, n, m, mn);
+#define CSM_SHORT_SCAN(PF) csm_short_scan_t(g, n, m, mn, PF)
+    CSM_FLAGS1(g->ahead_x != 0, CSM_SHORT_SCAN);
+#undef CSM_SHORT_SCAN
     /* the rows' checks, a vector of rows at a time and without branches (a scalar loop's
        compares mispredict): every max finite; every row within the exp's normal range
        (min - max rounds by at most half an ulp of the bound, inside its slack); every
@@ -433,20 +456,35 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
 }
 
 /* the backward sums of a group's rows, lane-wise (csm_vacc each) */
-CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp n, csm_vacc *sums)
+CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp n, csm_vacc *sums, const int pf)
 {
     for (int r0 = 0; r0 < CSM_SHORT_ROWS; r0 += CSM_SHORT_SUB) {
         const REAL *const *x = g->x + r0, *const *y = g->y + r0;
         csm_vacc acc[CSM_SHORT_SUB];
         for (int r = 0; r < CSM_SHORT_SUB; r++) acc[r] = csm_short_zero;
         csm_intp i = 0;
+#define CSM_SHORT_PF(r, i)                                                                                             \
+    do {                                                                                                               \
+        csm_short_prefetch(x[r] + (i), g->ahead_x, pf);                                                                \
+        csm_short_prefetch(y[r] + (i), g->ahead_y, pf); /* log_softmax: for pass 2 */                                 \
+    } while (0)
         for (; i + 2 * VL <= n; i += 2 * VL)
-            for (int r = 0; r < CSM_SHORT_SUB; r++) csm_bwd_sum_vec2(kind, x[r] + i, y[r] + i, NULL, 0, &acc[r]);
+            for (int r = 0; r < CSM_SHORT_SUB; r++) {
+                CSM_SHORT_PF(r, i);
+                CSM_SHORT_PF(r, i + VL);
+                csm_bwd_sum_vec2(kind, x[r] + i, y[r] + i, NULL, 0, &acc[r]);
+            }
         for (; i + VL <= n; i += VL)
-            for (int r = 0; r < CSM_SHORT_SUB; r++) csm_bwd_sum_vec(kind, x[r] + i, y[r] + i, NULL, VL, 1, 0, &acc[r]);
+            for (int r = 0; r < CSM_SHORT_SUB; r++) {
+                CSM_SHORT_PF(r, i);
+                csm_bwd_sum_vec(kind, x[r] + i, y[r] + i, NULL, VL, 1, 0, &acc[r]);
+            }
         if (i < n)
-            for (int r = 0; r < CSM_SHORT_SUB; r++)
+            for (int r = 0; r < CSM_SHORT_SUB; r++) {
+                CSM_SHORT_PF(r, i);
                 csm_bwd_sum_vec(kind, x[r] + i, y[r] + i, NULL, n - i, 0, 0, &acc[r]);
+            }
+#undef CSM_SHORT_PF
         for (int r = 0; r < CSM_SHORT_SUB; r++) sums[r0 + r] = acc[r];
     }
 }
@@ -511,8 +549,8 @@ static int csm_short_backward(int kind, csm_short_grp *g, csm_intp n, const csm_
     csm_vacc sums[CSM_SHORT_ROWS];
     REAL hi[CSM_SHORT_ROWS], lo[CSM_SHORT_ROWS];
     const int sm = kind == CSM_SOFTMAX_BWD;
-#define CSM_SHORT_BWD(SM) csm_short_bwd_sums_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, n, sums)
-    CSM_FLAGS1(sm, CSM_SHORT_BWD);
+#define CSM_SHORT_BWD(SM, PF) csm_short_bwd_sums_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, n, sums, PF)
+    CSM_FLAGS2(sm, g->ahead_x != 0, CSM_SHORT_BWD);
 #undef CSM_SHORT_BWD
     if (!csm_short_bwd_pairs(sums, hi, lo)) return 0;
     int nt = stream;
