@@ -199,7 +199,9 @@ CSM_INLINE csm_intp csm_bwd_run(const int kind, const REAL *g, const REAL *y, co
             if (scaled) o *= inv; /* (tau = 1: the product by 1 left out) */
             bad = (VI)(o - o);
         } else {
-            const VR e = csm_vexp_t(yv, VSPLAT(0), CSM_EXP_BOUNDED);
+            /* y is exact and within csm_exp_bound of 0: the anchored exp's reduction from y
+               itself (csm_exp.h), exp(y) 2^0, without the general path's correction term */
+            const VR e = csm_vexp_anchored(yv, VSPLAT(0));
             o = VFMA(-e, s_hi, gv) - e * s_lo;
             if (scaled) o *= inv;
             bad = (VI)(o - o) | (((VI)yv & magnitude) > bound); /* NaN's bits exceed the bound's */
