@@ -130,10 +130,30 @@ static void csm_short_totals(const csm_vacc *acc, csm_short_sums *s)
     csm_short_rsum_d(v, s->hi);
     memset(s->lo, 0, sizeof s->lo);
 #else
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
-        const csm_dd t = csm_acc_total2(&acc[r], &csm_short_zero);
-        s->hi[r] = t.hi;
-        s->lo[r] = t.lo;
+    /* double rows: csm_acc_total2's steps (with a zero second accumulator) a vector of rows
+       at a time -- the lanes transposed, lane l of CSM_VLD rows in one vector, then added
+       in its scalar loop's order, so that each row's total is bit for bit the one it
+       gives, without its chain of dependent scalar two-sums per row (about 190 cycles a
+       row on a Zen 4: benchmarks/RESULTS.md, "Targets of the short-rows issue") */
+    for (int c = 0; c < CSM_SHORT_ROWS; c += CSM_VLD) {
+        csm_vd a[CSM_VLD], b[CSM_VLD];
+        for (int l = 0; l < CSM_VLD; l++)
+            for (int r = 0; r < CSM_VLD; r++) {
+                a[l][r] = acc[c + r].a[l] + 0.0; /* (+ 0: as a0 + a1 and b0 + b1 there, -0 to +0) */
+                b[l][r] = acc[c + r].b[l] + 0.0;
+            }
+        csm_vd plain = a[0], hi = a[0], lo = {0}, comp = b[0];
+        for (int l = 1; l < CSM_VLD; l++) {
+            plain += a[l];
+            csm_short_vdd_add_d(&hi, &lo, a[l]);
+            comp += b[l];
+        }
+        csm_short_vdd_add_d(&hi, &lo, -comp);
+        const csm_vi64 fin = plain - plain == (csm_vd){0}; /* else: the plain sum, and 0 */
+        hi = (csm_vd)(((csm_vi64)hi & fin) | ((csm_vi64)plain & ~fin));
+        lo = (csm_vd)((csm_vi64)lo & fin);
+        memcpy(s->hi + c, &hi, sizeof hi);
+        memcpy(s->lo + c, &lo, sizeof lo);
     }
 #endif
 }
