@@ -133,8 +133,9 @@ static void csm_short_totals(const csm_vacc *acc, csm_short_sums *s)
     /* double rows: csm_acc_total2's steps (with a zero second accumulator) a vector of rows
        at a time -- the lanes transposed, lane l of CSM_VLD rows in one vector, then added
        in its scalar loop's order, so that each row's total is bit for bit the one it
-       gives, without its chain of dependent scalar two-sums per row (about 190 cycles a
-       row on a Zen 4: benchmarks/RESULTS.md, "Targets of the short-rows issue") */
+       gives, without its chain of dependent scalar two-sums per row (softmax float64 rows
+       of 8 on a Zen 4: 233 cycles a row with it, 112 without; benchmarks/RESULTS.md,
+       "Targets of the short-rows issue") */
     for (int c = 0; c < CSM_SHORT_ROWS; c += CSM_VLD) {
         csm_vd a[CSM_VLD], b[CSM_VLD];
         for (int l = 0; l < CSM_VLD; l++)
