@@ -70,6 +70,19 @@ typedef struct {
     double hi[CSM_SHORT_ROWS], lo[CSM_SHORT_ROWS];
 } csm_short_sums;
 
+/*
+ * softmax's exps of the partial vector at each row's end, where the group finishes the rows
+ * itself: stored whole here rather than masked into the output, and loaded back whole. A
+ * load does not take its data from a masked store still in flight but waits for it to
+ * reach the cache (a Zen 4: 26 cycles a round trip against 15, benchmarks/micro/
+ * store_forward.c); float32 rows of 8 spent 40% of their finishing pass on the load of
+ * the exps just stored, and now cost 63 cycles a row, not 89 (benchmarks/RESULTS.md,
+ * "Short rows' tails").
+ */
+typedef struct {
+    VR e[CSM_SHORT_ROWS];
+} csm_short_tails;
+
 static inline csm_dd csm_short_dd(const csm_short_sums *s, int r) { return csm_dd_make(s->hi[r], s->lo[r]); }
 
 /* csm_dd_add_d (csm_dd.h) lane-wise: hi + lo + b as a pair; where the sum is not finite,
@@ -193,11 +206,11 @@ CSM_INLINE void csm_short_scan_t(const csm_short_grp *g, csm_intp n, REAL *m, RE
     csm_short_rmin(lo, mn);
 }
 
-/* the exps of one vector of one row: stored to e (store), the max's ties counted and left
-   out (ties); returns the terms of the sum */
-CSM_INLINE VR csm_short_term(const REAL *x, REAL *e, csm_intp cnt, const int full, VR ref, VR kc, double tau,
-                             double inv_tau, const int store, const int ties, const int scaled, const int range,
-                             VI *tie)
+/* the exps of one vector of one row: stored to e (store; ecnt lanes of them), the max's ties
+   counted and left out (ties); returns the terms of the sum */
+CSM_INLINE VR csm_short_term(const REAL *x, REAL *e, csm_intp cnt, const int full, csm_intp ecnt, VR ref, VR kc,
+                             double tau, double inv_tau, const int store, const int ties, const int scaled,
+                             const int range, VI *tie)
 {
     /* a partial vector's padding is the max (exp 1, taken out below) rather than -inf, whose
        exp would go through the subnormal range, which costs a microcode assist per vector */
@@ -210,7 +223,7 @@ CSM_INLINE VR csm_short_term(const REAL *x, REAL *e, csm_intp cnt, const int ful
         csm_vdiff(v, ref, tau, inv_tau, scaled, &dh, &dl);
         t = csm_vexp_sc(dh, dl, range, CSM_ESCALE); /* scaled (csm_exp.h); the max's term is 2^CSM_ESCALE */
     }
-    if (store) csm_store(e, t, full ? VL : cnt);
+    if (store) csm_store(e, t, ecnt);
     const VI live = full ? ~(VI){0} : csm_iota() < (VIS)cnt;
     if (ties) {
         const VI eq = (v == ref) & live;
@@ -222,11 +235,12 @@ CSM_INLINE VR csm_short_term(const REAL *x, REAL *e, csm_intp cnt, const int ful
 }
 
 /* S' of every row of the group (m finite); when storing, row r's exps go to g->out[r],
-   times 1 / us[r]. Two vectors of a row at a time, their terms summed by csm_acc_add2.
-   kc: the rows' anchors (CSM_EXP_ANCHORED). */
+   times 1 / us[r] -- but the partial vector at a row's end to tails[r] (whole, unmasked)
+   where tails is given (softmax). Two vectors of a row at a time, their terms summed by
+   csm_acc_add2. kc: the rows' anchors (CSM_EXP_ANCHORED). */
 CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, csm_intp n, const REAL *m, const REAL *kcs,
                                    const double *us, double tau, double inv_tau, csm_short_sums *s, const int store,
-                                   const int ties, const int scaled, const int range)
+                                   const int ties, const int scaled, const int range, csm_short_tails *tails)
 {
     csm_vacc sums[CSM_SHORT_ROWS];
     VI tied[CSM_SHORT_ROWS];
@@ -246,19 +260,23 @@ CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, csm_intp n, const REA
             tie[r] = (VI){0};
             ref[r] = VSPLAT(m[r0 + r]);
         }
-#define CSM_SHORT_TERM(r, i, cnt, full)                                                                                \
-    csm_short_term(x[r] + (i), store ? ex[r] + (i) : NULL, cnt, full, ref[r], kc[r], tau, inv_tau, store, ties, scaled, \
-                   range, &tie[r])
+#define CSM_SHORT_TERM(r, i, cnt, full, e, ecnt)                                                                       \
+    csm_short_term(x[r] + (i), e, cnt, full, ecnt, ref[r], kc[r], tau, inv_tau, store, ties, scaled, range, &tie[r])
         csm_intp i = 0;
         for (; i + 2 * VL <= n; i += 2 * VL)
             for (int r = 0; r < CSM_SHORT_SUBE; r++)
-                csm_acc_add2(&acc[r], CSM_SHORT_TERM(r, i, VL, 1), CSM_SHORT_TERM(r, i + VL, VL, 1));
+                csm_acc_add2(&acc[r], CSM_SHORT_TERM(r, i, VL, 1, store ? ex[r] + i : NULL, VL),
+                             CSM_SHORT_TERM(r, i + VL, VL, 1, store ? ex[r] + i + VL : NULL, VL));
         if (i + VL <= n) {
-            for (int r = 0; r < CSM_SHORT_SUBE; r++) csm_acc_add(&acc[r], CSM_SHORT_TERM(r, i, VL, 1));
+            for (int r = 0; r < CSM_SHORT_SUBE; r++)
+                csm_acc_add(&acc[r], CSM_SHORT_TERM(r, i, VL, 1, store ? ex[r] + i : NULL, VL));
             i += VL;
         }
         if (i < n)
-            for (int r = 0; r < CSM_SHORT_SUBE; r++) csm_acc_add(&acc[r], CSM_SHORT_TERM(r, i, n - i, 0));
+            for (int r = 0; r < CSM_SHORT_SUBE; r++)
+                csm_acc_add(&acc[r], !ties && tails /* (softmax's only: no test in the others) */
+                                         ? CSM_SHORT_TERM(r, i, n - i, 0, (REAL *)&tails->e[r0 + r], VL)
+                                         : CSM_SHORT_TERM(r, i, n - i, 0, store ? ex[r] + i : NULL, n - i));
 #undef CSM_SHORT_TERM
         for (int r = 0; r < CSM_SHORT_SUBE; r++) {
             sums[r0 + r] = acc[r];
@@ -302,7 +320,7 @@ static void csm_short_anchors(const REAL *m, REAL *kc, double *u)
 /* S' of the group's rows by the exp variant `range`; the exps stored (store) are exp(x_j -
    m) / us[r] */
 static void csm_short_expsum(const csm_short_grp *g, csm_intp n, const REAL *m, const csm_temp *tp,
-                             int store, int ties, int range, csm_short_sums *s, double *us)
+                             int store, int ties, int range, csm_short_sums *s, double *us, csm_short_tails *tails)
 {
     const double tau = tp->tau, inv = tp->inv_tau;
     REAL kc[CSM_SHORT_ROWS] = {0};
@@ -310,7 +328,7 @@ static void csm_short_expsum(const csm_short_grp *g, csm_intp n, const REAL *m, 
         csm_short_anchors(m, kc, us);
     else
         for (int r = 0; r < CSM_SHORT_ROWS; r++) us[r] = CSM_EUNSCALE;
-#define CSM_SHORT_EXPSUM(T, S, RANGE) csm_short_expsum_t(g, n, m, kc, us, tau, inv, s, !(T) || store, T, S, RANGE)
+#define CSM_SHORT_EXPSUM(T, S, RANGE) csm_short_expsum_t(g, n, m, kc, us, tau, inv, s, !(T) || store, T, S, RANGE, tails)
 #define CSM_SHORT_BOUNDED(T, S) CSM_SHORT_EXPSUM(T, S, CSM_EXP_BOUNDED)
 #define CSM_SHORT_NONPOS(T, S) CSM_SHORT_EXPSUM(T, S, CSM_EXP_NONPOS)
 #define CSM_SHORT_ANCHORED(T) CSM_SHORT_EXPSUM(T, 0, CSM_EXP_ANCHORED)
@@ -348,12 +366,12 @@ static void csm_short_log1p(const csm_short_sums *s, double *L)
 #define CSM_SHORT_INLINE_MAX ((csm_intp)(2 * VL))
 
 /* the finishing pass of a group's short rows: softmax out = e c[r] from the exps stored in
-   out (c[r] as the pair chi[r] + clos[r], csm_scale_pair), log_softmax out = (x - m[r]) /
-   tau - L[r] with L[r] = chi[r] (csm_logp); whole vectors at aligned addresses streamed
-   where `stream` (the caller fences) */
+   out and tails (c[r] as the pair chi[r] + clos[r], csm_scale_pair), log_softmax out =
+   (x - m[r]) / tau - L[r] with L[r] = chi[r] (csm_logp); whole vectors at aligned
+   addresses streamed where `stream` (the caller fences) */
 CSM_INLINE void csm_short_finish_t(const csm_short_grp *g, csm_intp n, const REAL *m, const double *c,
                                    const REAL *chi, const REAL *clos, REAL inv_tau, int stream, const int logsm,
-                                   const int scaled)
+                                   const int scaled, const csm_short_tails *tails)
 {
     for (int r = 0; r < CSM_SHORT_ROWS; r++) {
         const REAL *src = logsm ? g->x[r] : g->out[r];
@@ -366,7 +384,7 @@ CSM_INLINE void csm_short_finish_t(const csm_short_grp *g, csm_intp n, const REA
             csm_put(out + i, logsm ? csm_logp(v, ref, cv, inv_tau, scaled) : csm_scale_pair(v, cv, clo, c[r]), VL, 1, nt);
         }
         if (i < n) {
-            const VR v = csm_load(src + i, n - i, 0);
+            const VR v = logsm ? csm_load(src + i, n - i, 0) : tails->e[r]; /* (lanes past n - i unused) */
             csm_store(out + i, logsm ? csm_logp(v, ref, cv, inv_tau, scaled) : csm_scale_pair(v, cv, clo, c[r]), n - i);
         }
     }
@@ -411,7 +429,11 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
     if (CSM_ANCHOR && bounded && tame && !tp->scaled && !(xent && g->out[0]))
         range = CSM_EXP_ANCHORED;
     double us[CSM_SHORT_ROWS];
-    csm_short_expsum(g, n, m, tp, store, kind != CSM_SOFTMAX, range, &s, us);
+    /* softmax rows the group finishes itself keep their tails' exps apart (csm_short_tails) */
+    const int own = n <= CSM_SHORT_INLINE_MAX && (kind == CSM_SOFTMAX || kind == CSM_LOG_SOFTMAX);
+    csm_short_tails tails;
+    csm_short_expsum(g, n, m, tp, store, kind != CSM_SOFTMAX, range, &s, us,
+                     own && kind == CSM_SOFTMAX && n % VL ? &tails : NULL);
     int nan = 0;
     for (int r = 0; r < CSM_SHORT_ROWS; r++) nan |= s.hi[r] != s.hi[r];
     if (nan && kind != CSM_SOFTMAX) return 0; /* nothing written over x: row by row */
@@ -420,7 +442,7 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
             if (csm_xent_grad_plain_ok(csm_short_dd(&s, r), grad_scale * tp->inv_tau) == 0.0) return 0;
     double L[CSM_SHORT_ROWS];
     if (kind != CSM_SOFTMAX) csm_short_log1p(&s, L);
-    if (n <= CSM_SHORT_INLINE_MAX && ((kind == CSM_SOFTMAX && !nan) || kind == CSM_LOG_SOFTMAX)) {
+    if (own && !(kind == CSM_SOFTMAX && nan)) {
         /* the rows' factors, a vector of rows at a time: softmax's us / (1 + S') (the exps
            are scaled; csm_dd_inv_1p lane-wise) as the REAL pair chi + clo, log_softmax's L
            rounded to REAL */
@@ -444,11 +466,13 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
             clo[r] = (REAL)(c[r] - (double)chi[r]);
         }
         const REAL inv = (REAL)tp->inv_tau;
-#define CSM_SHORT_FINISH(LOGSM, S) csm_short_finish_t(g, n, m, c, chi, clo, inv, stream, LOGSM, S)
+#define CSM_SHORT_FINISH(LOGSM, S) csm_short_finish_t(g, n, m, c, chi, clo, inv, stream, LOGSM, S, &tails)
         CSM_FLAGS2(kind == CSM_LOG_SOFTMAX, tp->scaled, CSM_SHORT_FINISH);
 #undef CSM_SHORT_FINISH
         return 1;
     }
+    if (own && kind == CSM_SOFTMAX && n % VL) /* a NaN row among them: the tails to out after all */
+        for (int r = 0; r < CSM_SHORT_ROWS; r++) csm_store(g->out[r] + n - n % VL, tails.e[r], n % VL);
     for (int r = 0; r < CSM_SHORT_ROWS; r++) {
         if (kind == CSM_SOFTMAX && s.hi[r] != s.hi[r]) {
             /* a NaN: the semantics table, from the exps in place if out is x (NaN stays NaN) */
