@@ -83,6 +83,17 @@ typedef struct {
     VR e[CSM_SHORT_ROWS];
 } csm_short_tails;
 
+/* a row's lane-wise sums as a pass leaves them for csm_short_totals: float rows' two halves
+   (csm_vacc) added lane-wise, which is the totals' first step, so that each row stores and
+   loads one vector rather than two; double rows' sum and compensation */
+#if REAL_IS_F32
+typedef csm_vd csm_short_part;
+static inline csm_short_part csm_short_part_of(csm_vacc a) { return a.a + a.b; }
+#else
+typedef csm_vacc csm_short_part;
+static inline csm_short_part csm_short_part_of(csm_vacc a) { return a; }
+#endif
+
 static inline csm_dd csm_short_dd(const csm_short_sums *s, int r) { return csm_dd_make(s->hi[r], s->lo[r]); }
 
 /* csm_dd_add_d (csm_dd.h) lane-wise: hi + lo + b as a pair; where the sum is not finite,
@@ -133,14 +144,13 @@ CSM_SHORT_DEFRED(csm_short_rsum_d, csm_vd, double, CSM_VLD, CSM_TRED_D, CSM_OP_A
 #endif
 #undef CSM_SHORT_DEFRED
 
-/* a group's lane-wise sums (csm_vacc each) as the double-doubles csm_acc_total2 gives */
-static void csm_short_totals(const csm_vacc *acc, csm_short_sums *s)
+/* a group's lane-wise sums (csm_short_part each) as the double-doubles csm_acc_total2
+   gives */
+static void csm_short_totals(const csm_short_part *acc, csm_short_sums *s)
 {
 #if REAL_IS_F32
-    /* float rows: the two halves' sums, added lane-wise, then across lanes */
-    csm_vd v[CSM_SHORT_ROWS];
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) v[r] = acc[r].a + acc[r].b;
-    csm_short_rsum_d(v, s->hi);
+    /* float rows: the two halves' sums (added lane-wise already), across lanes */
+    csm_short_rsum_d(acc, s->hi);
     memset(s->lo, 0, sizeof s->lo);
 #else
     /* double rows: csm_acc_total2's steps (with a zero second accumulator) a vector of rows
@@ -242,7 +252,7 @@ CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, csm_intp n, const REA
                                    const double *us, double tau, double inv_tau, csm_short_sums *s, const int store,
                                    const int ties, const int scaled, const int range, csm_short_tails *tails)
 {
-    csm_vacc sums[CSM_SHORT_ROWS];
+    csm_short_part sums[CSM_SHORT_ROWS];
     VI tied[CSM_SHORT_ROWS];
     for (int r0 = 0; r0 < CSM_SHORT_ROWS; r0 += CSM_SHORT_SUBE) {
         /* the rows' pointers as locals: the build does not assume strict aliasing, so read
@@ -279,7 +289,7 @@ CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, csm_intp n, const REA
                                          : CSM_SHORT_TERM(r, i, n - i, 0, store ? ex[r] + i : NULL, n - i));
 #undef CSM_SHORT_TERM
         for (int r = 0; r < CSM_SHORT_SUBE; r++) {
-            sums[r0 + r] = acc[r];
+            sums[r0 + r] = csm_short_part_of(acc[r]);
             tied[r0 + r] = tie[r];
         }
     }
@@ -500,8 +510,9 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
     return 1;
 }
 
-/* the backward sums of a group's rows, lane-wise (csm_vacc each) */
-CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp n, csm_vacc *sums, const int pf)
+/* the backward sums of a group's rows, lane-wise (csm_short_part each) */
+CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp n, csm_short_part *sums,
+                                     const int pf)
 {
     for (int r0 = 0; r0 < CSM_SHORT_ROWS; r0 += CSM_SHORT_SUB) {
         const REAL *const *x = g->x + r0, *const *y = g->y + r0;
@@ -530,7 +541,7 @@ CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp 
                 csm_bwd_sum_vec(kind, x[r] + i, y[r] + i, NULL, n - i, 0, 0, &acc[r]);
             }
 #undef CSM_SHORT_PF
-        for (int r = 0; r < CSM_SHORT_SUB; r++) sums[r0 + r] = acc[r];
+        for (int r = 0; r < CSM_SHORT_SUB; r++) sums[r0 + r] = csm_short_part_of(acc[r]);
     }
 }
 
@@ -540,7 +551,7 @@ CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp 
  * returns 0 if a pair cannot carry its row's sum (not finite, or beyond float's range).
  * (d - d: +0, no bits set, where d is finite; NaN where not.)
  */
-static inline int csm_short_bwd_pairs(const csm_vacc *acc, REAL *hi, REAL *lo)
+static inline int csm_short_bwd_pairs(const csm_short_part *acc, REAL *hi, REAL *lo)
 {
     csm_short_sums s;
     csm_short_totals(acc, &s);
@@ -591,7 +602,7 @@ CSM_INLINE void csm_short_bwd_out_t(const int kind, const csm_short_grp *g, csm_
    row: a sum that is not finite, or that the REAL pair cannot carry */
 static int csm_short_backward(int kind, csm_short_grp *g, csm_intp n, const csm_temp *tp, int stream)
 {
-    csm_vacc sums[CSM_SHORT_ROWS];
+    csm_short_part sums[CSM_SHORT_ROWS];
     REAL hi[CSM_SHORT_ROWS], lo[CSM_SHORT_ROWS];
     const int sm = kind == CSM_SOFTMAX_BWD;
 #define CSM_SHORT_BWD(SM, PF) csm_short_bwd_sums_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, n, sums, PF)
