@@ -177,35 +177,42 @@ static csm_dd csm_bwd_sum(int kind, const REAL *g, const REAL *y, const uint8_t 
 }
 
 /*
- * Pass 2's hot loop: whole vectors from i on, while each is the common case -- for
- * log_softmax, every |y| within csm_exp_bound, so exp(y) needs none of csm_vexp's clamps
- * or range tests (CSM_EXP_BOUNDED); and no lane for csm_bwd_redo. It returns where it
- * stopped: past the last whole vector, or at one it left unwritten for csm_bwd_out_vec
- * (y outside the bound -- -inf, NaN, a tiny or large value -- or a lane to redo). The loop
- * holds no call, so its constants stay in registers.
+ * dx of one vector on pass 2's common path: for log_softmax, |y| within csm_exp_bound, so
+ * exp(y) needs none of csm_vexp's clamps or range tests; *bad gets bits set in the lanes
+ * that leave that path (o not finite, or log_softmax's y outside the bound -- -inf, NaN, a
+ * tiny or large value), which csm_bwd_out_vec computes instead.
+ */
+CSM_INLINE VR csm_bwd_fast(const int kind, VR gv, VR yv, VR s_hi, VR s_lo, VR inv, const int scaled, VI *bad)
+{
+    VR o;
+    if (kind == CSM_SOFTMAX_BWD) {
+        o = yv * ((gv - s_hi) - s_lo);
+        if (scaled) o *= inv; /* (tau = 1: the product by 1 left out) */
+        *bad = (VI)(o - o);
+    } else {
+        const VI magnitude = (VI){0} + (VIS)(((uint64_t)1 << (8 * sizeof(REAL) - 1)) - 1); /* all bits but the sign */
+        /* y is exact and within csm_exp_bound of 0: the anchored exp's reduction from y
+           itself (csm_exp.h), exp(y) 2^0, without the general path's correction term */
+        const VR e = csm_vexp_anchored(yv, VSPLAT(0));
+        o = VFMA(-e, s_hi, gv) - e * s_lo;
+        if (scaled) o *= inv;
+        *bad = (VI)(o - o) | (((VI)yv & magnitude) > (VI)VSPLAT(csm_exp_bound)); /* NaN's bits exceed the bound's */
+    }
+    return o;
+}
+
+/*
+ * Pass 2's hot loop: whole vectors from i on, while each is csm_bwd_fast's common case. It
+ * returns where it stopped: past the last whole vector, or at one it left unwritten for
+ * csm_bwd_out_vec. The loop holds no call, so its constants stay in registers.
  */
 CSM_INLINE csm_intp csm_bwd_run(const int kind, const REAL *g, const REAL *y, const uint8_t *mask, REAL *out,
                                 csm_intp i, csm_intp n, const int nt, const int has_mask, const int scaled, VR s_hi,
                                 VR s_lo, VR inv)
 {
-    const VI magnitude = (VI){0} + (VIS)(((uint64_t)1 << (8 * sizeof(REAL) - 1)) - 1); /* all bits but the sign */
-    const VI bound = (VI)VSPLAT(csm_exp_bound);
     for (; i + VL <= n; i += VL) {
-        const VR gv = csm_load(g + i, VL, 0), yv = csm_load(y + i, VL, 0);
-        VR o;
         VI bad;
-        if (kind == CSM_SOFTMAX_BWD) {
-            o = yv * ((gv - s_hi) - s_lo);
-            if (scaled) o *= inv; /* (tau = 1: the product by 1 left out) */
-            bad = (VI)(o - o);
-        } else {
-            /* y is exact and within csm_exp_bound of 0: the anchored exp's reduction from y
-               itself (csm_exp.h), exp(y) 2^0, without the general path's correction term */
-            const VR e = csm_vexp_anchored(yv, VSPLAT(0));
-            o = VFMA(-e, s_hi, gv) - e * s_lo;
-            if (scaled) o *= inv;
-            bad = (VI)(o - o) | (((VI)yv & magnitude) > bound); /* NaN's bits exceed the bound's */
-        }
+        VR o = csm_bwd_fast(kind, csm_load(g + i, VL, 0), csm_load(y + i, VL, 0), s_hi, s_lo, inv, scaled, &bad);
         if (__builtin_expect(VANY(bad), 0)) break;
         if (has_mask) o = VSEL(csm_load_mask(mask + i, VL), o, VSPLAT(0));
         csm_put(out + i, o, VL, 1, nt);

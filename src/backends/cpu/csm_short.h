@@ -338,7 +338,8 @@ static void csm_short_expsum(const csm_short_grp *g, csm_intp n, const REAL *m, 
         csm_short_anchors(m, kc, us);
     else
         for (int r = 0; r < CSM_SHORT_ROWS; r++) us[r] = CSM_EUNSCALE;
-#define CSM_SHORT_EXPSUM(T, S, RANGE) csm_short_expsum_t(g, n, m, kc, us, tau, inv, s, !(T) || store, T, S, RANGE, tails)
+#define CSM_SHORT_EXPSUM(T, S, RANGE)                                                                                  \
+    csm_short_expsum_t(g, n, m, kc, us, tau, inv, s, !(T) || store, T, S, RANGE, tails)
 #define CSM_SHORT_BOUNDED(T, S) CSM_SHORT_EXPSUM(T, S, CSM_EXP_BOUNDED)
 #define CSM_SHORT_NONPOS(T, S) CSM_SHORT_EXPSUM(T, S, CSM_EXP_NONPOS)
 #define CSM_SHORT_ANCHORED(T) CSM_SHORT_EXPSUM(T, 0, CSM_EXP_ANCHORED)
@@ -598,6 +599,35 @@ CSM_INLINE void csm_short_bwd_out_t(const int kind, const csm_short_grp *g, csm_
     }
 }
 
+/* dx of a group whose outputs are not its inputs, without a test per vector: every row
+   written by csm_bwd_fast, the lanes that leave its path gathered for the group; returns
+   0 if there was any (the group is then written again by csm_short_bwd_out_t, from the
+   inputs, which these stores left intact). A partial vector's padding is 0, on the path. */
+CSM_INLINE int csm_short_bwd_fast_t(const int kind, const csm_short_grp *g, csm_intp n, const REAL *hi,
+                                    const REAL *lo, const csm_temp *tp, const int nt, const int scaled)
+{
+    const VR inv = VSPLAT((REAL)tp->inv_tau);
+    VI bad = {0}, b;
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
+        const REAL *x = g->x[r], *y = g->y[r];
+        REAL *out = g->out[r];
+        const VR s_hi = VSPLAT(hi[r]), s_lo = VSPLAT(lo[r]);
+        csm_intp i = 0;
+        for (; i + VL <= n; i += VL) {
+            const VR o = csm_bwd_fast(kind, csm_load(x + i, VL, 0), csm_load(y + i, VL, 0), s_hi, s_lo, inv, scaled, &b);
+            csm_put(out + i, o, VL, 1, nt);
+            bad |= b;
+        }
+        if (i < n) {
+            const VR o =
+                csm_bwd_fast(kind, csm_load(x + i, n - i, 0), csm_load(y + i, n - i, 0), s_hi, s_lo, inv, scaled, &b);
+            csm_store(out + i, o, n - i);
+            bad |= b;
+        }
+    }
+    return !VANY(bad);
+}
+
 /* one group of a backward kind; returns 0 (nothing written) if the group must go row by
    row: a sum that is not finite, or that the REAL pair cannot carry */
 static int csm_short_backward(int kind, csm_short_grp *g, csm_intp n, const csm_temp *tp, int stream)
@@ -609,8 +639,17 @@ static int csm_short_backward(int kind, csm_short_grp *g, csm_intp n, const csm_
     CSM_FLAGS2(sm, g->ahead_x != 0, CSM_SHORT_BWD);
 #undef CSM_SHORT_BWD
     if (!csm_short_bwd_pairs(sums, hi, lo)) return 0;
-    int nt = stream;
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) nt &= csm_align_head(g->out[r]) == 0;
+    int nt = stream, apart = 1;
+    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
+        nt &= csm_align_head(g->out[r]) == 0;
+        apart &= g->out[r] != g->x[r] && g->out[r] != g->y[r]; /* (an output is an input or apart from them) */
+    }
+    int done = 0;
+#define CSM_SHORT_BWD_FAST(SM, NT, S)                                                                                  \
+    (done = csm_short_bwd_fast_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, n, hi, lo, tp, NT, S))
+    if (apart) CSM_FLAGS3(sm, nt, tp->scaled, CSM_SHORT_BWD_FAST);
+#undef CSM_SHORT_BWD_FAST
+    if (done) return 1;
 #define CSM_SHORT_BWD_OUT(SM, NT, S)                                                                                   \
     csm_short_bwd_out_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, n, hi, lo, tp, NT, S)
     CSM_FLAGS3(sm, nt, tp->scaled, CSM_SHORT_BWD_OUT);
