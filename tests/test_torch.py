@@ -76,6 +76,40 @@ def test_plain_calls_take_the_fast_entry_on_views():
         csoftmax.softmax_backward(x, y32.numpy())
 
 
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_calls_with_grad_take_the_fast_entry_too(op):
+    """A plain call on a tensor that requires grad runs the core on the detached view and
+    records one autograd node (_FastForward): its gradients are the general path's (a
+    where= of all True takes that one) and torch's, to second order; nothing is recorded
+    under no_grad or inference_mode; a dtype the view declines (float16) goes the general
+    way."""
+    fn, theirs = getattr(csoftmax, op), getattr(torch, op)
+    for dtype, tol in ((torch.float64, {}), (torch.float32, {"rtol": 1e-5, "atol": 5e-7})):
+        x = _randn(3, 4, 5, dtype=dtype, requires_grad=True)
+        x64 = x.detach().double().requires_grad_()
+        everywhere = torch.ones(3, 4, 5, dtype=torch.bool)
+        for axis in (-1, 1):
+            y = fn(x, axis=axis, temperature=0.7)
+            assert type(y.grad_fn).__name__ == "_FastForwardBackward" and y.dtype == dtype
+            (fast,) = _grads(lambda t: fn(t, axis=axis, temperature=0.7), x)
+            (general,) = _grads(lambda t: fn(t, axis=axis, temperature=0.7, where=everywhere), x)
+            out = theirs(x64 / 0.7, axis)  # the oracle: torch in float64, the same G
+            (ref,) = torch.autograd.grad((out * _randn(*out.shape, dtype=dtype, seed=1).double()).sum(), x64)
+            eps = torch.finfo(dtype).eps  # (the masked kernels may round differently: a few ulp)
+            _close(fast, general, rtol=4 * eps, atol=4 * eps)
+            _close(fast.double(), ref, **tol)
+    x = _randn(3, 5, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: fn(t, temperature=0.7), (x,))
+    with torch.no_grad():
+        assert not fn(x).requires_grad
+    with torch.inference_mode():
+        assert not fn(x).requires_grad
+    h = _randn(3, 5, dtype=torch.float16, requires_grad=True)
+    y = fn(h)
+    assert type(y.grad_fn).__name__ != "_FastForwardBackward" and y.dtype == torch.float16
+    _close(_grads(fn, h)[0].double(), _grads(lambda t: theirs(t.double(), -1), h)[0].double(), rtol=1e-2, atol=1e-3)
+
+
 def test_out_bumps_the_version_counter():
     """Writing out= through the NumPy view is an in-place change torch must know of: a
     tensor saved for a backward pass and overwritten so is caught, as with torch's out=."""
