@@ -395,7 +395,8 @@ CSM_INLINE void csm_short_finish_t(const csm_short_grp *g, csm_intp n, const REA
             csm_put(out + i, logsm ? csm_logp(v, ref, cv, inv_tau, scaled) : csm_scale_pair(v, cv, clo, c[r]), VL, 1, nt);
         }
         if (i < n) {
-            const VR v = logsm ? csm_load(src + i, n - i, 0) : tails->e[r]; /* (lanes past n - i unused) */
+            /* softmax: tails is given wherever a row has a partial vector (lanes past n - i unused) */
+            const VR v = logsm ? csm_load(src + i, n - i, 0) : tails->e[r];
             csm_store(out + i, logsm ? csm_logp(v, ref, cv, inv_tau, scaled) : csm_scale_pair(v, cv, clo, c[r]), n - i);
         }
     }
@@ -442,9 +443,8 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
     double us[CSM_SHORT_ROWS];
     /* softmax rows the group finishes itself keep their tails' exps apart (csm_short_tails) */
     const int own = n <= CSM_SHORT_INLINE_MAX && (kind == CSM_SOFTMAX || kind == CSM_LOG_SOFTMAX);
-    csm_short_tails tails;
-    csm_short_expsum(g, n, m, tp, store, kind != CSM_SOFTMAX, range, &s, us,
-                     own && kind == CSM_SOFTMAX && n % VL ? &tails : NULL);
+    csm_short_tails tails, *const tl = own && kind == CSM_SOFTMAX && n % VL ? &tails : NULL;
+    csm_short_expsum(g, n, m, tp, store, kind != CSM_SOFTMAX, range, &s, us, tl);
     int nan = 0;
     for (int r = 0; r < CSM_SHORT_ROWS; r++) nan |= s.hi[r] != s.hi[r];
     if (nan && kind != CSM_SOFTMAX) return 0; /* nothing written over x: row by row */
@@ -477,13 +477,13 @@ static int csm_short_forward(int kind, csm_short_grp *g, csm_intp n, const csm_t
             clo[r] = (REAL)(c[r] - (double)chi[r]);
         }
         const REAL inv = (REAL)tp->inv_tau;
-#define CSM_SHORT_FINISH(LOGSM, S) csm_short_finish_t(g, n, m, c, chi, clo, inv, stream, LOGSM, S, &tails)
+#define CSM_SHORT_FINISH(LOGSM, S) csm_short_finish_t(g, n, m, c, chi, clo, inv, stream, LOGSM, S, tl)
         CSM_FLAGS2(kind == CSM_LOG_SOFTMAX, tp->scaled, CSM_SHORT_FINISH);
 #undef CSM_SHORT_FINISH
         return 1;
     }
-    if (own && kind == CSM_SOFTMAX && n % VL) /* a NaN row among them: the tails to out after all */
-        for (int r = 0; r < CSM_SHORT_ROWS; r++) csm_store(g->out[r] + n - n % VL, tails.e[r], n % VL);
+    if (tl) /* a NaN row among them: the tails to out after all */
+        for (int r = 0; r < CSM_SHORT_ROWS; r++) csm_store(g->out[r] + n - n % VL, tl->e[r], n % VL);
     for (int r = 0; r < CSM_SHORT_ROWS; r++) {
         if (kind == CSM_SOFTMAX && s.hi[r] != s.hi[r]) {
             /* a NaN: the semantics table, from the exps in place if out is x (NaN stays NaN) */

@@ -393,11 +393,14 @@ def fast_entry(op: Op, cls: Any) -> Any:
 
     def forward_entry(x: Any, axis: Any, temperature: Any, out: Any) -> Any:
         if type(x) is torch.Tensor and x.requires_grad:
-            if not differentiable or (out is not None and torch.is_grad_enabled()):
-                return None  # (logsumexp's keeps the general path; out= with grad is refused there)
+            grad = torch.is_grad_enabled()
+            if grad and (not differentiable or out is not None):
+                return None  # (logsumexp's node is the general path's; out= with grad is refused there)
             a = view(x.detach(), _TYPENUMS)
-            if a is None or not torch.is_grad_enabled():
-                return None if a is None else run((a,), axis, temperature, out)
+            if a is None:
+                return None
+            if not grad:  # nothing to record
+                return run((a,), axis, temperature, out)
             r = core(a, axis, temperature, None)
             return None if r is None else _FastForward.apply(x, r, op, axis, temperature)
         a = view(x, _TYPENUMS)
