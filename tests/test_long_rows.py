@@ -102,6 +102,36 @@ def test_long_rows_in_place_and_streamed(backend, op):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["log_softmax", "softmax_backward", "log_softmax_backward"])
+def test_streamed_rows_off_a_line(backend, op, dtype):
+    """Rows of an array big enough to be streamed (8 MiB), one at a time, into an out
+    that starts one element past a vector boundary: every row has its own head before the
+    first aligned address and its own tail, written lane by lane; the elements around the
+    out stay untouched."""
+    helpers.skip_unless_mutable(backend)
+    rng = np.random.default_rng(5)
+    rows, n = {"float32": (2100, 1003), "float64": (1100, 1001)}[dtype]
+    x = (rng.standard_normal((rows, n)) * 4).astype(dtype)
+    if op == "log_softmax":
+        args, rtol = (x,), None
+    else:
+        y = np.asarray(oracle(op.removesuffix("_backward"), x)).astype(dtype)
+        args, rtol = (rng.standard_normal((rows, n)).astype(dtype), y), {"float32": 4e-6, "float64": 1e-14}[dtype]
+    want = oracle(op, *args)
+    es = np.dtype(dtype).itemsize
+    buf = np.full(rows * n + 64, 7.0, dtype)
+    k = (-buf.ctypes.data % 64) // es + 1  # one element past a 64-byte boundary
+    host = buf[k:k + rows * n].reshape(rows, n)
+    out = to_backend(backend, host)  # shares host's memory where the library can
+    with threadpoolctl.threadpool_limits(2, user_api="openmp"):
+        getattr(csoftmax, op)(*(to_backend(backend, a) for a in args), out=out, backend=backend)
+    got = to_numpy(backend, out)
+    assert_matches(got, want, dtype, f"{op} {dtype} streamed rows off a line", rtol=rtol,
+                   atol=None if rtol is None else rtol * 8)
+    assert np.all(buf[:k] == 7.0) and np.all(buf[k + rows * n:] == 7.0), f"{op}: wrote outside out"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
 def test_columns_along_a_leading_axis(backend, op, dtype):
     """A softmax axis with a stride, the next one contiguous: columns with maxima that

@@ -233,18 +233,30 @@ static inline csm_intp csm_align_head(const REAL *out)
         csm_intp i_ = 0, head_ = (stream) ? csm_align_head(out) : -1;                                         \
         if (head_ >= 0) {                                                                                              \
             if (head_ > (n)) head_ = (n);                                                                              \
-            if (head_ > 0) BODY(0, head_, 0, 0);                                                                       \
+            if (head_ > 0) BODY(0, head_, 0, 1);                                                                       \
             for (i_ = head_; i_ + VL <= (n); i_ += VL) BODY(i_, VL, 1, 1);                                             \
         } else {                                                                                                       \
             for (; i_ + VL <= (n); i_ += VL) BODY(i_, VL, 1, 0);                                                       \
         }                                                                                                              \
-        if (i_ < (n)) BODY(i_, (n) - i_, 0, 0);                                                                        \
+        if (i_ < (n)) BODY(i_, (n) - i_, 0, head_ >= 0);                                                               \
     } while (0)
 
+/*
+ * One vector of a finishing pass into out. nt: the output comes from memory and is streamed
+ * -- a whole vector (at an aligned p) with a non-temporal store, a partial one (the row's
+ * head before the first aligned address, its tail) lane by lane: a masked store to a line
+ * that is not in the cache held the streamed row up, float32 rows of 512 whose output lay
+ * 16 bytes off a line took 1.4-1.6x the time of an aligned output, and lane by lane
+ * 0.71-0.99 of the masked store's time (benchmarks/RESULTS.md, "Backward rows from memory,
+ * and outputs off a line").
+ */
 CSM_INLINE void csm_put(REAL *p, VR v, csm_intp cnt, const int full, const int nt)
 {
-    if (nt)
+    if (nt && full) {
         VSTREAM(p, v);
-    else
+    } else if (nt) {
+        for (int l = 0; l < (int)cnt; l++) p[l] = v[l];
+    } else {
         csm_store(p, v, full ? VL : cnt);
+    }
 }
