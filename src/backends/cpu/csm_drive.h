@@ -204,7 +204,7 @@ static int csm_short_range(const csm_task *t, const csm_layout *L, csm_intp r0, 
         step[op] = flat && base[op] ? L->ostride[op][0] : 0;
     }
 #define CSM_ROW_PTR(op, row) (base[op] ? base[op] + (row) * step[op] : NULL)
-    /* the first pass over a group prefetches the next one where its rows come from memory
+    /* a group's passes prefetch the next one where its rows come from memory
        (csm_short.h, CSM_SHORT_PF_BYTES) */
     const int pf = flat && n * (csm_intp)sizeof(REAL) >= CSM_SHORT_PF_BYTES &&
                    L->nrows * n * (csm_intp)sizeof(REAL) >= CSM_STREAM_BYTES;

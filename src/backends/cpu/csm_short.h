@@ -41,7 +41,7 @@ typedef struct {
     int64_t label[CSM_SHORT_ROWS];    /* cross-entropy */
     double val[CSM_SHORT_ROWS];       /* logsumexp, the loss */
     csm_intp ahead_x, ahead_y;        /* bytes from a row of x (y) to the same row of the
-                                         next group, prefetched by the first pass; 0: none */
+                                         next group, to prefetch; 0: none */
 } csm_short_grp;
 
 /*
@@ -49,10 +49,11 @@ typedef struct {
  * prefetchers follow late: float32 rows of 128-256 ran 1.5-2.6x slower per element than
  * rows of 512+ (one at a time) at 2^22 elements. So where the rows are at least
  * CSM_SHORT_PF_BYTES and the array at least CSM_STREAM_BYTES (csm_drive.h: it comes from
- * memory), the first pass over a group (scan, backward sums) asks for the same lines of
- * the next group into L2, one prefetch per vector and operand (benchmarks/RESULTS.md,
- * "Prefetching the next group"). In cache those prefetches cost 3-11%, so the passes are
- * instantiated without them (pf = 0) too.
+ * memory), the first pass over a group (scan, backward sums; log_softmax_backward's output
+ * pass, csm_short_backward) asks for the same lines of the next group into L2, one
+ * prefetch per vector and operand (benchmarks/RESULTS.md, "Prefetching the next group").
+ * In cache those prefetches cost 3-11%, so the passes are instantiated without them
+ * (pf = 0) too.
  */
 #define CSM_SHORT_PF_BYTES ((csm_intp)512)
 
@@ -523,7 +524,7 @@ CSM_INLINE void csm_short_bwd_sums_t(int kind, const csm_short_grp *g, csm_intp 
 #define CSM_SHORT_PF(r, i)                                                                                             \
     do {                                                                                                               \
         csm_short_prefetch(x[r] + (i), g->ahead_x, pf);                                                                \
-        csm_short_prefetch(y[r] + (i), g->ahead_y, pf); /* log_softmax: for pass 2 */                                 \
+        csm_short_prefetch(y[r] + (i), g->ahead_y, pf); /* log_softmax (in place): for pass 2 */                      \
     } while (0)
         for (; i + 2 * VL <= n; i += 2 * VL)
             for (int r = 0; r < CSM_SHORT_SUB; r++) {
@@ -602,11 +603,15 @@ CSM_INLINE void csm_short_bwd_out_t(const int kind, const csm_short_grp *g, csm_
 /* dx of a group whose outputs are not its inputs, without a test per vector: every row
    written by csm_bwd_fast, the lanes that leave its path gathered for the group; returns
    0 if there was any (the group is then written again by csm_short_bwd_out_t, from the
-   inputs, which these stores left intact). A partial vector's padding is 0, on the path. */
+   inputs, which these stores left intact). A partial vector's padding is 0, on the path.
+   log_softmax_backward asks here for the next group's lines (csm_short_backward), so that
+   its sums pass, which reads g alone, has the memory to itself: 0.56-0.88 of the time of
+   prefetching in the sums pass (benchmarks/RESULTS.md, "Backward rows from memory"). */
 CSM_INLINE int csm_short_bwd_fast_t(const int kind, const csm_short_grp *g, csm_intp n, const REAL *hi,
                                     const REAL *lo, const csm_temp *tp, const int nt, const int scaled)
 {
     const VR inv = VSPLAT((REAL)tp->inv_tau);
+    const int pf = kind == CSM_LOG_SOFTMAX_BWD && g->ahead_x != 0;
     VI bad = {0}, b;
     for (int r = 0; r < CSM_SHORT_ROWS; r++) {
         const REAL *x = g->x[r], *y = g->y[r];
@@ -614,6 +619,8 @@ CSM_INLINE int csm_short_bwd_fast_t(const int kind, const csm_short_grp *g, csm_
         const VR s_hi = VSPLAT(hi[r]), s_lo = VSPLAT(lo[r]);
         csm_intp i = 0;
         for (; i + VL <= n; i += VL) {
+            csm_short_prefetch(x + i, g->ahead_x, pf);
+            csm_short_prefetch(y + i, g->ahead_y, pf);
             const VR o = csm_bwd_fast(kind, csm_load(x + i, VL, 0), csm_load(y + i, VL, 0), s_hi, s_lo, inv, scaled, &b);
             csm_put(out + i, o, VL, 1, nt);
             bad |= b;
@@ -635,15 +642,19 @@ static int csm_short_backward(int kind, csm_short_grp *g, csm_intp n, const csm_
     csm_short_part sums[CSM_SHORT_ROWS];
     REAL hi[CSM_SHORT_ROWS], lo[CSM_SHORT_ROWS];
     const int sm = kind == CSM_SOFTMAX_BWD;
-#define CSM_SHORT_BWD(SM, PF) csm_short_bwd_sums_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, n, sums, PF)
-    CSM_FLAGS2(sm, g->ahead_x != 0, CSM_SHORT_BWD);
-#undef CSM_SHORT_BWD
-    if (!csm_short_bwd_pairs(sums, hi, lo)) return 0;
     int nt = stream, apart = 1;
     for (int r = 0; r < CSM_SHORT_ROWS; r++) {
         nt &= csm_align_head(g->out[r]) == 0;
         apart &= g->out[r] != g->x[r] && g->out[r] != g->y[r]; /* (an output is an input or apart from them) */
     }
+    /* the next group's prefetches (CSM_SHORT_PF_BYTES): softmax_backward's in the sums
+       pass, which reads both operands; log_softmax_backward's, whose sums pass reads g
+       alone, in the output pass where csm_short_bwd_fast_t writes it (apart), else in the
+       sums pass */
+#define CSM_SHORT_BWD(SM, PF) csm_short_bwd_sums_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, n, sums, PF)
+    CSM_FLAGS2(sm, g->ahead_x != 0 && (sm || !apart), CSM_SHORT_BWD);
+#undef CSM_SHORT_BWD
+    if (!csm_short_bwd_pairs(sums, hi, lo)) return 0;
     int done = 0;
 #define CSM_SHORT_BWD_FAST(SM, NT, S)                                                                                  \
     (done = csm_short_bwd_fast_t((SM) ? CSM_SOFTMAX_BWD : CSM_LOG_SOFTMAX_BWD, g, n, hi, lo, tp, NT, S))
