@@ -56,6 +56,20 @@ def test_cross_entropy_smoothing_terms_whose_sum_overflows(backend):
         np.testing.assert_allclose(loss, want, rtol=1e-14, err_msg=reduction)
 
 
+def test_cross_entropy_rows_whose_total_overflows(backend):
+    """Two rows whose losses are each near the largest double: each is finite, their total
+    is not -- 'sum' and 'mean' give +inf as a value, never an overflow warning (found by
+    the fuzzer: Dask summed the rows lazily, outside the call's quiet errstate)."""
+    big = 1.7976931348623157e308
+    x = np.array([[big, 0.5, 0.25], [0.0, -big, 0.125], [0.5, 0.25, 0.0]])
+    labels = np.array([1, 1, 0])  # row 0: -log p = big - 0.5; row 1: 0.125 + big
+    rows = call(backend, "softmax_cross_entropy", x, labels, reduction="none")
+    assert np.all(np.isfinite(rows)), rows
+    for reduction in ("sum", "mean"):
+        loss = call(backend, "softmax_cross_entropy", x, labels, reduction=reduction)
+        assert np.isposinf(loss), (reduction, loss)
+
+
 def test_cross_entropy_terms_of_weight_zero_are_zero(backend):
     """A class of weight exactly 0 in the loss adds nothing even where its -log p is +inf
     (0 * inf would be NaN): at smoothing 1 the label's own term, a class weight of 0 on a

@@ -26,8 +26,8 @@ def quiet(xp: Any) -> Any:
     """Where NumPy computes a value that is meant to be inf or NaN (a cast beyond a dtype's
     range, inf / inf), no warning: NumPy's errstate -- for NumPy, and for the namespaces
     that compute with NumPy underneath when called (array-api-strict's, ...); it costs the
-    others nothing. A lazy namespace computes later, outside it: Dask's makes its astype
-    and divide quiet tasks themselves (csoftmax._backends.dask)."""
+    others nothing. A lazy namespace computes later, outside it: Dask's makes its astype,
+    divide and sum quiet tasks themselves (csoftmax._backends.dask)."""
     return np.errstate(all="ignore")
 
 

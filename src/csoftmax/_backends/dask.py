@@ -66,6 +66,11 @@ class _Namespace:
         return da.map_blocks(_quiet_divide, a, b, dtype=np.result_type(a.dtype, b.dtype))
 
     @staticmethod
+    def sum(a: Any, axis: Any = None, keepdims: Any = False, dtype: Any = None) -> Any:
+        return da.reduction(a, _quiet_sum, _quiet_sum, axis=axis, keepdims=keepdims,
+                            dtype=np.dtype(dtype) if dtype is not None else a.dtype)
+
+    @staticmethod
     def asarray(v: Any, dtype: Any = None) -> Any:
         return da.asarray(v, dtype=dtype)
 
@@ -97,7 +102,7 @@ def to_numpy(a: Any) -> Any:
 
 
 # ---- helpers ----
-# Casts and divisions that the front end means to give +-inf or NaN (csoftmax._checks.quiet)
+# Casts, divisions and sums that the front end means to give +-inf or NaN (csoftmax._checks.quiet)
 # run when the graph is computed, outside any errstate of the call: their tasks are quiet
 # themselves.
 def _quiet_astype(b: Any, *, to: Any) -> Any:
@@ -108,6 +113,14 @@ def _quiet_astype(b: Any, *, to: Any) -> Any:
 def _quiet_divide(a: Any, b: Any) -> Any:
     with np.errstate(all="ignore"):
         return a / b
+
+
+def _quiet_sum(b: Any, axis: Any = None, keepdims: bool = False, **kw: Any) -> Any:
+    """A chunk's (or the chunks' partial sums') sum for da.reduction: a total beyond the
+    dtype's range is inf (a cross-entropy of huge per-row losses), not an overflow warning."""
+    kw.pop("computing_meta", None)
+    with np.errstate(all="ignore"):
+        return np.sum(b, axis=axis, keepdims=keepdims, **kw)
 
 
 def _cast(a: Any, dtype: Any) -> Any:
