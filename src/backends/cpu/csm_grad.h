@@ -248,7 +248,7 @@ CSM_INLINE void csm_bwd_out_pair_t(const int kind, const REAL *g, const REAL *y,
     const int nt = head >= 0;
     if (head > n) head = n;
     if (head > 0) {
-        csm_bwd_out_vec(kind, g, y, mask, out, head, 0, 1, has_mask, s_hi, s_lo, inv, tp);
+        csm_bwd_out_vec(kind, g, y, mask, out, head, 0, nt, has_mask, s_hi, s_lo, inv, tp);
         i = head;
     }
 #define CSM_BWD_VECTORS(NT, S) csm_bwd_vectors(kind, g, y, mask, out, i, n, NT, has_mask, S, s_hi, s_lo, inv, tp)

@@ -605,7 +605,7 @@ CSM_INLINE void csm_short_bwd_out_t(const int kind, const csm_short_grp *g, csm_
    0 if there was any (the group is then written again by csm_short_bwd_out_t, from the
    inputs, which these stores left intact). A partial vector's padding is 0, on the path.
    log_softmax_backward asks here for the next group's lines (csm_short_backward), so that
-   its sums pass, which reads g alone, has the memory to itself: 0.56-0.88 of the time of
+   its sums pass, which reads g alone, has the memory to itself: 0.56-0.94 of the time of
    prefetching in the sums pass (benchmarks/RESULTS.md, "Backward rows from memory"). */
 CSM_INLINE int csm_short_bwd_fast_t(const int kind, const csm_short_grp *g, csm_intp n, const REAL *hi,
                                     const REAL *lo, const csm_temp *tp, const int nt, const int scaled)

@@ -246,9 +246,9 @@ static inline csm_intp csm_align_head(const REAL *out)
  * -- a whole vector (at an aligned p) with a non-temporal store, a partial one (the row's
  * head before the first aligned address, its tail) lane by lane: a masked store to a line
  * that is not in the cache held the streamed row up, float32 rows of 512 whose output lay
- * 16 bytes off a line took 1.4-1.6x the time of an aligned output, and lane by lane
- * 0.71-0.99 of the masked store's time (benchmarks/RESULTS.md, "Backward rows from memory,
- * and outputs off a line").
+ * 16 bytes off a line took 1.4-1.6x the time of an aligned output; lane by lane, rows of
+ * 512-1000 take 0.62-0.94 of the masked store's time (benchmarks/RESULTS.md, "Backward
+ * rows from memory, and outputs off a line").
  */
 CSM_INLINE void csm_put(REAL *p, VR v, csm_intp cnt, const int full, const int nt)
 {
