@@ -218,19 +218,23 @@ static int csm_short_range(const csm_task *t, const csm_layout *L, csm_intp r0, 
         g.ahead_y = pf ? CSM_SHORT_ROWS * step[CSM_Y] : 0;
         if (flat) {
             /* the pointers from locals, so that nothing of the loop lives in memory (the
-               compiler kept running pointers on the stack, a store-to-load chain per row) */
-            const char *bx = base[CSM_X] + r * step[CSM_X], *by = CSM_ROW_PTR(CSM_Y, r);
-            char *bo = CSM_ROW_PTR(CSM_OUT, r);
-            const char *bl = CSM_ROW_PTR(CSM_LABEL, r);
-            const csm_intp sx = step[CSM_X], sy = step[CSM_Y], so = step[CSM_OUT], sl = step[CSM_LABEL];
+               compiler kept running pointers on the stack, a store-to-load chain per row),
+               as integers, without a test per row and operand: an operand that is absent
+               has base 0 and step 0, so its rows' pointers are NULL */
+            const uintptr_t bx = (uintptr_t)base[CSM_X] + (uintptr_t)(r * step[CSM_X]);
+            const uintptr_t by = (uintptr_t)base[CSM_Y] + (uintptr_t)(r * step[CSM_Y]);
+            const uintptr_t bo = (uintptr_t)base[CSM_OUT] + (uintptr_t)(r * step[CSM_OUT]);
+            const uintptr_t sx = (uintptr_t)step[CSM_X], sy = (uintptr_t)step[CSM_Y], so = (uintptr_t)step[CSM_OUT];
             for (int q = 0; q < CSM_SHORT_ROWS; q++) {
                 g.x[q] = (const REAL *)(bx + q * sx);
-                g.y[q] = by ? (const REAL *)(by + q * sy) : NULL;
-                g.out[q] = bo ? (REAL *)(bo + q * so) : NULL;
-                g.label[q] = 0;
-                if (bl) memcpy(&g.label[q], bl + q * sl, sizeof g.label[q]);
-                g.val[q] = 0.0;
+                g.y[q] = (const REAL *)(by + q * sy);
+                g.out[q] = (REAL *)(bo + q * so);
             }
+            memset(g.label, 0, sizeof g.label);
+            memset(g.val, 0, sizeof g.val);
+            if (base[CSM_LABEL])
+                for (int q = 0; q < CSM_SHORT_ROWS; q++)
+                    memcpy(&g.label[q], base[CSM_LABEL] + (r + q) * step[CSM_LABEL], sizeof g.label[q]);
         } else {
             for (int q = 0; q < CSM_SHORT_ROWS; q++) {
                 memcpy(p[q], it.ptr, sizeof p[q]);

@@ -642,11 +642,12 @@ static int csm_short_backward(int kind, csm_short_grp *g, csm_intp n, const csm_
     csm_short_part sums[CSM_SHORT_ROWS];
     REAL hi[CSM_SHORT_ROWS], lo[CSM_SHORT_ROWS];
     const int sm = kind == CSM_SOFTMAX_BWD;
-    int nt = stream, apart = 1;
-    for (int r = 0; r < CSM_SHORT_ROWS; r++) {
-        nt &= csm_align_head(g->out[r]) == 0;
-        apart &= g->out[r] != g->x[r] && g->out[r] != g->y[r]; /* (an output is an input or apart from them) */
-    }
+    /* an output is one of the inputs (the same layout) or lies apart from both, as a whole
+       array (_ckernels.pyx, _fast_out; the API's checks): its first row tells which */
+    const int apart = g->out[0] != g->x[0] && g->out[0] != g->y[0];
+    int nt = stream;
+    if (stream)
+        for (int r = 0; r < CSM_SHORT_ROWS; r++) nt &= csm_align_head(g->out[r]) == 0;
     /* the next group's prefetches (CSM_SHORT_PF_BYTES): softmax_backward's in the sums
        pass, which reads both operands; log_softmax_backward's, whose sums pass reads g
        alone, in the output pass where csm_short_bwd_fast_t writes it (apart), else in the
