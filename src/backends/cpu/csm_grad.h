@@ -24,13 +24,22 @@
  */
 
 /* ---- backward passes ---- */
+/* one vector's terms into a row's sum. Plain compensated steps (csm_acc_add), without
+   csm_acc_add_any's guard of the compensation against infinities: a term or running sum
+   that is not finite leaves the row's sum not finite, NaN included, and such a sum is
+   taken again by csm_bwd_sum_rescaled (a group's row goes to the row kernels first), so
+   that the result is the guarded sum's, bit for bit, where every step stays finite and
+   the rescaled one elsewhere -- as before. The guard was 3 of a double row's 7 vector
+   operations per vector, which bound its sums pass where the vector unit is 128 bits
+   wide (softmax_backward float64: 0.73-0.89 of the time, benchmarks/RESULTS.md, "Short
+   groups on a Zen 1"). */
 CSM_INLINE void csm_bwd_sum_vec(int kind, const REAL *g, const REAL *y, const uint8_t *mask, csm_intp cnt,
                                          const int full, const int has_mask, csm_vacc *acc)
 {
     VR v = csm_load(g, full ? VL : cnt, 0);
     if (kind == CSM_SOFTMAX_BWD) v *= csm_load(y, full ? VL : cnt, 0);
     if (has_mask) v = VSEL(csm_load_mask(mask, full ? VL : cnt), v, VSPLAT(0)); /* 0 * inf would be NaN */
-    csm_acc_add_any(acc, v);
+    csm_acc_add(acc, v);
 }
 
 /* two whole vectors' terms into the sum: for float rows the pair in float first, the
@@ -43,7 +52,7 @@ CSM_INLINE void csm_bwd_sum_vec2(int kind, const REAL *g, const REAL *y, const u
 #if REAL_IS_F32
     if (!has_mask) {
         const VR a = csm_load(g, VL, 0), b = csm_load(g + VL, VL, 0);
-        csm_acc_add_any(acc, kind == CSM_SOFTMAX_BWD ? VFMA(b, csm_load(y + VL, VL, 0), a * csm_load(y, VL, 0)) : a + b);
+        csm_acc_add(acc, kind == CSM_SOFTMAX_BWD ? VFMA(b, csm_load(y + VL, VL, 0), a * csm_load(y, VL, 0)) : a + b);
         return;
     }
 #endif
