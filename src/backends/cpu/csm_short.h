@@ -255,7 +255,28 @@ CSM_INLINE void csm_short_expsum_t(const csm_short_grp *g, csm_intp n, const REA
 {
     csm_short_part sums[CSM_SHORT_ROWS];
     VI tied[CSM_SHORT_ROWS];
-    for (int r0 = 0; r0 < CSM_SHORT_ROWS; r0 += CSM_SHORT_SUBE) {
+    /* rows of one vector: a row's terms are its sum's one step, so nothing of a row lives
+       past it, and the exp's constants stay in registers for all the group's rows (the
+       loop below, two rows at a time with their accumulators live across the row, loads
+       the constants again for every pair and spills: AVX2 has 16 registers) */
+    const int one = n <= VL;
+#define CSM_SHORT_ONE(r, cnt, full, e, ecnt)                                                                           \
+    csm_short_term(g->x[r], e, cnt, full, ecnt, VSPLAT(m[r]), VSPLAT(kcs[r]), tau, inv_tau, store, ties, scaled, range, \
+                   &tie)
+    for (int r = 0; one && r < CSM_SHORT_ROWS; r++) {
+        VI tie = (VI){0};
+        csm_vacc acc = csm_short_zero;
+        if (n == VL)
+            csm_acc_add(&acc, CSM_SHORT_ONE(r, VL, 1, store ? g->out[r] : NULL, VL));
+        else if (!ties && tails) /* (softmax's only, as below) */
+            csm_acc_add(&acc, CSM_SHORT_ONE(r, n, 0, (REAL *)&tails->e[r], VL));
+        else
+            csm_acc_add(&acc, CSM_SHORT_ONE(r, n, 0, store ? g->out[r] : NULL, n));
+        sums[r] = csm_short_part_of(acc);
+        tied[r] = tie;
+    }
+#undef CSM_SHORT_ONE
+    for (int r0 = 0; !one && r0 < CSM_SHORT_ROWS; r0 += CSM_SHORT_SUBE) {
         /* the rows' pointers as locals: the build does not assume strict aliasing, so read
            through g and e they would be loaded again after every store */
         const REAL *x[CSM_SHORT_SUBE];
