@@ -31,7 +31,7 @@
    that the result is the guarded sum's, bit for bit, where every step stays finite and
    the rescaled one elsewhere -- as before. The guard was 3 of a double row's 7 vector
    operations per vector, which bound its sums pass where the vector unit is 128 bits
-   wide (softmax_backward float64: 0.73-0.89 of the time, benchmarks/RESULTS.md, "Short
+   wide (softmax_backward float64: 0.81-0.92 of the time, benchmarks/RESULTS.md, "Short
    groups on a Zen 1"). */
 CSM_INLINE void csm_bwd_sum_vec(int kind, const REAL *g, const REAL *y, const uint8_t *mask, csm_intp cnt,
                                          const int full, const int has_mask, csm_vacc *acc)
